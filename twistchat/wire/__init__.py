@@ -1,0 +1,33 @@
+"""
+The wire format: frame limits and the message schema. No I/O here.
+"""
+
+from twistchat.wire.messages import (
+    FROM_CLIENT,
+    FROM_SERVER,
+    MAX_FRAME,
+    MAX_FRAME_FROM_SERVER,
+    MAX_FRAME_PREAUTH,
+    MAX_NAME,
+    MAX_ROOM,
+    MAX_TEXT_BYTES,
+    PROTOCOL_VERSION,
+    Message,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "FROM_CLIENT",
+    "FROM_SERVER",
+    "MAX_FRAME",
+    "MAX_FRAME_FROM_SERVER",
+    "MAX_FRAME_PREAUTH",
+    "MAX_NAME",
+    "MAX_ROOM",
+    "MAX_TEXT_BYTES",
+    "PROTOCOL_VERSION",
+    "Message",
+    "decode",
+    "encode",
+]

@@ -1,0 +1,268 @@
+"""
+The twistchat message schema: strict encode and decode, no I/O.
+
+Every frame body is one UTF-8 JSON object with a C{"type"} member. Each type has a
+fixed set of fields, each of a fixed kind; binary fields travel as standard base64.
+Decoding is strict: invalid UTF-8, invalid JSON, an unknown type, a missing, extra or
+ill-typed field, a string holding control characters, or a value out of range all
+raise L{BadMessage}, and nothing else escapes L{decode}. docs/protocol.md describes
+each message with an example.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import unicodedata
+from typing import Any, Callable, Mapping, NamedTuple
+
+from twistchat.errors import BadMessage
+
+PROTOCOL_VERSION = 1
+
+#: Largest frame a client may send before it has authenticated (bytes).
+MAX_FRAME_PREAUTH = 4096
+#: Largest plaintext a member may seal in one message (UTF-8 bytes).
+MAX_TEXT_BYTES = 16384
+#: Plaintexts are padded to a multiple of this many bytes before sealing.
+PAD_BLOCK = 32
+#: Largest sealed payload: the padded text plus the 16-byte GCM tag.
+MAX_CIPHERTEXT = MAX_TEXT_BYTES + PAD_BLOCK + 16
+#: Largest frame a member may send once authenticated (bytes): a sealed message of
+#: MAX_CIPHERTEXT bytes is about 22 KiB once base64-encoded.
+MAX_FRAME = 32768
+#: Largest frame a client accepts from the server (member lists can be long).
+MAX_FRAME_FROM_SERVER = 1 << 20
+
+MAX_NAME = 32
+MAX_ROOM = 64
+MAX_TEXT_FIELD = 1024
+MAX_MEMBERS_LISTED = 10000
+SESSION_ID_BYTES = 16
+POINT_BYTES = 65
+MAC_BYTES = 32
+MAX_COUNTER = (1 << 63) - 1
+
+
+class Message(NamedTuple):
+    """
+    A decoded message: its type and its fields (already validated).
+    """
+
+    type: str
+    fields: Mapping[str, Any]
+
+    def __getitem__(self, key: str) -> Any:  # type: ignore[override]
+        return self.fields[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.fields.get(key, default)
+
+
+# --- field kinds --------------------------------------------------------------
+# Each kind is a function (name, raw JSON value) -> Python value, raising BadMessage.
+
+Kind = Callable[[str, Any], Any]
+
+
+def _fail(field: str, why: str) -> BadMessage:
+    return BadMessage(f"field {field!r}: {why}")
+
+
+def text(max_chars: int) -> Kind:
+    """
+    A string of at most C{max_chars} characters with no control characters and no
+    unpaired surrogates (so it is safe to log and print).
+    """
+
+    def check(field: str, value: Any) -> str:
+        if type(value) is not str:
+            raise _fail(field, "expected a string")
+        if len(value) > max_chars:
+            raise _fail(field, f"longer than {max_chars} characters")
+        if not value.isprintable():
+            for ch in value:
+                if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+                    raise _fail(field, "contains control characters")
+        return value
+
+    return check
+
+
+def integer(low: int, high: int) -> Kind:
+    def check(field: str, value: Any) -> int:
+        if type(value) is not int:
+            raise _fail(field, "expected an integer")
+        if not low <= value <= high:
+            raise _fail(field, f"out of range {low}..{high}")
+        return value
+
+    return check
+
+
+def number(field: str, value: Any) -> float:
+    if type(value) not in (int, float):
+        raise _fail(field, "expected a number")
+    return float(value)
+
+
+def boolean(field: str, value: Any) -> bool:
+    if type(value) is not bool:
+        raise _fail(field, "expected true or false")
+    return value
+
+
+def binary(low: int, high: int | None = None) -> Kind:
+    """
+    Base64 of between C{low} and C{high} bytes (exactly C{low} if C{high} is None).
+    """
+    high = low if high is None else high
+
+    def check(field: str, value: Any) -> bytes:
+        if type(value) is not str:
+            raise _fail(field, "expected base64 text")
+        # Cheap bound before decoding: base64 is 4 characters per 3 bytes.
+        if len(value) > 4 * ((high + 2) // 3):
+            raise _fail(field, f"longer than {high} bytes")
+        try:
+            raw = binascii.a2b_base64(value, strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise _fail(field, "invalid base64") from None
+        if not low <= len(raw) <= high:
+            raise _fail(field, f"expected {low}..{high} bytes, got {len(raw)}")
+        return raw
+
+    return check
+
+
+def _member(field: str, value: Any) -> dict[str, str]:
+    if type(value) is not dict or set(value) != {"name", "addr"}:
+        raise _fail(field, "expected members as {name, addr} objects")
+    return {
+        "name": text(MAX_NAME)(field, value["name"]),
+        "addr": text(64)(field, value["addr"]),
+    }
+
+
+def members(field: str, value: Any) -> list[dict[str, str]]:
+    if type(value) is not list or len(value) > MAX_MEMBERS_LISTED:
+        raise _fail(field, "expected a list of members")
+    return [_member(field, item) for item in value]
+
+
+# --- the schema -----------------------------------------------------------------
+# type -> (required fields, optional fields); each a mapping of field -> kind.
+
+Schema = Mapping[str, tuple[Mapping[str, Kind], Mapping[str, Kind]]]
+
+_name = text(MAX_NAME)
+_room = text(MAX_ROOM)
+_addr = text(64)
+_sid = binary(SESSION_ID_BYTES)
+_counter = integer(0, MAX_COUNTER)
+_ciphertext = binary(16, MAX_CIPHERTEXT)
+_point = binary(POINT_BYTES)
+_mac = binary(MAC_BYTES)
+_token = integer(0, 2**31 - 1)
+
+#: Messages a client sends.
+FROM_CLIENT: Schema = {
+    "hello": ({"v": integer(0, 2**16), "room": _room, "name": _name}, {}),
+    "share": ({"X": _point}, {}),
+    "confirm": ({"mac": _mac}, {}),
+    "send": ({"sid": _sid, "n": _counter, "ct": _ciphertext}, {}),
+    "who": ({}, {}),
+    "ping": ({}, {"id": _token}),
+    "pong": ({}, {"id": _token}),
+}
+
+#: Messages a server sends.
+FROM_SERVER: Schema = {
+    "params": (
+        {
+            "salt": binary(16, 64),
+            "n": integer(2, 2**30),
+            "r": integer(1, 1024),
+            "p": integer(1, 1024),
+        },
+        {},
+    ),
+    "verify": ({"Y": _point, "mac": _mac}, {}),
+    "welcome": (
+        {"name": _name, "room": _room, "addr": _addr, "members": members},
+        {"max_text": integer(0, 2**31)},
+    ),
+    "msg": (
+        {"from": _name, "sid": _sid, "n": _counter, "ct": _ciphertext},
+        {"ts": number, "hist": boolean},
+    ),
+    "joined": ({"name": _name, "addr": _addr}, {}),
+    "left": ({"name": _name, "addr": _addr}, {}),
+    "members": ({"members": members}, {}),
+    "notice": ({"code": text(32), "text": text(MAX_TEXT_FIELD)}, {}),
+    "error": ({"code": text(32), "text": text(MAX_TEXT_FIELD)}, {}),
+    "ping": ({}, {"id": _token}),
+    "pong": ({}, {"id": _token}),
+}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def decode(frame: bytes, schema: Schema) -> Message:
+    """
+    Decode and validate one frame body against C{schema}.
+
+    @raise BadMessage: for anything but a valid message of a type in C{schema}.
+    """
+    try:
+        obj = _decoder.decode(frame.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadMessage("frame is not a UTF-8 JSON object") from None
+    if type(obj) is not dict:
+        raise BadMessage("frame is not a UTF-8 JSON object")
+    kind = obj.pop("type", None)
+    if type(kind) is not str:
+        raise BadMessage("message has no type")
+    spec = schema.get(kind)
+    if spec is None:
+        raise BadMessage(f"unknown message type {kind[:32]!r}")
+    required, optional = spec
+    fields: dict[str, Any] = {}
+    for field, check in required.items():
+        if field not in obj:
+            raise BadMessage(f"{kind} message lacks field {field!r}")
+        fields[field] = check(field, obj.pop(field))
+    for field, check in optional.items():
+        if field in obj:
+            fields[field] = check(field, obj.pop(field))
+    if obj:
+        extra = sorted(obj)[0]
+        raise BadMessage(f"{kind} message has unknown field {extra[:32]!r}")
+    return Message(kind, fields)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return binascii.b2a_base64(value, newline=False).decode("ascii")
+    return value
+
+
+_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def encode(kind: str, **fields: Any) -> bytes:
+    """
+    Encode one message; C{bytes} values become base64 text.
+
+    Encoding does not validate: the sender builds its own messages. Tests check that
+    everything this module encodes decodes again under the schema.
+    """
+    obj = {"type": kind}
+    for key, value in fields.items():
+        obj[key] = _jsonable(value)
+    return _encoder.encode(obj).encode("ascii")
