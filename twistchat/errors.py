@@ -206,3 +206,20 @@ class ConfigError(TwistchatError):
     """
 
     code = "config"
+
+
+def _subclasses(cls: type[TwistchatError]) -> list[type[TwistchatError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_subclasses(sub))
+    return found
+
+
+def from_code(code: str, text: str) -> TwistchatError:
+    """
+    Rebuild the error a peer reported in an C{error} message, by its code.
+    """
+    for cls in _subclasses(TwistchatError):
+        if cls.code == code:
+            return cls(text)
+    return TwistchatError(text, code=code)

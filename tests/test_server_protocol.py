@@ -1,0 +1,283 @@
+"""
+The server protocol on in-memory transports: the handshake, the room, and what
+a misbehaving peer gets. Time is a task.Clock.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from twistchat import wire
+from twistchat.crypto.kdf import content_key, derive_secrets
+from twistchat.crypto.seal import Opener, Sealer
+from twistchat.crypto.spake2plus import Prover, context
+from twistchat.server.limits import Limits
+from twistchat.server.protocol import ChatServerProtocol, State
+from twistchat.server.room import Rooms
+from twistchat.server.service import ChatServerFactory
+
+from .conftest import OTHER_PASSWORD, PASSWORD
+
+BINDING = b"\x07" * 32
+
+
+class Peer:
+    """
+    One in-memory connection to the server, seen from the client side.
+    """
+
+    def __init__(self, factory: ChatServerFactory, port: int) -> None:
+        self.transport = StringTransport(
+            peerAddress=IPv4Address("TCP", "127.0.0.1", port),
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 7777),
+        )
+        self.proto: ChatServerProtocol = factory.buildProtocol(None)
+        self.proto.makeConnection(self.transport)
+        self.offset = 0
+
+    def send(self, kind: str, **fields: Any) -> None:
+        self.raw(wire.encode(kind, **fields))
+
+    def raw(self, frame: bytes) -> None:
+        self.proto.dataReceived(struct.pack(">I", len(frame)) + frame)
+
+    def received(self) -> list[wire.Message]:
+        data = self.transport.value()[self.offset :]
+        self.offset = len(self.transport.value())
+        out = []
+        while data:
+            (length,) = struct.unpack(">I", data[:4])
+            out.append(wire.decode(data[4 : 4 + length], wire.FROM_SERVER))
+            data = data[4 + length :]
+        return out
+
+    def login(self, name: str, password: str = PASSWORD, room: str = "main") -> list[wire.Message]:
+        self.send("hello", v=1, room=room, name=name)
+        (params,) = self.received()
+        assert params.type == "params"
+        from twistchat.crypto.kdf import ScryptParams
+
+        secrets = _derive(password, params["salt"], ScryptParams(params["n"], params["r"], params["p"]))
+        prover = Prover(context(BINDING), name.encode(), room.encode(), secrets.w0, secrets.w1)
+        self.send("share", X=prover.share())
+        (verify,) = self.received()
+        assert verify.type == "verify", verify
+        confirm, _ = prover.finish(verify["Y"], verify["mac"])
+        self.send("confirm", mac=confirm)
+        self.key = content_key(secrets.content_secret, room)
+        return self.received()
+
+
+_cache: dict[Any, Any] = {}
+
+
+def _derive(password: str, salt: bytes, params: Any) -> Any:
+    key = (password, salt, params)
+    if key not in _cache:
+        _cache[key] = derive_secrets(password, salt, params)
+    return _cache[key]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def factory(verifier: Any, clock: Clock) -> ChatServerFactory:
+    return ChatServerFactory(
+        Rooms([verifier]), clock, Limits(), channel_binding=lambda transport: BINDING
+    )
+
+
+def closed(peer: Peer) -> bool:
+    return peer.transport.disconnecting
+
+
+def test_login_welcome_and_empty_room(factory: ChatServerFactory) -> None:
+    alice = Peer(factory, 5001)
+    (welcome,) = alice.login("alice")
+    assert welcome.type == "welcome"
+    assert welcome["name"] == "alice"
+    assert welcome["members"] == []
+    assert welcome["addr"] == "127.0.0.1:5001"
+    assert alice.proto.state is State.MEMBER
+
+
+def test_join_leave_notices_and_relay(factory: ChatServerFactory) -> None:
+    alice, bob = Peer(factory, 5001), Peer(factory, 5002)
+    alice.login("alice")
+    (welcome,) = bob.login("bob")
+    assert welcome["members"] == [{"name": "alice", "addr": "127.0.0.1:5001"}]
+    (joined,) = alice.received()
+    assert (joined.type, joined["name"], joined["addr"]) == ("joined", "bob", "127.0.0.1:5002")
+
+    sid, n, ct = Sealer(bob.key, "main", "bob").seal("hello alice")
+    bob.send("send", sid=sid, n=n, ct=ct)
+    (msg,) = alice.received()
+    assert msg.type == "msg" and msg["from"] == "bob"
+    assert Opener(alice.key, "main").open("bob", msg["sid"], msg["n"], msg["ct"]) == "hello alice"
+    assert bob.received() == []  # no echo to the sender
+
+    bob.proto.connectionLost(None)
+    (left,) = alice.received()
+    assert (left.type, left["name"]) == ("left", "bob")
+
+
+def test_wrong_password_refused_and_nobody_told(factory: ChatServerFactory) -> None:
+    alice, mallory = Peer(factory, 5001), Peer(factory, 5003)
+    alice.login("alice")
+    (error,) = mallory.login("mallory", password=OTHER_PASSWORD)
+    assert (error.type, error["code"], error["text"]) == ("error", "wrong-password", "wrong password")
+    assert closed(mallory)
+    assert alice.received() == []
+
+
+def test_unknown_room_looks_like_wrong_password(factory: ChatServerFactory) -> None:
+    peer = Peer(factory, 5004)
+    (error,) = peer.login("eve", room="secret-room")
+    assert error["code"] == "wrong-password"
+    # the decoy salt is stable, as a real room's is
+    again = Peer(factory, 5005)
+    again.send("hello", v=1, room="secret-room", name="eve")
+    peer2 = Peer(factory, 5006)
+    peer2.send("hello", v=1, room="secret-room", name="eve")
+    assert again.received()[0]["salt"] == peer2.received()[0]["salt"]
+
+
+def test_name_taken_case_insensitively(factory: ChatServerFactory) -> None:
+    Peer(factory, 5001).login("alice")
+    (error,) = Peer(factory, 5002).login("Alice")
+    assert error["code"] == "name-taken"
+
+
+@pytest.mark.parametrize("name", ["", "a b", "-x", "x" * 33, "\u00e9t\u00e9", "a\x1b[2J"])
+def test_invalid_names_refused(factory: ChatServerFactory, name: str) -> None:
+    peer = Peer(factory, 5001)
+    peer.send("hello", v=1, room="main", name=name)
+    (error,) = peer.received()
+    assert error["code"] in ("name-invalid", "bad-message")
+    assert closed(peer)
+
+
+def test_version_mismatch(factory: ChatServerFactory) -> None:
+    peer = Peer(factory, 5001)
+    peer.send("hello", v=2, room="main", name="alice")
+    (error,) = peer.received()
+    assert error["code"] == "version"
+    assert "version 1" in error["text"]
+
+
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        (b"not json", "bad-message"),
+        (b"\xff\xfe", "bad-message"),
+        (b"[]", "bad-message"),
+        (b'{"type":"nope"}', "bad-message"),
+        (b'{"type":"hello","v":1,"room":"main"}', "bad-message"),
+        (b'{"type":"hello","v":1,"room":"main","name":"a","x":1}', "bad-message"),
+        (b'{"type":"send","sid":"AAAAAAAAAAAAAAAAAAAAAA==","n":1,"ct":"AAAAAAAAAAAAAAAAAAAAAA=="}',
+         "unexpected-message"),
+        (b"", "bad-message"),
+        (b"[" * 3000, "bad-message"),
+    ],
+)
+def test_bad_frames_get_error_and_close(
+    factory: ChatServerFactory, frame: bytes, code: str, no_logged_errors: list[Any]
+) -> None:
+    bystander = Peer(factory, 5000)
+    bystander.login("alice")
+    peer = Peer(factory, 5001)
+    peer.raw(frame)
+    (error,) = peer.received()
+    assert error.type == "error" and error["code"] == code
+    assert closed(peer)
+    assert not closed(bystander)
+    assert no_logged_errors == []
+
+
+def test_oversize_length_prefix_refused_before_buffering(factory: ChatServerFactory) -> None:
+    peer = Peer(factory, 5001)
+    peer.proto.dataReceived(struct.pack(">I", 3_000_000_000) + b"x" * 100)
+    (error,) = peer.received()
+    assert error["code"] == "frame-too-long"
+    assert closed(peer)
+    assert len(peer.proto._unprocessed) == 0
+
+
+def test_member_frame_limit_is_larger_than_preauth(factory: ChatServerFactory) -> None:
+    peer = Peer(factory, 5001)
+    peer.login("alice")
+    peer.proto.dataReceived(struct.pack(">I", wire.MAX_FRAME_PREAUTH + 1))
+    assert not closed(peer)
+    peer.proto.dataReceived(struct.pack(">I", wire.MAX_FRAME + 1))
+    assert closed(peer)
+
+
+def test_handshake_timeout_then_abort(factory: ChatServerFactory, clock: Clock) -> None:
+    peer = Peer(factory, 5001)
+    clock.advance(factory.limits.handshake_timeout - 1)
+    assert not closed(peer)
+    clock.advance(1)
+    (error,) = peer.received()
+    assert error["code"] == "timeout"
+    assert closed(peer)
+    # The peer never completes the TLS close: the connection is aborted.
+    aborted = []
+    peer.transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+    clock.advance(factory.limits.close_grace)
+    assert aborted == [True]
+
+
+def test_timers_cancelled_when_connection_lost(factory: ChatServerFactory, clock: Clock) -> None:
+    peer = Peer(factory, 5001)
+    peer.proto.connectionLost(None)
+    assert clock.getDelayedCalls() == []
+    assert factory.connections == set()
+
+
+def test_who_and_ping(factory: ChatServerFactory) -> None:
+    alice, bob = Peer(factory, 5001), Peer(factory, 5002)
+    alice.login("alice")
+    bob.login("bob")
+    alice.received()
+    alice.send("who")
+    (members,) = alice.received()
+    assert sorted(m["name"] for m in members["members"]) == ["alice", "bob"]
+    alice.send("ping", id=7)
+    (pong,) = alice.received()
+    assert pong.type == "pong" and pong["id"] == 7
+
+
+def test_relayed_frame_encoded_once(factory: ChatServerFactory) -> None:
+    peers = [Peer(factory, 5000 + i) for i in range(4)]
+    for i, peer in enumerate(peers):
+        peer.login(f"m{i}")
+    for peer in peers:
+        peer.received()
+    sid, n, ct = Sealer(peers[0].key, "main", "m0").seal("x")
+    writes: list[bytes] = []
+    for peer in peers[1:]:
+        original = peer.transport.write
+        peer.transport.write = lambda data, w=original: (writes.append(data), w(data))  # type: ignore
+    peers[0].send("send", sid=sid, n=n, ct=ct)
+    assert len(writes) == 3
+    assert writes[0] is writes[1] is writes[2]
+
+
+def test_shutdown_tells_everyone(factory: ChatServerFactory) -> None:
+    alice = Peer(factory, 5001)
+    alice.login("alice")
+    pending = Peer(factory, 5002)
+    factory.shutdown()
+    for peer in (alice, pending):
+        messages = peer.received()
+        assert messages[-1]["code"] == "shutdown"
+        assert closed(peer)

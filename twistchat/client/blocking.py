@@ -1,0 +1,171 @@
+"""
+A blocking client for scripts and notebooks: the reactor runs in a background
+thread, and every method here blocks (with a timeout) until it is done.
+
+    from twistchat.client import BlockingChat
+
+    with BlockingChat.connect("127.0.0.1", 7777, "bot", password) as chat:
+        chat.send("hello from a script")
+        message = chat.receive(timeout=30)
+        print(message.sender, message.text)
+
+One reactor serves every BlockingChat in the process. Do not use this from code
+that already runs a reactor: use L{twistchat.client.connect} there.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Callable
+
+from twisted.internet import defer
+
+from twistchat.client.api import ChatListener, ChatMessage, ChatSession, Member, connect
+from twistchat.errors import TwistchatError
+
+_lock = threading.Lock()
+_thread: threading.Thread | None = None
+
+
+def _reactor() -> Any:
+    """
+    The global reactor, running in a daemon thread (started on first use).
+    """
+    global _thread
+    from twisted.internet import reactor
+
+    with _lock:
+        if _thread is None:
+            _thread = threading.Thread(
+                target=reactor.run,
+                kwargs={"installSignalHandlers": False},
+                name="twistchat-reactor",
+                daemon=True,
+            )
+            _thread.start()
+    return reactor
+
+
+def _call(reactor: Any, timeout: float | None, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """
+    Run C{f} in the reactor thread; wait for its (possibly Deferred) result.
+    """
+    result: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+
+    def run() -> None:
+        d = defer.maybeDeferred(f, *args, **kw)
+        d.addCallbacks(lambda r: result.put((True, r)), lambda f: result.put((False, f)))
+
+    reactor.callFromThread(run)
+    try:
+        ok, value = result.get(timeout=timeout)
+    except queue.Empty:
+        raise TimeoutError(f"no result within {timeout} seconds") from None
+    if not ok:
+        value.raiseException()
+    return value
+
+
+class _Queueing(ChatListener):
+    def __init__(self) -> None:
+        self.events: queue.Queue[Any] = queue.Queue()
+
+    def message_received(self, message: ChatMessage) -> None:
+        self.events.put(message)
+
+    def member_joined(self, member: Member) -> None:
+        self.events.put(("joined", member))
+
+    def member_left(self, member: Member) -> None:
+        self.events.put(("left", member))
+
+    def message_rejected(self, sender: str, reason: str) -> None:
+        self.events.put(("rejected", sender, reason))
+
+    def notice(self, text: str) -> None:
+        self.events.put(("notice", text))
+
+    def disconnected(self, reason: str | None) -> None:
+        self.events.put(("disconnected", reason))
+
+
+class BlockingChat:
+    """
+    A room session driven from ordinary (non-Twisted) code.
+    """
+
+    def __init__(self, reactor: Any, session: ChatSession, listener: _Queueing) -> None:
+        self._reactor = reactor
+        self._session = session
+        self._listener = listener
+        self.name = session.name
+        self.room = session.room
+
+    @classmethod
+    def connect(
+        cls, host: str, port: int, name: str, password: str, timeout: float = 60.0, **kw: Any
+    ) -> BlockingChat:
+        """
+        Log in and join; keyword arguments are those of L{twistchat.client.connect}.
+
+        @raise TwistchatError: e.g. WrongPassword; or a connection error.
+        """
+        reactor = _reactor()
+        listener = _Queueing()
+        session = _call(
+            reactor, timeout, connect, reactor, host, port, name, password,
+            listener=listener, timeout=timeout, **kw,
+        )
+        return cls(reactor, session, listener)
+
+    def send(self, text: str) -> None:
+        _call(self._reactor, 30, self._session.send, text)
+
+    def members(self, timeout: float = 30) -> list[Member]:
+        """
+        Everyone in the room, asked of the server.
+        """
+        return _call(self._reactor, timeout, self._session.who)
+
+    def next_event(self, timeout: float | None = None) -> Any:
+        """
+        The next event: a L{ChatMessage}, or a tuple such as C{("joined", member)},
+        C{("left", member)}, C{("rejected", sender, reason)}, C{("notice", text)},
+        C{("disconnected", reason)}.
+
+        @raise TimeoutError: if nothing arrives within C{timeout} seconds.
+        """
+        try:
+            return self._listener.events.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"nothing received within {timeout} seconds") from None
+
+    def receive(self, timeout: float | None = None) -> ChatMessage:
+        """
+        The next chat message, skipping other events.
+
+        @raise TwistchatError: if the session ends first.
+        @raise TimeoutError: if no message arrives within C{timeout} seconds.
+        """
+        while True:
+            event = self.next_event(timeout)
+            if isinstance(event, ChatMessage):
+                return event
+            if event[0] == "disconnected":
+                raise TwistchatError(f"disconnected: {event[1] or 'left the room'}")
+
+    def close(self, timeout: float = 30) -> None:
+        """
+        Leave the room (idempotent).
+        """
+        _call(self._reactor, timeout, self._session.leave)
+
+    def __enter__(self) -> BlockingChat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["BlockingChat"]

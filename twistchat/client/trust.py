@@ -1,0 +1,147 @@
+"""
+How the client decides to trust a server's TLS certificate.
+
+Two policies:
+
+  - L{TrustOnFirstUse} (the default): remember the certificate's SHA-256
+    fingerprint in a known-hosts file the first time, and refuse loudly when it
+    changes. Right for the self-signed certificate a twistchat server makes.
+  - L{CertificateAuthority} (C{--ca FILE} or C{--ca system}): verify the chain
+    and the host name with service_identity. Right when the operator has a
+    certificate from a CA, e.g. Let's Encrypt.
+
+Either way the password handshake is bound to the TLS channel, so a man in the
+middle cannot learn or test the password; certificate checks add protection of
+who you are talking to before the password is even used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+
+from twistchat.errors import ConfigError, FingerprintChanged, TrustError
+
+
+def default_known_hosts() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(
+        os.path.expanduser("~"), ".config"
+    )
+    return Path(base) / "twistchat" / "known_hosts"
+
+
+def peer_fingerprint(transport: Any) -> str:
+    cert = ssl.Certificate.peerFromTransport(transport)
+    return cert.digest("sha256").decode("ascii")
+
+
+class TrustOnFirstUse:
+    """
+    Pin each server's certificate fingerprint on first use.
+
+    The known-hosts file has one line per server: C{host:port SHA256-fingerprint}.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or default_known_hosts()
+        self.host = ""
+        self.first_use = False
+        self.fingerprint = ""
+
+    def connection_creator(self, host: str, port: int) -> IOpenSSLClientConnectionCreator:
+        self.host = f"{host}:{port}"
+        return _tofu_options()
+
+    def _load(self) -> dict[str, str]:
+        try:
+            lines = self.path.read_text("utf-8").splitlines()
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read known-hosts file {self.path}: {e}") from None
+        known = {}
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 2 and not line.startswith("#"):
+                known[parts[0]] = parts[1]
+        return known
+
+    def check(self, transport: Any) -> None:
+        """
+        Called once TLS is up, before anything is sent.
+
+        @raise FingerprintChanged: if the host is known with another fingerprint.
+        """
+        self.fingerprint = peer_fingerprint(transport)
+        known = self._load().get(self.host)
+        if known == self.fingerprint:
+            return
+        if known is not None:
+            raise FingerprintChanged(
+                f"the certificate of {self.host} has CHANGED since you last connected.\n"
+                f"  known:   {known}\n"
+                f"  offered: {self.fingerprint}\n"
+                "Someone may be intercepting the connection, or the server's operator "
+                "replaced its certificate. Ask the operator for the new fingerprint; if "
+                f"it matches, delete the line for {self.host} from {self.path} and "
+                "connect again."
+            )
+        self.first_use = True
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(f"{self.host} {self.fingerprint}\n")
+        except OSError as e:
+            raise ConfigError(f"cannot write known-hosts file {self.path}: {e}") from None
+
+
+def _tofu_options() -> ssl.CertificateOptions:
+    # No chain verification: the fingerprint check in TrustOnFirstUse.check
+    # replaces it. TLS 1.2 at least, as on the server.
+    return ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+
+
+class CertificateAuthority:
+    """
+    Verify the server's certificate chain and host name (service_identity).
+
+    @param ca_file: PEM file of the CA to trust, or None for the system store.
+    """
+
+    first_use = False
+
+    def __init__(self, ca_file: Path | None = None) -> None:
+        self.ca_file = ca_file
+        self.fingerprint = ""
+
+    def connection_creator(self, host: str, port: int) -> IOpenSSLClientConnectionCreator:
+        if self.ca_file is None:
+            trust_root = ssl.platformTrust()
+        else:
+            try:
+                trust_root = ssl.Certificate.loadPEM(self.ca_file.read_bytes())
+            except OSError as e:
+                raise ConfigError(f"cannot read CA file {self.ca_file}: {e}") from None
+            except Exception:
+                raise ConfigError(f"CA file {self.ca_file} is not a PEM certificate") from None
+        return ssl.optionsForClientTLS(
+            host, trustRoot=trust_root, extraCertificateOptions={
+                "raiseMinimumTo": ssl.TLSVersion.TLSv1_2
+            }
+        )
+
+    def check(self, transport: Any) -> None:
+        self.fingerprint = peer_fingerprint(transport)
+
+
+__all__ = [
+    "CertificateAuthority",
+    "TrustError",
+    "TrustOnFirstUse",
+    "default_known_hosts",
+    "peer_fingerprint",
+]

@@ -1,0 +1,93 @@
+"""
+``twistchat-passwd``: set a room's password by writing its verifier.
+
+    twistchat-passwd [--room NAME] [--data-dir DIR | --output FILE] [--password-file FILE]
+
+The verifier (salt, scrypt cost, w0, L) lets the server check the password with
+SPAKE2+ but not recover it, nor derive the key that seals messages. Written into
+the server's data directory (C{DIR/rooms/NAME.json}), it takes effect when the
+server next starts.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+
+from twisted.python import usage
+
+from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams, check_params, make_verifier
+from twistchat.errors import ConfigError, TwistchatError
+from twistchat.server.verifiers import DEFAULT_ROOM, check_room, room_path, save_verifier
+
+PASSWORD_ENV = "TWISTCHAT_PASSWORD"
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = __doc__
+    optParameters = [
+        ["room", "r", DEFAULT_ROOM, "Room whose password to set."],
+        ["data-dir", "d", "twistchat-data", "The server's data directory."],
+        ["output", "o", None, "Write the verifier to this file instead ('-': stdout)."],
+        ["password-file", None, None, "Read the password from this file's first line."],
+        ["scrypt-log-n", None, 15, "scrypt cost: N = 2**this (15 to 20).", int],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            check_room(self["room"])
+            self.params = ScryptParams(2 ** self["scrypt-log-n"], DEFAULT_PARAMS.r, DEFAULT_PARAMS.p)
+            check_params(self.params)
+        except TwistchatError as e:
+            raise usage.UsageError(e.message) from None
+
+
+def read_password(options: Options) -> str:
+    if options["password-file"]:
+        try:
+            with open(options["password-file"], encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read --password-file: {e}") from None
+    elif os.environ.get(PASSWORD_ENV):
+        password = os.environ[PASSWORD_ENV]
+    elif sys.stdin.isatty():
+        password = getpass.getpass(f"New password for room {options['room']!r}: ")
+        if getpass.getpass("Again: ") != password:
+            raise ConfigError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise ConfigError("empty password")
+    return password
+
+
+def main(argv: list[str]) -> int:
+    options = Options()
+    try:
+        options.parseOptions(argv)
+        verifier = make_verifier(read_password(options), options["room"], options.params)
+        if options["output"] == "-":
+            json.dump(verifier.to_json(), sys.stdout, indent=1)
+            sys.stdout.write("\n")
+            return 0
+        path = Path(options["output"]) if options["output"] else room_path(
+            Path(options["data-dir"]), options["room"]
+        )
+        save_verifier(path, verifier)
+    except usage.UsageError as e:
+        sys.stderr.write(f"twistchat-passwd: {e}\n")
+        return 2
+    except (TwistchatError, OSError) as e:
+        sys.stderr.write(f"twistchat-passwd: {getattr(e, 'message', e)}\n")
+        return 1
+    sys.stderr.write(f"twistchat-passwd: wrote the verifier of room {options['room']!r} to {path}\n")
+    return 0
+
+
+def run() -> None:
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,324 @@
+"""
+The server side of one connection: the SPAKE2+ handshake, then room membership.
+
+States and the messages each accepts (the whole transition table):
+
+    HELLO    --hello-->    SHARE     (server sends params: salt and scrypt cost)
+    SHARE    --share-->    CONFIRM   (server sends verify: its share and MAC)
+    CONFIRM  --confirm-->  MEMBER    (server sends welcome; room hears joined)
+    MEMBER   --send | who | ping | pong-->  MEMBER
+    any      --error / timeout / lost-->    CLOSED
+
+Anything else is a protocol error: the peer gets an C{error} message naming it
+and is disconnected. Nothing a peer sends can raise out of L{stringReceived}.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from twistchat import wire
+from twistchat.crypto.spake2plus import VerifierSession, context
+from twistchat.errors import (
+    LimitExceeded,
+    ProtocolError,
+    TwistchatError,
+    UnexpectedMessage,
+    VersionMismatch,
+    WrongPassword,
+)
+from twistchat.server.room import Room, check_name
+
+if TYPE_CHECKING:
+    from twistchat.server.service import ChatServerFactory
+
+
+class State(enum.Enum):
+    HELLO = "waiting for hello"
+    SHARE = "waiting for the password share"
+    CONFIRM = "waiting for key confirmation"
+    MEMBER = "member"
+    CLOSED = "closed"
+
+
+def format_address(address: Any) -> tuple[str, str]:
+    """
+    Return (log form, wire form) of a peer address: C{("127.0.0.1, 5000")},
+    C{"127.0.0.1:5000"}; IPv6 hosts are bracketed in the wire form.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        return str(address), str(address)
+    wire_form = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{host}, {port}", wire_form
+
+
+class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
+    """
+    One client connection, from TLS handshake to disconnect.
+    """
+
+    log = Logger()
+    factory: ChatServerFactory
+
+    def __init__(self) -> None:
+        self.state = State.HELLO
+        self.name = ""
+        self.addr = ""
+        self._peer = ""
+        self.room: Room | None = None
+        self.joined = False
+        self._room_name = ""
+        self._spake: VerifierSession | None = None
+        self._abort: IDelayedCall | None = None
+        self.sent_messages = 0
+        self.sent_bytes = 0
+
+    # --- connection life cycle -------------------------------------------------
+
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        # TimeoutMixin uses this; keep every timer on the factory's clock.
+        return self.factory.clock.callLater(period, func)
+
+    def connectionMade(self) -> None:
+        limits = self.factory.limits
+        self.MAX_LENGTH = limits.max_frame_preauth
+        self._peer, self.addr = format_address(self.transport.getPeer())
+        self.setTimeout(limits.handshake_timeout)
+        self.factory.connection_made(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.state = State.CLOSED
+        self.setTimeout(None)
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
+        self._abort = None
+        self._spake = None
+        if self.joined and self.room is not None:
+            self.room.leave(self)
+            self.log.info(
+                "{name} ({peer}) disconnected from room {room!r} "
+                "after {count} messages, {size} bytes",
+                name=self.name,
+                peer=self._peer,
+                room=self.room.name,
+                count=self.sent_messages,
+                size=self.sent_bytes,
+            )
+        self.factory.connection_lost(self)
+
+    def timeoutConnection(self) -> None:
+        self.log.info(
+            "({peer}) timed out in state {state}", peer=self._peer, state=self.state.value
+        )
+        self.fail(
+            LimitExceeded(
+                f"handshake not completed within "
+                f"{self.factory.limits.handshake_timeout:g} seconds",
+                code="timeout",
+            )
+        )
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self.log.info(
+            "({peer}) sent a frame of {length} bytes, over the limit of {limit}",
+            peer=self._peer,
+            length=length,
+            limit=self.MAX_LENGTH,
+        )
+        # Forget the buffered bytes: nothing after an oversize header is read.
+        self._unprocessed = b""
+        self.fail(
+            LimitExceeded(
+                f"frame of {length} bytes exceeds the limit of {self.MAX_LENGTH} bytes",
+                code="frame-too-long",
+            ),
+            quiet=True,
+        )
+
+    def fail(self, error: TwistchatError, quiet: bool = False) -> None:
+        """
+        Tell the peer what went wrong, then close the connection.
+        """
+        if self.state is State.CLOSED:
+            return
+        if not quiet:
+            self.log.info(
+                "({peer}) {who}refused: {reason}",
+                peer=self._peer,
+                who=f"{self.name} " if self.name else "",
+                reason=error.message,
+            )
+        self.sendString(wire.encode("error", code=error.code, text=error.message))
+        self.close()
+
+    def close(self) -> None:
+        """
+        Close cleanly, and abort if the peer does not finish the TLS close soon.
+        """
+        if self.joined and self.room is not None:
+            # Leave now, so nobody relays to a closing connection.
+            self.room.leave(self)
+        self.state = State.CLOSED
+        self.setTimeout(None)
+        self.transport.loseConnection()
+        if self._abort is None:
+            self._abort = self.callLater(
+                self.factory.limits.close_grace, self.transport.abortConnection
+            )
+
+    # --- frames -----------------------------------------------------------------
+
+    def stringReceived(self, frame: bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        try:
+            message = wire.decode(frame, wire.FROM_CLIENT)
+            handler = self._transitions[self.state].get(message.type)
+            if handler is None:
+                raise UnexpectedMessage(
+                    f"a {message.type!r} message is not allowed while {self.state.value}"
+                )
+            handler(self, message)
+        except TwistchatError as error:
+            self.fail(error)
+        except Exception:
+            # A bug of ours, not the peer's mistake: keep the traceback.
+            self.log.failure("internal error on a frame from ({peer})", peer=self._peer)
+            self.fail(TwistchatError("internal server error", code="internal"))
+
+    # --- handshake ----------------------------------------------------------------
+
+    def _on_hello(self, message: wire.Message) -> None:
+        if message["v"] != wire.PROTOCOL_VERSION:
+            raise VersionMismatch(
+                f"this server speaks protocol version {wire.PROTOCOL_VERSION}, "
+                f"not {message['v']}"
+            )
+        self.name = check_name(message["name"])
+        self._room_name = message["room"]
+        self.room = self.factory.rooms.get(self._room_name)
+        if self.room is None:
+            # An unknown room looks exactly like a known one with a password the
+            # client does not have: stable decoy salt, and a handshake that fails.
+            salt, params, key = self.factory.decoy(self._room_name)
+        else:
+            verifier = self.room.verifier
+            salt, params, key = verifier.salt, verifier.params, self.room.key
+        self._spake = VerifierSession(
+            key,
+            context(self.factory.channel_binding(self.transport)),
+            self.name.encode("ascii"),
+            self._room_name.encode("utf-8"),
+        )
+        self.state = State.SHARE
+        self.sendString(
+            wire.encode("params", salt=salt, n=params.n, r=params.r, p=params.p)
+        )
+
+    def _on_share(self, message: wire.Message) -> None:
+        assert self._spake is not None
+        share_v, confirm_v = self._spake.respond(message["X"])
+        self.state = State.CONFIRM
+        self.sendString(wire.encode("verify", Y=share_v, mac=confirm_v))
+
+    def _on_confirm(self, message: wire.Message) -> None:
+        assert self._spake is not None
+        spake, self._spake = self._spake, None
+        try:
+            spake.finish(message["mac"])
+            if self.room is None:
+                raise AssertionError("decoy handshake confirmed")  # pragma: no cover
+        except TwistchatError as error:
+            self.factory.login_failed(self)
+            self.log.info(
+                "({peer}) failed to join room {room!r} as {name}: {reason}",
+                peer=self._peer,
+                room=self._room_name,
+                name=self.name,
+                reason=error.message,
+            )
+            # The client is told no more than "wrong password", whatever failed.
+            self.fail(WrongPassword(), quiet=True)
+            return
+        room = self.room
+        roster = room.roster()
+        room.join(self)  # NameTaken propagates as a refusal
+        self.joined = True
+        self.state = State.MEMBER
+        self.MAX_LENGTH = self.factory.limits.max_frame
+        self.setTimeout(None)
+        self.sendString(
+            wire.encode(
+                "welcome",
+                name=self.name,
+                room=room.name,
+                addr=self.addr,
+                members=roster,
+                max_text=wire.MAX_TEXT_BYTES,
+            )
+        )
+        self.log.info(
+            "{name} ({peer}) connected to room {room!r}",
+            name=self.name,
+            peer=self._peer,
+            room=room.name,
+        )
+
+    # --- membership -------------------------------------------------------------
+
+    def _on_send(self, message: wire.Message) -> None:
+        assert self.room is not None
+        ciphertext = message["ct"]
+        self.sent_messages += 1
+        self.sent_bytes += len(ciphertext)
+        self.room.broadcast(
+            wire.encode(
+                "msg",
+                **{"from": self.name},
+                sid=message["sid"],
+                n=message["n"],
+                ct=ciphertext,
+            ),
+            exclude=self,
+        )
+
+    def _on_who(self, message: wire.Message) -> None:
+        assert self.room is not None
+        self.sendString(wire.encode("members", members=self.room.roster()))
+
+    def _on_ping(self, message: wire.Message) -> None:
+        self.sendString(wire.encode("pong", **message.fields))
+
+    def _on_pong(self, message: wire.Message) -> None:
+        pass
+
+    def deliver(self, data: bytes) -> None:
+        """
+        Queue one length-prefixed frame (from the room) for this member.
+        """
+        self.transport.write(data)
+
+    _transitions: dict[State, dict[str, Callable[[ChatServerProtocol, wire.Message], None]]] = {
+        State.HELLO: {"hello": _on_hello},
+        State.SHARE: {"share": _on_share},
+        State.CONFIRM: {"confirm": _on_confirm},
+        State.MEMBER: {
+            "send": _on_send,
+            "who": _on_who,
+            "ping": _on_ping,
+            "pong": _on_pong,
+        },
+        State.CLOSED: {},
+    }
+
+
+__all__ = ["ChatServerProtocol", "State", "ProtocolError", "format_address"]

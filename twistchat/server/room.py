@@ -1,0 +1,139 @@
+"""
+Rooms: who is in them, presence notices, and fan-out of sealed messages.
+
+A room never sees plaintext. It receives frames already encoded once by the
+sender's connection and hands the same bytes to every other member.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Protocol
+
+from twistchat import wire
+from twistchat.crypto.kdf import Verifier
+from twistchat.crypto.spake2plus import VerifierKey
+from twistchat.errors import NameInvalid, NameTaken
+
+#: Names: 1 to 32 ASCII letters, digits, '_', '.', '-', starting with a letter or
+#: digit. ASCII only, so that names cannot carry terminal escapes, bidi overrides
+#: or look-alike letters.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}\Z")
+
+
+def check_name(name: str) -> str:
+    """
+    Return C{name} if it is a valid member name.
+
+    @raise NameInvalid: otherwise.
+    """
+    if not NAME_PATTERN.match(name):
+        raise NameInvalid(
+            "invalid name: use 1 to 32 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+class Member(Protocol):
+    """
+    What a room needs of a connection.
+    """
+
+    name: str
+    addr: str
+
+    def deliver(self, data: bytes) -> None:
+        """
+        Queue one already length-prefixed frame for this member.
+        """
+
+
+class Room:
+    """
+    One password-protected room: its verifier and its members.
+    """
+
+    def __init__(self, verifier: Verifier) -> None:
+        self.name = verifier.room
+        self.verifier = verifier
+        self.key = VerifierKey.from_verifier(verifier)
+        # casefolded name -> member: "Alice" and "alice" cannot both be present.
+        self._members: dict[str, Member] = {}
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, member: Member) -> bool:
+        return self._members.get(member.name.casefold()) is member
+
+    @property
+    def members(self) -> list[Member]:
+        return list(self._members.values())
+
+    def roster(self, exclude: Member | None = None) -> list[dict[str, str]]:
+        """
+        The member list as sent on the wire.
+        """
+        return [
+            {"name": m.name, "addr": m.addr}
+            for m in self._members.values()
+            if m is not exclude
+        ]
+
+    def join(self, member: Member) -> None:
+        """
+        Add C{member} and tell everyone else.
+
+        @raise NameTaken: if another member already uses that name.
+        """
+        key = member.name.casefold()
+        if key in self._members:
+            raise NameTaken(f"the name {member.name!r} is already taken in this room")
+        self.broadcast(wire.encode("joined", name=member.name, addr=member.addr))
+        self._members[key] = member
+
+    def leave(self, member: Member) -> None:
+        """
+        Remove C{member}, if present, and tell everyone else.
+        """
+        key = member.name.casefold()
+        if self._members.get(key) is member:
+            del self._members[key]
+            self.broadcast(wire.encode("left", name=member.name, addr=member.addr))
+
+    def broadcast(self, frame: bytes, exclude: Member | None = None) -> None:
+        """
+        Send one encoded frame to every member but C{exclude}.
+
+        The length prefix is added once; each member gets the same bytes.
+        """
+        data = len(frame).to_bytes(4, "big") + frame
+        for member in self._recipients(exclude):
+            member.deliver(data)
+
+    def _recipients(self, exclude: Member | None) -> Iterable[Member]:
+        # A copy: a delivery may drop a member (slow consumer) mid-loop.
+        return [m for m in self._members.values() if m is not exclude]
+
+
+class Rooms:
+    """
+    The rooms a server hosts, by name.
+    """
+
+    def __init__(self, verifiers: Iterable[Verifier] = ()) -> None:
+        self._rooms: dict[str, Room] = {}
+        for verifier in verifiers:
+            self.add(verifier)
+
+    def add(self, verifier: Verifier) -> Room:
+        room = Room(verifier)
+        self._rooms[room.name] = room
+        return room
+
+    def get(self, name: str) -> Room | None:
+        return self._rooms.get(name)
+
+    def __iter__(self):
+        return iter(self._rooms.values())

@@ -1,0 +1,127 @@
+"""
+The server factory (shared state of all connections) and the service that
+listens with TLS and shuts down cleanly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Any, Callable
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+from twistchat import wire
+from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams
+from twistchat.crypto.spake2plus import ORDER, VerifierKey, encode_point, G
+from twistchat.server.limits import Limits
+from twistchat.server.protocol import ChatServerProtocol, State
+from twistchat.server.room import Rooms
+from twistchat.server.tls import tls_exporter
+
+
+class ChatServerFactory(ServerFactory):
+    """
+    State shared by every connection of one server: rooms, limits and the clock.
+    """
+
+    protocol = ChatServerProtocol
+    log = Logger()
+
+    def __init__(
+        self,
+        rooms: Rooms,
+        clock: IReactorTime,
+        limits: Limits = Limits(),
+        channel_binding: Callable[[Any], bytes] = tls_exporter,
+    ) -> None:
+        self.rooms = rooms
+        self.clock = clock
+        self.limits = limits
+        self.channel_binding = channel_binding
+        self.connections: set[ChatServerProtocol] = set()
+        # Unknown rooms get a salt that is stable for this process and a
+        # verifier nobody knows the password of.
+        self._decoy_secret = secrets.token_bytes(32)
+        self._decoy_key = VerifierKey(
+            secrets.randbelow(ORDER - 1) + 1,
+            encode_point(G * (secrets.randbelow(ORDER - 1) + 1)),
+        )
+
+    def decoy(self, room: str) -> tuple[bytes, ScryptParams, VerifierKey]:
+        salt = hmac.new(self._decoy_secret, room.encode("utf-8"), hashlib.sha256)
+        return salt.digest()[:16], DEFAULT_PARAMS, self._decoy_key
+
+    def connection_made(self, protocol: ChatServerProtocol) -> None:
+        self.connections.add(protocol)
+
+    def connection_lost(self, protocol: ChatServerProtocol) -> None:
+        self.connections.discard(protocol)
+
+    def login_failed(self, protocol: ChatServerProtocol) -> None:
+        """
+        Called after a wrong password; the hardening layer counts these.
+        """
+
+    def shutdown(self) -> None:
+        """
+        Tell every connection the server is going away, and close them all.
+        """
+        frame = wire.encode("error", code="shutdown", text="the server is shutting down")
+        for protocol in list(self.connections):
+            if protocol.state is not State.CLOSED:
+                protocol.sendString(frame)
+                protocol.close()
+
+
+class ChatService(service.Service):
+    """
+    Listen on an endpoint while running; on stop, close every connection.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: ChatServerFactory,
+        description: str = "",
+    ) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.description = description
+        self.port: IListeningPort | None = None
+        self._listening: defer.Deferred[IListeningPort] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._listening = self.endpoint.listen(self.factory)
+        failures: list[Any] = []
+        self._listening.addCallbacks(self._started, failures.append)
+        if failures:
+            # twistd turns an exception here into a clean exit with an error.
+            failures[0].raiseException()
+
+    def _started(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        address = port.getHost()
+        self.log.info(
+            "twistchat listening on port {port} ({host}){description}",
+            port=address.port,
+            host=address.host,
+            description=self.description,
+        )
+        return port
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        self.factory.shutdown()
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        return defer.maybeDeferred(port.stopListening)

@@ -1,0 +1,126 @@
+"""
+TLS for the server: the certificate (given, or self-signed and kept in the data
+directory), the context options (TLS 1.2 at least), and the channel binding.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import ssl
+from twisted.logger import Logger
+
+from twistchat.crypto.spake2plus import EXPORTER_LABEL, EXPORTER_LENGTH
+from twistchat.errors import ConfigError
+
+log = Logger()
+
+CERT_FILE = "server.pem"
+KEY_FILE = "server.key"
+#: Self-signed certificates are valid this long (clients pin them, so they are
+#: replaced only by the operator: see docs/operations.md).
+VALID_DAYS = 3650
+
+
+def create_self_signed(cert_path: Path, key_path: Path) -> None:
+    """
+    Write a new ECDSA P-256 key and a self-signed certificate for it.
+
+    P-256 rather than RSA: its TLS handshakes cost the server far less CPU.
+    The key file is created readable by its owner only.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    hostname = socket.gethostname()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "twistchat")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
+    if hostname and hostname != "localhost":
+        names.insert(0, x509.DNSName(hostname))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_pem)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def load_certificate(
+    data_dir: Path, cert_file: Path | None = None, key_file: Path | None = None
+) -> ssl.PrivateCertificate:
+    """
+    Load the server certificate: the given files, or the data directory's
+    self-signed one, created on first use.
+
+    @raise ConfigError: if the files cannot be read or do not match.
+    """
+    if cert_file is None:
+        cert_file = data_dir / CERT_FILE
+        key_file = data_dir / KEY_FILE
+        if not cert_file.exists():
+            create_self_signed(cert_file, key_file)
+            log.info("created a self-signed certificate in {path}", path=str(cert_file))
+    elif key_file is None:
+        key_file = cert_file
+    try:
+        cert_pem = cert_file.read_bytes()
+        key_pem = key_file.read_bytes()
+        return ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+    except OSError as e:
+        raise ConfigError(f"cannot read the TLS certificate or key: {e}") from None
+    except Exception as e:
+        raise ConfigError(f"unusable TLS certificate or key: {e}") from None
+
+
+def fingerprint(cert: ssl.Certificate) -> str:
+    """
+    The certificate's SHA-256 fingerprint, as clients show and pin it.
+    """
+    return cert.digest("sha256").decode("ascii")
+
+
+def server_options(cert: ssl.PrivateCertificate) -> ssl.CertificateOptions:
+    """
+    TLS 1.2 or newer (1.3 preferred by OpenSSL), no client certificates.
+    """
+    return ssl.CertificateOptions(
+        privateKey=cert.privateKey.original,
+        certificate=cert.original,
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+    )
+
+
+def tls_exporter(transport: object) -> bytes:
+    """
+    The TLS keying-material exporter value (RFC 5705 / RFC 8446 section 7.5) for
+    this connection, bound into the SPAKE2+ context: a man in the middle who
+    terminates TLS sees two different values on its two legs.
+    """
+    connection = transport.getHandle()  # type: ignore[attr-defined]
+    return bytes(connection.export_keying_material(EXPORTER_LABEL, EXPORTER_LENGTH))

@@ -1,0 +1,176 @@
+"""
+``twistd socketchat``: command-line options and the service they build.
+
+Option parsing does all the checking and the file work that can fail (reading
+the password or verifier, creating the data directory and certificate), so an
+unusable option is a usage error from twistd, never a traceback. L{makeService}
+only builds the service; nothing listens until twistd starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Mapping
+
+from twisted.internet import ssl
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.python import usage
+
+from twistchat.crypto.kdf import Verifier, make_verifier, random_password
+from twistchat.errors import ConfigError
+from twistchat.server.room import Rooms
+from twistchat.server.service import ChatServerFactory, ChatService
+from twistchat.server.tls import fingerprint, load_certificate, server_options
+from twistchat.server.verifiers import (
+    DEFAULT_ROOM,
+    check_room,
+    load_rooms,
+    load_verifier,
+    room_path,
+    save_verifier,
+)
+
+PASSWORD_ENV = "TWISTCHAT_PASSWORD"
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0..65535")
+    return port
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run a twistchat relay: members join a room with its password (checked "
+        "with SPAKE2+ over TLS, so the server never learns it) and exchange "
+        "messages sealed with a key the server never has. With no password "
+        "source, a strong room password is generated and printed once."
+    )
+    optParameters = [
+        ["port", "p", 7777, "TCP port to listen on (0 picks a free one).", _port],
+        ["interface", "i", "", "Address to listen on (default: all IPv4 addresses)."],
+        ["data-dir", "d", "twistchat-data",
+         "Directory for the certificate and room verifiers (created if missing)."],
+        ["room", None, DEFAULT_ROOM,
+         "Room that --password, --password-file or TWISTCHAT_PASSWORD applies to."],
+        ["password-file", None, None, "File whose first line is the room password."],
+        ["verifier-file", None, None, "Room verifier written by twistchat-passwd."],
+        ["password", None, None,
+         "Room password (visible to other local users in the process list: "
+         "prefer --password-file)."],
+        ["tls-cert", None, None,
+         "PEM certificate (chain) to serve instead of a self-signed one."],
+        ["tls-key", None, None,
+         "PEM private key for --tls-cert (default: read it from --tls-cert)."],
+    ]
+
+    environ: Mapping[str, str] = os.environ
+    out = sys.stdout
+    err = sys.stderr
+
+    def postOptions(self) -> None:
+        if self["tls-key"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-key needs --tls-cert")
+        given = [o for o in ("password", "password-file", "verifier-file") if self[o]]
+        if len(given) > 1:
+            raise usage.UsageError(
+                "give only one of " + ", ".join("--" + o for o in given)
+            )
+        try:
+            check_room(self["room"])
+            self.data_dir = Path(self["data-dir"])
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.verifiers = self._verifiers()
+            self.certificate = load_certificate(
+                self.data_dir,
+                Path(self["tls-cert"]) if self["tls-cert"] else None,
+                Path(self["tls-key"]) if self["tls-key"] else None,
+            )
+        except ConfigError as e:
+            raise usage.UsageError(e.message) from None
+        except OSError as e:
+            raise usage.UsageError(f"data directory {self['data-dir']}: {e}") from None
+
+    def _password(self) -> str | None:
+        if self["password"] is not None:
+            self.err.write(
+                "twistd socketchat: warning: a password given with --password is "
+                "visible to other local users; prefer --password-file\n"
+            )
+            return str(self["password"])
+        if self["password-file"]:
+            try:
+                with open(self["password-file"], encoding="utf-8") as f:
+                    line = f.readline().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"cannot read --password-file: {e}") from None
+            if not line:
+                raise ConfigError("the first line of --password-file is empty")
+            return line
+        return self.environ.get(PASSWORD_ENV) or None
+
+    def _verifiers(self) -> list[Verifier]:
+        if self["verifier-file"]:
+            return [load_verifier(Path(self["verifier-file"]))]
+        room = self["room"]
+        path = room_path(self.data_dir, room)
+        password = self._password()
+        if password is not None:
+            return [*self._other_rooms(room), self._keep_or_replace(path, room, password)]
+        stored = load_rooms(self.data_dir)
+        if stored:
+            return stored
+        password = random_password()
+        save_verifier(path, make_verifier(password, room))
+        self.out.write(
+            f"\ntwistchat: no room password was given, so this one was generated "
+            f"for room {room!r}:\n\n    {password}\n\n"
+            "Share it with the members of the room. It is shown only this once: "
+            f"the server keeps only a verifier ({path}).\n"
+            "To choose your own, use --password-file or twistchat-passwd.\n\n"
+        )
+        self.out.flush()
+        return [load_verifier(path)]
+
+    def _other_rooms(self, room: str) -> list[Verifier]:
+        return [v for v in load_rooms(self.data_dir) if v.room != room]
+
+    @staticmethod
+    def _keep_or_replace(path: Path, room: str, password: str) -> Verifier:
+        """
+        Reuse the stored verifier (same salt, so the same content key) when it
+        matches the password; otherwise store a new one.
+        """
+        if path.exists():
+            stored = load_verifier(path)
+            if make_verifier(password, room, stored.params, stored.salt) == stored:
+                return stored
+        verifier = make_verifier(password, room)
+        save_verifier(path, verifier)
+        return verifier
+
+
+def makeService(options: Options) -> ChatService:
+    """
+    Build (not start) the relay service described by parsed C{options}.
+    """
+    from twisted.internet import reactor
+
+    certificate: ssl.PrivateCertificate = options.certificate
+    factory = ChatServerFactory(Rooms(options.verifiers), reactor)
+    endpoint = SSL4ServerEndpoint(
+        reactor,
+        options["port"],
+        server_options(certificate),
+        interface=options["interface"],
+    )
+    rooms = ", ".join(sorted(v.room for v in options.verifiers))
+    return ChatService(
+        endpoint,
+        factory,
+        description=f", rooms: {rooms}; TLS certificate SHA-256 {fingerprint(certificate)}",
+    )
