@@ -13,7 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from twistchat import wire
+from twistchat import errors, wire
 from twistchat.crypto.kdf import content_key, derive_secrets
 from twistchat.crypto.seal import Opener, Sealer
 from twistchat.crypto.spake2plus import Prover, context
@@ -131,18 +131,53 @@ def test_join_leave_notices_and_relay(factory: ChatServerFactory) -> None:
 
 
 def test_wrong_password_refused_and_nobody_told(factory: ChatServerFactory) -> None:
+    """
+    With a wrong password the client cannot verify the server's confirmation
+    and must not answer it; the server counts the attempt when it gives up.
+    """
+    failures = []
+    factory.login_failed = failures.append  # type: ignore[method-assign]
     alice, mallory = Peer(factory, 5001), Peer(factory, 5003)
     alice.login("alice")
-    (error,) = mallory.login("mallory", password=OTHER_PASSWORD)
-    assert (error.type, error["code"], error["text"]) == ("error", "wrong-password", "wrong password")
-    assert closed(mallory)
+    with pytest.raises(errors.ServerNotAuthenticated, match="wrong password"):
+        mallory.login("mallory", password=OTHER_PASSWORD)
+    assert mallory.proto.state is State.CONFIRM
+    mallory.proto.connectionLost(None)
+    assert failures == [mallory.proto]
     assert alice.received() == []
+
+
+def test_bad_confirmation_mac_refused(factory: ChatServerFactory) -> None:
+    peer = Peer(factory, 5003)
+    peer.send("hello", v=1, room="main", name="mallory")
+    peer.received()
+    peer.send("share", X=Prover(context(BINDING), b"mallory", b"main", 5, 7).share())
+    peer.received()
+    peer.send("confirm", mac=b"\x00" * 32)
+    (error,) = peer.received()
+    assert (error.type, error["code"], error["text"]) == ("error", "wrong-password", "wrong password")
+    assert closed(peer)
+
+
+def test_timeout_at_confirmation_counts_as_failed_attempt(
+    factory: ChatServerFactory, clock: Clock
+) -> None:
+    failures = []
+    factory.login_failed = failures.append  # type: ignore[method-assign]
+    peer = Peer(factory, 5003)
+    peer.send("hello", v=1, room="main", name="mallory")
+    peer.received()
+    peer.send("share", X=Prover(context(BINDING), b"mallory", b"main", 5, 7).share())
+    clock.advance(factory.limits.handshake_timeout)
+    assert failures == [peer.proto]
+    peer.proto.connectionLost(None)
+    assert failures == [peer.proto]
 
 
 def test_unknown_room_looks_like_wrong_password(factory: ChatServerFactory) -> None:
     peer = Peer(factory, 5004)
-    (error,) = peer.login("eve", room="secret-room")
-    assert error["code"] == "wrong-password"
+    with pytest.raises(errors.ServerNotAuthenticated):
+        peer.login("eve", room="secret-room")
     # the decoy salt is stable, as a real room's is
     again = Peer(factory, 5005)
     again.send("hello", v=1, room="secret-room", name="eve")
@@ -215,7 +250,10 @@ def test_oversize_length_prefix_refused_before_buffering(factory: ChatServerFact
 def test_member_frame_limit_is_larger_than_preauth(factory: ChatServerFactory) -> None:
     peer = Peer(factory, 5001)
     peer.login("alice")
-    peer.proto.dataReceived(struct.pack(">I", wire.MAX_FRAME_PREAUTH + 1))
+    sid, n, ct = Sealer(peer.key, "main", "alice").seal("x" * 5000)
+    frame = wire.encode("send", sid=sid, n=n, ct=ct)
+    assert len(frame) > wire.MAX_FRAME_PREAUTH
+    peer.raw(frame)
     assert not closed(peer)
     peer.proto.dataReceived(struct.pack(">I", wire.MAX_FRAME + 1))
     assert closed(peer)

@@ -87,11 +87,15 @@ class WrongPassword(AuthFailed):
     code = "wrong-password"
 
 
-class ServerNotAuthenticated(AuthFailed):
+class ServerNotAuthenticated(WrongPassword):
     """
-    the server could not prove it knows this room
+    wrong password, or the server could not prove it knows this room
     """
 
+    # The client checks the server's key confirmation first (RFC 9383): with a
+    # wrong password it fails exactly as it does against a server that lacks the
+    # room's verifier, and answering anyway would let an impostor server test
+    # password guesses offline. So the two cases share one message.
     code = "server-not-authenticated"
 
 

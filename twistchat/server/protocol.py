@@ -76,6 +76,7 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
         self._peer = ""
         self.room: Room | None = None
         self.joined = False
+        self._attempt_counted = False
         self._room_name = ""
         self._spake: VerifierSession | None = None
         self._abort: IDelayedCall | None = None
@@ -96,6 +97,10 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
         self.factory.connection_made(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.state is State.CONFIRM:
+            # The client saw our key confirmation and went away: its password
+            # did not match (an attacker learns that much per attempt).
+            self._login_failed("wrong password (the client gave up at key confirmation)")
         self.state = State.CLOSED
         self.setTimeout(None)
         if self._abort is not None and self._abort.active():
@@ -167,13 +172,20 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
         if self.joined and self.room is not None:
             # Leave now, so nobody relays to a closing connection.
             self.room.leave(self)
+        if self.state is State.CONFIRM:
+            # The client has seen our key confirmation, so it could test one
+            # password guess against it: that counts as a failed attempt.
+            self._login_failed("wrong password (key confirmation not completed)")
         self.state = State.CLOSED
         self.setTimeout(None)
         self.transport.loseConnection()
         if self._abort is None:
-            self._abort = self.callLater(
-                self.factory.limits.close_grace, self.transport.abortConnection
-            )
+            self._abort = self.callLater(self.factory.limits.close_grace, self._abort_now)
+
+    def _abort_now(self) -> None:
+        self._abort = None
+        self.log.info("({peer}) did not finish closing: aborted", peer=self._peer)
+        self.transport.abortConnection()
 
     # --- frames -----------------------------------------------------------------
 
@@ -238,14 +250,7 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
             if self.room is None:
                 raise AssertionError("decoy handshake confirmed")  # pragma: no cover
         except TwistchatError as error:
-            self.factory.login_failed(self)
-            self.log.info(
-                "({peer}) failed to join room {room!r} as {name}: {reason}",
-                peer=self._peer,
-                room=self._room_name,
-                name=self.name,
-                reason=error.message,
-            )
+            self._login_failed(error.message)
             # The client is told no more than "wrong password", whatever failed.
             self.fail(WrongPassword(), quiet=True)
             return
@@ -271,6 +276,22 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
             name=self.name,
             peer=self._peer,
             room=room.name,
+        )
+
+    def _login_failed(self, reason: str) -> None:
+        """
+        Count and log one failed password attempt (at most once per connection).
+        """
+        if self._attempt_counted:
+            return
+        self._attempt_counted = True
+        self.factory.login_failed(self)
+        self.log.info(
+            "({peer}) failed to join room {room!r} as {name}: {reason}",
+            peer=self._peer,
+            room=self._room_name,
+            name=self.name,
+            reason=reason,
         )
 
     # --- membership -------------------------------------------------------------

@@ -110,8 +110,8 @@ def server_options(cert: ssl.PrivateCertificate) -> ssl.CertificateOptions:
     TLS 1.2 or newer (1.3 preferred by OpenSSL), no client certificates.
     """
     return ssl.CertificateOptions(
-        privateKey=cert.privateKey.original,
-        certificate=cert.original,
+        privateKey=cert.privateKey.original.to_cryptography_key(),
+        certificate=cert.original.to_cryptography(),
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
 
