@@ -32,6 +32,7 @@ class ChatServerFactory(ServerFactory):
 
     protocol = ChatServerProtocol
     log = Logger()
+    noisy = False
 
     def __init__(
         self,
@@ -45,6 +46,7 @@ class ChatServerFactory(ServerFactory):
         self.limits = limits
         self.channel_binding = channel_binding
         self.connections: set[ChatServerProtocol] = set()
+        self._drained: list[defer.Deferred[None]] = []
         # Unknown rooms get a salt that is stable for this process and a
         # verifier nobody knows the password of.
         self._decoy_secret = secrets.token_bytes(32)
@@ -62,21 +64,37 @@ class ChatServerFactory(ServerFactory):
 
     def connection_lost(self, protocol: ChatServerProtocol) -> None:
         self.connections.discard(protocol)
+        if not self.connections:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
 
     def login_failed(self, protocol: ChatServerProtocol) -> None:
         """
         Called after a wrong password; the hardening layer counts these.
         """
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> defer.Deferred[None]:
         """
-        Tell every connection the server is going away, and close them all.
+        Tell every connection the server is going away and close them all.
+
+        @return: fires when every connection has closed (each is aborted after
+            the close grace period if its peer does not finish closing).
         """
         frame = wire.encode("error", code="shutdown", text="the server is shutting down")
         for protocol in list(self.connections):
             if protocol.state is not State.CLOSED:
                 protocol.sendString(frame)
                 protocol.close()
+        return self._wait_drained()
+
+    def _wait_drained(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        if not self.connections:
+            d.callback(None)
+        else:
+            self._drained.append(d)
+        return d
 
 
 class ChatService(service.Service):
@@ -109,6 +127,13 @@ class ChatService(service.Service):
 
     def _started(self, port: IListeningPort) -> IListeningPort:
         self.port = port
+        # Announce readiness from the running reactor (twistd starts services
+        # just before it installs its signal handlers), so whoever waits for
+        # this line can rely on a clean SIGTERM shutdown.
+        self.factory.clock.callLater(0, self._announce, port)
+        return port
+
+    def _announce(self, port: IListeningPort) -> None:
         address = port.getHost()
         self.log.info(
             "twistchat listening on port {port} ({host}){description}",
@@ -116,12 +141,12 @@ class ChatService(service.Service):
             host=address.host,
             description=self.description,
         )
-        return port
 
-    def stopService(self) -> defer.Deferred[None] | None:
+    def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        self.factory.shutdown()
-        if self.port is None:
-            return None
+        self.log.info("shutting down: closing {count} connections",
+                      count=len(self.factory.connections))
         port, self.port = self.port, None
-        return defer.maybeDeferred(port.stopListening)
+        stopped = defer.maybeDeferred(port.stopListening) if port else defer.succeed(None)
+        drained = self.factory.shutdown()
+        return defer.gatherResults([stopped, drained]).addCallback(lambda _: None)

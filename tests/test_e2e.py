@@ -1,0 +1,248 @@
+"""
+End to end: the installed ``twistd socketchat`` and ``twistchat`` commands as
+real processes on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Iterator
+
+import pytest
+
+BIN = Path(sys.executable).parent
+SECRET_TEXT = "the eagle lands at midnight 4711"
+REPLY_TEXT = "copy that, see you there 0815"
+
+
+class Lines:
+    """
+    Collect a stream's lines in a background thread; wait for one with a timeout.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        for line in self.seen:
+            if (match := re.search(pattern, line)):
+                return match
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+            if (match := re.search(pattern, line)):
+                return match
+        raise AssertionError(f"{pattern!r} not seen; got:\n" + "\n".join(self.seen))
+
+    def rest(self, timeout: float = 10) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.seen.append(line)
+        return self.seen
+
+
+class Server:
+    def __init__(self, workdir: Path, *args: str) -> None:
+        self.workdir = workdir
+        self.data = workdir / "data"
+        self.process = subprocess.Popen(
+            [str(BIN / "twistd"), "-n", "socketchat", "--port", "0",
+             "--interface", "127.0.0.1", "--data-dir", str(self.data), *args],
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env(workdir),
+        )
+        assert self.process.stdout is not None
+        self.log = Lines(self.process.stdout)
+        self.port = int(self.log.wait_for(r"listening on port (\d+)").group(1))
+
+    def stop(self) -> bool:
+        """
+        SIGTERM, then wait; True if twistd shut down cleanly. (twistd re-raises
+        the signal after its clean shutdown, so its status is -SIGTERM.)
+        """
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            status = self.process.wait(timeout=20)
+        finally:
+            self.log.rest(timeout=2)
+        return status in (0, -signal.SIGTERM) and "Server Shut Down." in self.log.seen[-1]
+
+
+def env(home: Path, **extra: str) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TWISTCHAT")}
+    clean.update(XDG_CONFIG_HOME=str(home / "config"), PYTHONUNBUFFERED="1", **extra)
+    return clean
+
+
+class Client:
+    def __init__(self, workdir: Path, port: int, *args: str, password: str | None = None) -> None:
+        extra = {"TWISTCHAT_PASSWORD": password} if password else {}
+        self.process = subprocess.Popen(
+            [str(BIN / "twistchat"), "127.0.0.1", str(port), *args],
+            cwd=workdir,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(workdir, **extra),
+        )
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self.out = Lines(self.process.stdout)
+        self.err = Lines(self.process.stderr)
+
+    def say(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def finish(self) -> int:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        return self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+
+
+def read_all_bytes(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file())
+
+
+def test_server_and_two_clients_chat(workdir: Path) -> None:
+    server = Server(workdir)
+    try:
+        password = server.log.wait_for(r"^\s+([a-z0-9]{5}(?:-[a-z0-9]{5})+)\s*$").group(1)
+        alice = Client(workdir, server.port, "alice", password=password)
+        alice.out.wait_for("connected — you can start sending messages")
+        alice.out.wait_for(r"The room is empty")
+        bob = Client(workdir, server.port, "bob", password=password)
+        bob.out.wait_for("connected — you can start sending messages")
+        bob.out.wait_for(r"In the room: alice \(127\.0\.0\.1:\d+\)")
+        alice.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) entered the room")
+
+        alice.say(SECRET_TEXT)
+        bob.out.wait_for(re.escape(f"[ alice: ] {SECRET_TEXT}"))
+        bob.say(REPLY_TEXT)
+        alice.out.wait_for(re.escape(f"[ bob: ] {REPLY_TEXT}"))
+
+        # A third member with the wrong password is refused; nobody hears of it.
+        eve = Client(workdir, server.port, "eve", password="not the password")
+        assert eve.finish() == 1
+        assert "Unable to connect: wrong password" in "\n".join(eve.err.rest())
+
+        assert bob.finish() == 0
+        alice.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) left the room")
+        alice.out.wait_for(r"The room is empty")
+        assert alice.finish() == 0
+        assert not any("eve" in line for line in alice.out.rest())
+        server.log.wait_for(r"failed to join room 'main' as eve")
+        server.log.wait_for(r"alice \(127\.0\.0\.1, \d+\) disconnected")
+    finally:
+        server.stop()
+
+    log = "\n".join(server.log.seen)
+    assert re.search(r"alice \(127\.0\.0\.1, \d+\) connected", log)
+    assert "Traceback" not in log
+    # The password is printed once for the operator, before logging starts, and
+    # never appears in a log line.
+    assert sum(password in line for line in server.log.seen) == 1
+    for secret in (SECRET_TEXT, REPLY_TEXT, "not the password"):
+        assert secret not in log
+    stored = read_all_bytes(server.data)
+    for secret in (SECRET_TEXT, REPLY_TEXT, password, "not the password"):
+        assert secret.encode() not in stored
+    assert (server.data / "rooms" / "main.json").exists()
+
+
+def test_password_file_and_restart_keeps_room_key(workdir: Path) -> None:
+    (workdir / "pw").write_text("a room password for the e2e test\n")
+    server = Server(workdir, "--password-file", str(workdir / "pw"))
+    try:
+        first = (server.data / "rooms" / "main.json").read_bytes()
+    finally:
+        assert server.stop()
+    server = Server(workdir, "--password-file", str(workdir / "pw"))
+    try:
+        assert (server.data / "rooms" / "main.json").read_bytes() == first
+        client = Client(workdir, server.port, "dave", password="a room password for the e2e test")
+        client.out.wait_for("connected")
+        assert client.finish() == 0
+    finally:
+        server.stop()
+
+
+def test_sigterm_tells_members_and_exits_cleanly(workdir: Path) -> None:
+    (workdir / "pw").write_text("shutdown test password\n")
+    server = Server(workdir, "--password-file", str(workdir / "pw"))
+    client = Client(workdir, server.port, "erin", password="shutdown test password")
+    client.out.wait_for("connected")
+    assert server.stop()
+    client.out.wait_for("Disconnected from chat server: the server is shutting down")
+    assert client.process.wait(timeout=20) == 1
+
+
+def test_unusable_options_are_usage_errors(workdir: Path) -> None:
+    result = subprocess.run(
+        [str(BIN / "twistd"), "-n", "socketchat", "--password-file", str(workdir / "missing")],
+        cwd=workdir, capture_output=True, text=True, timeout=60, env=env(workdir),
+    )
+    assert result.returncode != 0
+    assert "cannot read --password-file" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
+def test_openssl_s_client_completes_tls(workdir: Path) -> None:
+    server = Server(workdir)
+    try:
+        versions = {}
+        for flag in ("-tls1_2", "-tls1_3"):
+            result = subprocess.run(
+                ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", flag],
+                input="", capture_output=True, text=True, timeout=30,
+            )
+            versions[flag] = re.search(r"New, (TLSv1\.\d)", result.stdout)
+        assert versions["-tls1_2"] and versions["-tls1_2"].group(1) == "TLSv1.2"
+        assert versions["-tls1_3"] and versions["-tls1_3"].group(1) == "TLSv1.3"
+        result = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-tls1_1"],
+            input="", capture_output=True, text=True, timeout=30,
+        )
+        assert "New, TLSv1.1" not in result.stdout
+    finally:
+        server.stop()
