@@ -1,10 +1,14 @@
 """
-Server limits, each with a default chosen in docs/operations.md.
+Server limits and the small mechanisms that enforce them: a token bucket for
+message rates and a per-address record of connections and failed logins.
+
+Defaults are chosen and explained in docs/operations.md; every one of them is a
+``twistd socketchat`` option.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twistchat.wire import MAX_FRAME, MAX_FRAME_PREAUTH
 
@@ -21,7 +25,107 @@ class Limits:
     max_frame: int = MAX_FRAME
     #: Seconds a connection has to complete TLS and the password handshake.
     handshake_timeout: float = 30.0
+    #: Seconds of silence from a member before the server pings it.
+    idle_timeout: float = 120.0
+    #: Seconds a pinged member has to answer before it is dropped.
+    ping_timeout: float = 20.0
     #: Seconds between the close request and the hard abort of a connection whose
     #: peer does not answer the TLS close (Twisted issue 7926).
     close_grace: float = 5.0
+    #: Sustained messages per second per member, and the burst allowed above it.
+    message_rate: float = 10.0
+    message_burst: int = 30
+    #: Members per room.
+    max_members: int = 1000
+    #: Bytes queued to a member that does not read before it is disconnected.
+    max_send_queue: int = 1 << 20
+    #: Connections not yet logged in, per source address and in total.
+    max_preauth_per_address: int = 10
+    max_preauth_total: int = 256
+    #: Failed logins per address allowed before penalties start (typos happen).
+    free_failures: int = 3
+    #: Penalty after the first counted failure; doubles with each further one.
+    failure_penalty: float = 5.0
+    #: Longest penalty; also how long an address's record is kept after it.
+    max_failure_penalty: float = 600.0
 
+
+class TokenBucket:
+    """
+    C{rate} tokens per second, at most C{burst} saved up.
+    """
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class AddressRecord:
+    """
+    What the server remembers of one source address.
+    """
+
+    preauth: int = 0
+    failures: int = 0
+    blocked_until: float = 0.0
+    last_failure: float = 0.0
+
+
+@dataclass
+class AddressBook:
+    """
+    Per-address connection counts and failed-login penalties.
+
+    A record lives while the address has pending connections, or until
+    C{max_failure_penalty} seconds after its last failure; L{expire} (called
+    periodically) drops the rest, so memory stays bounded by recent activity.
+    """
+
+    limits: Limits
+    records: dict[str, AddressRecord] = field(default_factory=dict)
+
+    def get(self, host: str) -> AddressRecord:
+        record = self.records.get(host)
+        if record is None:
+            record = self.records[host] = AddressRecord()
+        return record
+
+    def penalty_left(self, host: str, now: float) -> float:
+        record = self.records.get(host)
+        if record is None:
+            return 0.0
+        return max(0.0, record.blocked_until - now)
+
+    def failed(self, host: str, now: float) -> float:
+        """
+        Count one failed login; return the penalty (seconds) now in force.
+        """
+        record = self.get(host)
+        record.failures += 1
+        record.last_failure = now
+        over = record.failures - self.limits.free_failures
+        if over <= 0:
+            return 0.0
+        penalty = min(
+            self.limits.failure_penalty * 2 ** min(over - 1, 30),
+            self.limits.max_failure_penalty,
+        )
+        record.blocked_until = now + penalty
+        return penalty
+
+    def expire(self, now: float) -> None:
+        keep = self.limits.max_failure_penalty
+        for host, record in list(self.records.items()):
+            if record.preauth == 0 and now - record.last_failure > keep and now >= record.blocked_until:
+                del self.records[host]

@@ -18,22 +18,25 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from twistchat import wire
 from twistchat.crypto.spake2plus import VerifierSession, context
 from twistchat.errors import (
     LimitExceeded,
     ProtocolError,
+    RoomFull,
     TwistchatError,
     UnexpectedMessage,
     VersionMismatch,
     WrongPassword,
 )
+from twistchat.server.limits import TokenBucket
 from twistchat.server.room import Room, check_name
 
 if TYPE_CHECKING:
@@ -61,9 +64,14 @@ def format_address(address: Any) -> tuple[str, str]:
     return f"{host}, {port}", wire_form
 
 
+@implementer(IPushProducer)
 class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
     """
     One client connection, from TLS handshake to disconnect.
+
+    Once a member, it is also the producer feeding its own transport: when the
+    transport's buffer fills (the member does not read), deliveries are counted
+    instead, and past C{max_send_queue} bytes the member is disconnected.
     """
 
     log = Logger()
@@ -82,6 +90,12 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
         self._abort: IDelayedCall | None = None
         self.sent_messages = 0
         self.sent_bytes = 0
+        self.host = ""
+        self._pinged = False
+        self._bucket: TokenBucket | None = None
+        self._too_fast = 0
+        self._paused = False
+        self._queued = 0
 
     # --- connection life cycle -------------------------------------------------
 
@@ -92,9 +106,13 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
     def connectionMade(self) -> None:
         limits = self.factory.limits
         self.MAX_LENGTH = limits.max_frame_preauth
-        self._peer, self.addr = format_address(self.transport.getPeer())
+        peer = self.transport.getPeer()
+        self.host = getattr(peer, "host", str(peer))
+        self._peer, self.addr = format_address(peer)
         self.setTimeout(limits.handshake_timeout)
-        self.factory.connection_made(self)
+        refusal = self.factory.connection_made(self)
+        if refusal is not None:
+            self.fail(refusal)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self.state is State.CONFIRM:
@@ -121,6 +139,22 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
         self.factory.connection_lost(self)
 
     def timeoutConnection(self) -> None:
+        limits = self.factory.limits
+        if self.state is State.MEMBER:
+            if not self._pinged:
+                self._pinged = True
+                self.sendString(wire.encode("ping"))
+                self.setTimeout(limits.ping_timeout)
+                return
+            self.log.info("{name} ({peer}) did not answer a ping", name=self.name, peer=self._peer)
+            self.fail(
+                LimitExceeded(
+                    f"no answer to a ping within {limits.ping_timeout:g} seconds",
+                    code="timeout",
+                ),
+                quiet=True,
+            )
+            return
         self.log.info(
             "({peer}) timed out in state {state}", peer=self._peer, state=self.state.value
         )
@@ -183,6 +217,8 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
             self._abort = self.callLater(self.factory.limits.close_grace, self._abort_now)
 
     def _abort_now(self) -> None:
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
         self._abort = None
         self.log.info("({peer}) did not finish closing: aborted", peer=self._peer)
         self.transport.abortConnection()
@@ -192,6 +228,12 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
     def stringReceived(self, frame: bytes) -> None:
         if self.state is State.CLOSED:
             return
+        if self.state is State.MEMBER:
+            if self._pinged:
+                self._pinged = False
+                self.setTimeout(self.factory.limits.idle_timeout)
+            else:
+                self.resetTimeout()
         try:
             message = wire.decode(frame, wire.FROM_CLIENT)
             handler = self._transitions[self.state].get(message.type)
@@ -255,12 +297,20 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
             self.fail(WrongPassword(), quiet=True)
             return
         room = self.room
+        limits = self.factory.limits
+        if len(room) >= limits.max_members:
+            raise RoomFull(f"the room is full ({limits.max_members} members)")
         roster = room.roster()
         room.join(self)  # NameTaken propagates as a refusal
         self.joined = True
         self.state = State.MEMBER
-        self.MAX_LENGTH = self.factory.limits.max_frame
-        self.setTimeout(None)
+        self.factory.logged_in(self)
+        self.MAX_LENGTH = limits.max_frame
+        self.setTimeout(limits.idle_timeout)
+        self._bucket = TokenBucket(
+            limits.message_rate, limits.message_burst, self.factory.clock.seconds()
+        )
+        self.transport.registerProducer(self, True)
         self.sendString(
             wire.encode(
                 "welcome",
@@ -269,6 +319,8 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
                 addr=self.addr,
                 members=roster,
                 max_text=wire.MAX_TEXT_BYTES,
+                rate=limits.message_rate,
+                burst=limits.message_burst,
             )
         )
         self.log.info(
@@ -297,7 +349,11 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
     # --- membership -------------------------------------------------------------
 
     def _on_send(self, message: wire.Message) -> None:
-        assert self.room is not None
+        assert self.room is not None and self._bucket is not None
+        if not self._bucket.take(self.factory.clock.seconds()):
+            self._sending_too_fast()
+            return
+        self._too_fast = 0
         ciphertext = message["ct"]
         self.sent_messages += 1
         self.sent_bytes += len(ciphertext)
@@ -311,6 +367,20 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
             ),
             exclude=self,
         )
+
+    def _sending_too_fast(self) -> None:
+        limits = self.factory.limits
+        self._too_fast += 1
+        if self._too_fast == 1:
+            self.log.info("{name} ({peer}) is over the message rate", name=self.name, peer=self._peer)
+            self.sendString(wire.encode(
+                "notice",
+                code="rate",
+                text=f"too fast: messages are not relayed above {limits.message_rate:g} "
+                f"per second (bursts of {limits.message_burst}); slow down or be disconnected",
+            ))
+        elif self._too_fast > limits.message_burst:
+            self.fail(LimitExceeded("disconnected for sending too fast", code="rate"))
 
     def _on_who(self, message: wire.Message) -> None:
         assert self.room is not None
@@ -326,7 +396,32 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
         """
         Queue one length-prefixed frame (from the room) for this member.
         """
+        if self._paused:
+            self._queued += len(data)
+            if self._queued > self.factory.limits.max_send_queue:
+                self.log.info(
+                    "{name} ({peer}) is not reading: {size} bytes queued",
+                    name=self.name, peer=self._peer, size=self._queued,
+                )
+                self.fail(LimitExceeded(
+                    "disconnected: you stopped reading and too much was queued for you",
+                    code="slow",
+                ), quiet=True)
+                self._abort_now()
+                return
         self.transport.write(data)
+
+    # IPushProducer: the transport tells us when its buffer is full or drained.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._queued = 0
+
+    def stopProducing(self) -> None:
+        self._paused = True
 
     _transitions: dict[State, dict[str, Callable[[ChatServerProtocol, wire.Message], None]]] = {
         State.HELLO: {"hello": _on_hello},

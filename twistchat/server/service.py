@@ -11,7 +11,7 @@ import secrets
 from typing import Any, Callable
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -19,7 +19,8 @@ from twisted.logger import Logger
 from twistchat import wire
 from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams
 from twistchat.crypto.spake2plus import ORDER, VerifierKey, encode_point, G
-from twistchat.server.limits import Limits
+from twistchat.errors import LimitExceeded, TwistchatError
+from twistchat.server.limits import AddressBook, Limits
 from twistchat.server.protocol import ChatServerProtocol, State
 from twistchat.server.room import Rooms
 from twistchat.server.tls import tls_exporter
@@ -47,6 +48,9 @@ class ChatServerFactory(ServerFactory):
         self.channel_binding = channel_binding
         self.connections: set[ChatServerProtocol] = set()
         self._drained: list[defer.Deferred[None]] = []
+        self._pending: set[ChatServerProtocol] = set()
+        self.preauth_total = 0
+        self.addresses = AddressBook(limits)
         # Unknown rooms get a salt that is stable for this process and a
         # verifier nobody knows the password of.
         self._decoy_secret = secrets.token_bytes(32)
@@ -59,10 +63,43 @@ class ChatServerFactory(ServerFactory):
         salt = hmac.new(self._decoy_secret, room.encode("utf-8"), hashlib.sha256)
         return salt.digest()[:16], DEFAULT_PARAMS, self._decoy_key
 
-    def connection_made(self, protocol: ChatServerProtocol) -> None:
+    def connection_made(self, protocol: ChatServerProtocol) -> TwistchatError | None:
+        """
+        Admit a new connection, or return why it is refused.
+        """
         self.connections.add(protocol)
+        now = self.clock.seconds()
+        wait = self.addresses.penalty_left(protocol.host, now)
+        if wait > 0:
+            return LimitExceeded(
+                f"too many failed logins from your address: try again in {wait:.0f} seconds",
+                code="penalty",
+            )
+        record = self.addresses.get(protocol.host)
+        if record.preauth >= self.limits.max_preauth_per_address:
+            self.log.info("({host}) refused: {count} connections not logged in",
+                          host=protocol.host, count=record.preauth)
+            return LimitExceeded("too many connections from your address", code="limit")
+        if self.preauth_total >= self.limits.max_preauth_total:
+            self.log.info("refused a connection: {count} connections not logged in",
+                          count=self.preauth_total)
+            return LimitExceeded("the server is busy: try again later", code="busy")
+        record.preauth += 1
+        self.preauth_total += 1
+        self._pending.add(protocol)
+        return None
+
+    def logged_in(self, protocol: ChatServerProtocol) -> None:
+        self._preauth_done(protocol)
+
+    def _preauth_done(self, protocol: ChatServerProtocol) -> None:
+        if protocol in self._pending:
+            self._pending.discard(protocol)
+            self.preauth_total -= 1
+            self.addresses.get(protocol.host).preauth -= 1
 
     def connection_lost(self, protocol: ChatServerProtocol) -> None:
+        self._preauth_done(protocol)
         self.connections.discard(protocol)
         if not self.connections:
             waiting, self._drained = self._drained, []
@@ -71,8 +108,18 @@ class ChatServerFactory(ServerFactory):
 
     def login_failed(self, protocol: ChatServerProtocol) -> None:
         """
-        Called after a wrong password; the hardening layer counts these.
+        Count a wrong password against the source address.
         """
+        penalty = self.addresses.failed(protocol.host, self.clock.seconds())
+        if penalty:
+            self.log.info("({host}) failed logins: address blocked for {penalty:g} s",
+                          host=protocol.host, penalty=penalty)
+
+    def expire(self) -> None:
+        """
+        Forget addresses with no recent failures (run periodically).
+        """
+        self.addresses.expire(self.clock.seconds())
 
     def shutdown(self) -> defer.Deferred[None]:
         """
@@ -118,6 +165,9 @@ class ChatService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        self._expiry = task.LoopingCall(self.factory.expire)
+        self._expiry.clock = self.factory.clock
+        self._expiry.start(60, now=False)
         self._listening = self.endpoint.listen(self.factory)
         failures: list[Any] = []
         self._listening.addCallbacks(self._started, failures.append)
@@ -144,6 +194,8 @@ class ChatService(service.Service):
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
+        if self._expiry.running:
+            self._expiry.stop()
         self.log.info("shutting down: closing {count} connections",
                       count=len(self.factory.connections))
         port, self.port = self.port, None

@@ -190,7 +190,7 @@ FROM_SERVER: Schema = {
     "verify": ({"Y": _point, "mac": _mac}, {}),
     "welcome": (
         {"name": _name, "room": _room, "addr": _addr, "members": members},
-        {"max_text": integer(0, 2**31)},
+        {"max_text": integer(0, 2**31), "rate": number, "burst": integer(0, 2**31)},
     ),
     "msg": (
         {"from": _name, "sid": _sid, "n": _counter, "ct": _ciphertext},
