@@ -1,0 +1,79 @@
+"""
+twistchat's cryptography: password stretching, the SPAKE2+ login, sealed messages.
+
+No I/O and no Twisted here; only the standard library and pycryptodome.
+
+One key per purpose, all from one scrypt run over the room password
+(L{kdf.derive_secrets})::
+
+    scrypt(NFC(password), salt, N, r, p) -> 112 bytes
+      [0:40]   -> w0   SPAKE2+ scalar (the server knows it)
+      [40:80]  -> w1   SPAKE2+ scalar (the server knows only L = w1*G)
+      [80:112] -> content secret -> HKDF(room) -> content key
+                                    -> HKDF(session id) -> per-sender-session
+                                       AES-256-GCM subkey (L{seal})
+
+  - L{kdf}: scrypt with parameter bounds (L{kdf.check_params}), HKDF, the server's
+    stored L{kdf.Verifier} and its JSON file format, random room passwords.
+  - L{spake2plus}: RFC 9383 SPAKE2+-P256-SHA256-HKDF-SHA256-HMAC-SHA256, checked
+    against the RFC's test vector. The client is the L{spake2plus.Prover}; the
+    server holds a L{spake2plus.VerifierKey} per room and runs a
+    L{spake2plus.VerifierSession} per login. The context binds the protocol version
+    and a TLS exporter value (L{spake2plus.context}).
+  - L{seal}: AES-256-GCM sealing (L{seal.Sealer}) and opening with replay detection
+    (L{seal.Opener}).
+
+The server only ever sees a L{kdf.Verifier} / L{spake2plus.VerifierKey} (salt,
+parameters, w0, L): enough to check a login, not enough to derive w1, the content
+secret or any content key without guessing the password.
+"""
+
+from twistchat.crypto.kdf import (
+    DEFAULT_PARAMS,
+    MIN_PARAMS,
+    PasswordSecrets,
+    ScryptParams,
+    Verifier,
+    check_params,
+    content_key,
+    derive_secrets,
+    hkdf_sha256,
+    make_verifier,
+    random_password,
+)
+from twistchat.crypto.seal import Opener, Sealer, associated_data
+from twistchat.crypto.spake2plus import (
+    EXPORTER_LABEL,
+    EXPORTER_LENGTH,
+    Prover,
+    VerifierKey,
+    VerifierSession,
+    context,
+    decode_point,
+    encode_point,
+)
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "EXPORTER_LABEL",
+    "EXPORTER_LENGTH",
+    "MIN_PARAMS",
+    "Opener",
+    "PasswordSecrets",
+    "Prover",
+    "ScryptParams",
+    "Sealer",
+    "Verifier",
+    "VerifierKey",
+    "VerifierSession",
+    "associated_data",
+    "check_params",
+    "content_key",
+    "context",
+    "decode_point",
+    "derive_secrets",
+    "encode_point",
+    "hkdf_sha256",
+    "make_verifier",
+    "random_password",
+]
