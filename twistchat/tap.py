@@ -20,6 +20,7 @@ from twisted.python import usage
 
 from twistchat.crypto.kdf import Verifier, make_verifier, random_password
 from twistchat.errors import ConfigError
+from twistchat.server.limits import Limits
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory, ChatService
 from twistchat.server.tls import fingerprint, load_certificate, server_options
@@ -33,6 +34,23 @@ from twistchat.server.verifiers import (
 )
 
 PASSWORD_ENV = "TWISTCHAT_PASSWORD"
+
+
+LIMIT_HELP = {
+    "max_frame": "Largest frame a member may send (bytes).",
+    "handshake_timeout": "Seconds allowed for TLS and the password handshake.",
+    "idle_timeout": "Seconds of silence before a member is pinged.",
+    "ping_timeout": "Seconds a member has to answer a ping.",
+    "message_rate": "Messages per second a member may send, sustained.",
+    "message_burst": "Messages a member may send in a burst above the rate.",
+    "max_members": "Members per room.",
+    "max_send_queue": "Bytes queued to a member that does not read before it is dropped.",
+    "max_preauth_per_address": "Connections not yet logged in, per source address.",
+    "max_preauth_total": "Connections not yet logged in, in total.",
+    "free_failures": "Failed logins per address before penalties start.",
+    "failure_penalty": "Seconds of the first penalty; each further failure doubles it.",
+    "max_failure_penalty": "Longest penalty (seconds).",
+}
 
 
 def _port(value: str) -> int:
@@ -68,11 +86,26 @@ class Options(usage.Options):
          "PEM private key for --tls-cert (default: read it from --tls-cert)."],
     ]
 
+    # One option per server limit, e.g. --max-members; see docs/operations.md.
+    optParameters += [
+        [name.replace("_", "-"), None, getattr(Limits(), name), help_, type(getattr(Limits(), name))]
+        for name, help_ in LIMIT_HELP.items()
+    ]
+
     environ: Mapping[str, str] = os.environ
     out = sys.stdout
     err = sys.stderr
 
     def postOptions(self) -> None:
+        try:
+            self.limits = Limits(**{
+                name: self[name.replace("_", "-")] for name in LIMIT_HELP
+            })
+        except (TypeError, ValueError) as e:
+            raise usage.UsageError(str(e)) from None
+        for name in LIMIT_HELP:
+            if self[name.replace("_", "-")] < 0:
+                raise usage.UsageError(f"--{name.replace('_', '-')} must not be negative")
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
         given = [o for o in ("password", "password-file", "verifier-file") if self[o]]
@@ -161,7 +194,7 @@ def makeService(options: Options) -> ChatService:
     from twisted.internet import reactor
 
     certificate: ssl.PrivateCertificate = options.certificate
-    factory = ChatServerFactory(Rooms(options.verifiers), reactor)
+    factory = ChatServerFactory(Rooms(options.verifiers), reactor, options.limits)
     endpoint = SSL4ServerEndpoint(
         reactor,
         options["port"],

@@ -22,6 +22,7 @@ stops it (see L{twistchat.client.blocking} for scripts without a reactor).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -38,6 +39,7 @@ from twistchat.client.protocol import ChatClientProtocol, State
 from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, derive_secrets
 from twistchat.errors import ProtocolError, Rejected, TwistchatError
+from twistchat.server.limits import TokenBucket
 from twistchat.server.verifiers import DEFAULT_ROOM
 
 log = Logger()
@@ -98,8 +100,17 @@ class ChatSession:
     """
 
     def __init__(self, protocol: ChatClientProtocol, welcome: wire.Message,
-                 listener: ChatListener) -> None:
+                 listener: ChatListener, clock: Any) -> None:
         self._protocol = protocol
+        self._clock = clock
+        # Keep to the server's message rate: send at once while the bucket has
+        # tokens, queue (in order) otherwise, so piped input is not refused.
+        rate = welcome.get("rate")
+        self._bucket = (
+            TokenBucket(rate, welcome.get("burst", 1), clock.seconds()) if rate else None
+        )
+        self._outbox: deque[str] = deque()
+        self._flush_call: Any = None
         self._listener = listener
         self.name: str = welcome["name"]
         self.room: str = welcome["room"]
@@ -132,7 +143,27 @@ class ChatSession:
         """
         if len(text.encode("utf-8")) > self.max_text:
             raise ValueError(f"message longer than {self.max_text} bytes")
-        self._protocol.send_text(text)
+        if not self.connected or self._leaving:
+            raise ProtocolError("not connected to a room")
+        self._outbox.append(text)
+        self._flush()
+
+    @property
+    def pending(self) -> int:
+        """
+        Messages queued to keep within the server's rate, not yet sent.
+        """
+        return len(self._outbox)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        while self._outbox and self.connected:
+            if self._bucket is not None and not self._bucket.take(self._clock.seconds()):
+                self._flush_call = self._clock.callLater(1 / self._bucket.rate, self._flush)
+                return
+            self._protocol.send_text(self._outbox.popleft())
+        if self._leaving and self.connected:
+            self._protocol.transport.loseConnection()
 
     def who(self) -> Deferred[list[Member]]:
         """
@@ -152,7 +183,8 @@ class ChatSession:
         if self.ended.called:
             return succeed(None)
         self._leaving = True
-        self._protocol.transport.loseConnection()
+        if self._flush_call is None:
+            self._flush()  # closes once the queued messages are sent
         d: Deferred[str | None] = Deferred()
         self.ended.addBoth(lambda result: (d.callback(result), result)[1])
         return d
@@ -196,6 +228,9 @@ class ChatSession:
         reason = None if (self._leaving and error is None) else (
             error.message if error is not None else "the server closed the connection"
         )
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
         pending, self._who = self._who, []
         for d in pending:
             d.errback(ProtocolError("disconnected"))
@@ -208,13 +243,14 @@ class _Login:
     The protocol's handler: first for the login, then forwarding to the session.
     """
 
-    def __init__(self, listener: ChatListener) -> None:
+    def __init__(self, listener: ChatListener, clock: Any) -> None:
         self.listener = listener
+        self.clock = clock
         self.result: Deferred[ChatSession] = Deferred()
         self.session: ChatSession | None = None
 
     def logged_in(self, protocol: ChatClientProtocol, welcome: wire.Message) -> None:
-        self.session = ChatSession(protocol, welcome, self.listener)
+        self.session = ChatSession(protocol, welcome, self.listener, self.clock)
         if not self.result.called:
             self.result.callback(self.session)
 
@@ -282,7 +318,7 @@ def connect(
     """
     listener = listener or ChatListener()
     trust = trust or TrustOnFirstUse()
-    login = _Login(listener)
+    login = _Login(listener, reactor)
     factory = Factory.forProtocol(
         partial(
             ChatClientProtocol,
