@@ -104,7 +104,9 @@ def describe(failure: Failure) -> str:
     if isinstance(error, defer.CancelledError):
         return "timed out"
     if isinstance(error, ConnectError):
-        text = error.osError if getattr(error, "osError", None) else error
+        # osError is the errno (an int) when set: the OS's text is the message,
+        # e.g. "Connection refused". Without one, the error's own description.
+        text = error.args[0] if error.args and error.args[0] else error
         return str(text).strip().rstrip(".") or error.__class__.__name__
     return failure.getErrorMessage()
 
