@@ -108,7 +108,8 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name.replace('_', '-')} must not be negative")
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
-        given = [o for o in ("password", "password-file", "verifier-file") if self[o]]
+        given = [o for o in ("password", "password-file", "verifier-file")
+                 if self[o] is not None]
         if len(given) > 1:
             raise usage.UsageError(
                 "give only one of " + ", ".join("--" + o for o in given)
@@ -134,8 +135,10 @@ class Options(usage.Options):
                 "twistd socketchat: warning: a password given with --password is "
                 "visible to other local users; prefer --password-file\n"
             )
+            if not self["password"]:
+                raise ConfigError("the --password given is empty")
             return str(self["password"])
-        if self["password-file"]:
+        if self["password-file"] is not None:
             try:
                 with open(self["password-file"], encoding="utf-8") as f:
                     line = f.readline().rstrip("\r\n")
@@ -147,7 +150,7 @@ class Options(usage.Options):
         return self.environ.get(PASSWORD_ENV) or None
 
     def _verifiers(self) -> list[Verifier]:
-        if self["verifier-file"]:
+        if self["verifier-file"] is not None:
             return [load_verifier(Path(self["verifier-file"]))]
         room = self["room"]
         path = room_path(self.data_dir, room)
