@@ -44,9 +44,9 @@ def test_penalties_grow_and_expire() -> None:
     assert [book.failed("a", 0) for _ in range(5)] == [5, 10, 20, 40, 60]
     assert book.penalty_left("a", 30) == 30
     assert book.penalty_left("b", 30) == 0
-    book.expire(59)
+    book.expire(359)
     assert "a" in book.records
-    book.expire(61)
+    book.expire(361)
     assert "a" not in book.records
 
 
@@ -74,6 +74,24 @@ def test_repeated_wrong_passwords_are_penalised(verifier: Any, clock: Clock) -> 
     peer = Peer(factory, 6101)
     assert peer.received() == []
     assert peer.login("alice")[0].type == "welcome"
+
+
+def test_penalty_checked_again_when_a_guess_starts(verifier: Any, clock: Clock) -> None:
+    factory = make_factory(verifier, clock, free_failures=0, failure_penalty=5)
+    opened_early = Peer(factory, 6200)
+    wrong_login(factory, 6201)
+    opened_early.send("hello", v=1, room="main", name="mallory")
+    (error,) = opened_early.received()
+    assert error["code"] == "penalty"
+
+
+def test_correct_password_refused_for_name_is_not_a_failed_guess(verifier: Any, clock: Clock) -> None:
+    factory = make_factory(verifier, clock, free_failures=0)
+    Peer(factory, 1).login("alice")
+    taken = Peer(factory, 2)
+    assert taken.login("alice")[0]["code"] == "name-taken"
+    taken.proto.connectionLost(None)
+    assert factory.addresses.penalty_left("127.0.0.1", clock.seconds()) == 0
 
 
 def test_preauth_connections_capped_per_address_and_total(verifier: Any, clock: Clock) -> None:

@@ -87,8 +87,8 @@ class AddressBook:
     """
     Per-address connection counts and failed-login penalties.
 
-    A record lives while the address has pending connections, or until
-    C{max_failure_penalty} seconds after its last failure; L{expire} (called
+    A record lives while the address has pending connections, or until six
+    times C{max_failure_penalty} seconds after its last failure; L{expire} (called
     periodically) drops the rest, so memory stays bounded by recent activity.
     """
 
@@ -125,7 +125,9 @@ class AddressBook:
         return penalty
 
     def expire(self, now: float) -> None:
-        keep = self.limits.max_failure_penalty
+        # Keep a record well past its last penalty, so that pausing for one
+        # penalty period does not buy a fresh set of free failures.
+        keep = 6 * self.limits.max_failure_penalty
         for host, record in list(self.records.items()):
             if record.preauth == 0 and now - record.last_failure > keep and now >= record.blocked_until:
                 del self.records[host]

@@ -167,6 +167,9 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
         )
 
     def lengthLimitExceeded(self, length: int) -> None:
+        if self.state is State.CLOSED:
+            self._unprocessed = b""
+            return
         self.log.info(
             "({peer}) sent a frame of {length} bytes, over the limit of {limit}",
             peer=self._peer,
@@ -257,6 +260,14 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
                 f"this server speaks protocol version {wire.PROTOCOL_VERSION}, "
                 f"not {message['v']}"
             )
+        wait = self.factory.addresses.penalty_left(self.host, self.factory.clock.seconds())
+        if wait > 0:
+            # Checked again here, where a guess starts, so that connections
+            # opened before a penalty began cannot be used to go on guessing.
+            raise LimitExceeded(
+                f"too many failed logins from your address: try again in {wait:.0f} seconds",
+                code="penalty",
+            )
         self.name = check_name(message["name"])
         self._room_name = message["room"]
         self.room = self.factory.rooms.get(self._room_name)
@@ -296,6 +307,8 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
             # The client is told no more than "wrong password", whatever failed.
             self.fail(WrongPassword(), quiet=True)
             return
+        # The password was right: a refusal from here on is not a failed guess.
+        self._attempt_counted = True
         room = self.room
         limits = self.factory.limits
         if len(room) >= limits.max_members:
