@@ -1,0 +1,522 @@
+"""
+The ``twistchat`` command: its options, where the password comes from, how
+failures are described, and the real client as a process against a relay
+running in the test's reactor.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.error import (
+    ConnectionRefusedError,
+    DNSLookupError,
+    TCPTimedOutError,
+    getConnectError,
+)
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from twistchat import errors
+from twistchat.client import ChatListener, TrustOnFirstUse, connect
+from twistchat.client.api import ChatMessage, Member
+from twistchat.client.cli import Options, describe, read_password
+
+from .conftest import OTHER_PASSWORD, PASSWORD
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Upper bound for one client process (it normally takes about a second).
+PROCESS_TIMEOUT = 60
+
+
+@pytest.fixture(autouse=True)
+def no_password_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TWISTCHAT_PASSWORD", raising=False)
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+# --- options -----------------------------------------------------------------------
+
+
+def test_three_arguments() -> None:
+    options = parse("chat.example.org", "7777", "alice")
+    assert options["host"] == "chat.example.org"
+    assert options["port"] == 7777
+    assert options["name"] == "alice"
+    assert options["password"] is None
+    assert options["room"] == "main"
+    assert options["password-file"] is None
+    assert options["known-hosts"] is None
+    assert options["ca"] is None
+    assert options["timeout"] == 30.0
+
+
+def test_four_arguments() -> None:
+    options = parse("127.0.0.1", "1", "sesame", "bob")
+    assert (options["host"], options["port"], options["password"], options["name"]) == (
+        "127.0.0.1", 1, "sesame", "bob",
+    )
+
+
+def test_options() -> None:
+    options = parse("--room", "lobby", "--password-file", "pw", "--known-hosts", "kh",
+                    "--ca", "system", "--timeout", "2.5", "h", "65535", "carol")
+    assert options["room"] == "lobby"
+    assert options["password-file"] == "pw"
+    assert options["known-hosts"] == "kh"
+    assert options["ca"] == "system"
+    assert options["timeout"] == 2.5
+    assert options["port"] == 65535
+
+
+@pytest.mark.parametrize("args", [(), ("h",), ("h", "1"), ("h", "1", "pw", "name", "extra")])
+def test_wrong_number_of_arguments(args: tuple[str, ...]) -> None:
+    with pytest.raises(usage.UsageError, match="expected HOST PORT USERNAME"):
+        parse(*args)
+
+
+@pytest.mark.parametrize("port", ["x", "0", "65536", "70000", "7777.0", ""])
+def test_bad_port(port: str) -> None:
+    with pytest.raises(usage.UsageError, match="PORT"):
+        parse("127.0.0.1", port, "alice")
+
+
+def test_bad_timeout() -> None:
+    with pytest.raises(usage.UsageError):
+        parse("--timeout", "soon", "127.0.0.1", "7777", "alice")
+
+
+# --- read_password -----------------------------------------------------------------
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def password_file(tmp_path: Path, password: str) -> Path:
+    path = tmp_path / "password"
+    path.write_text(password + "\n", encoding="utf-8")
+    return path
+
+
+def test_password_file_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TWISTCHAT_PASSWORD", "from the environment")
+    options = parse("--password-file", str(password_file(tmp_path, PASSWORD)),
+                    "h", "1", "from the command line", "alice")
+    err = io.StringIO()
+    assert read_password(options, FakeTerminal(), err) == PASSWORD
+    assert err.getvalue() == ""
+
+
+def test_password_file_first_line(tmp_path: Path) -> None:
+    path = tmp_path / "password"
+    path.write_bytes(PASSWORD.encode() + b"\r\nsecond\n")
+    options = parse("--password-file", str(path), "h", "1", "alice")
+    assert read_password(options, io.StringIO(), io.StringIO()) == PASSWORD
+
+
+def test_password_file_missing(tmp_path: Path) -> None:
+    options = parse("--password-file", str(tmp_path / "nope"), "h", "1", "alice")
+    with pytest.raises(usage.UsageError, match="cannot read --password-file"):
+        read_password(options, io.StringIO(), io.StringIO())
+
+
+def test_password_file_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    An empty password file is an error, not a reason to fall back to the
+    environment.
+    """
+    monkeypatch.setenv("TWISTCHAT_PASSWORD", PASSWORD)
+    path = tmp_path / "password"
+    path.write_text("\n")
+    options = parse("--password-file", str(path), "h", "1", "alice")
+    with pytest.raises(usage.UsageError, match="empty"):
+        read_password(options, io.StringIO(), io.StringIO())
+
+
+def test_environment_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TWISTCHAT_PASSWORD", PASSWORD)
+    options = parse("h", "1", "from the command line", "alice")
+    err = io.StringIO()
+    assert read_password(options, FakeTerminal(), err) == PASSWORD
+    assert err.getvalue() == ""
+
+
+def test_empty_environment_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TWISTCHAT_PASSWORD", "")
+    options = parse("h", "1", PASSWORD, "alice")
+    assert read_password(options, io.StringIO(), io.StringIO()) == PASSWORD
+
+
+def test_command_line_third_warns() -> None:
+    options = parse("h", "1", PASSWORD, "alice")
+    err = io.StringIO()
+    assert read_password(options, FakeTerminal(), err) == PASSWORD
+    warning = err.getvalue()
+    assert "warning" in warning
+    assert "--password-file" in warning and "TWISTCHAT_PASSWORD" in warning
+    assert PASSWORD not in warning
+
+
+def test_prompt_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    prompts: list[str] = []
+
+    def getpass(prompt: str) -> str:
+        prompts.append(prompt)
+        return PASSWORD
+
+    monkeypatch.setattr("getpass.getpass", getpass)
+    options = parse("h", "1", "alice")
+    assert read_password(options, FakeTerminal(), io.StringIO()) == PASSWORD
+    assert len(prompts) == 1
+
+
+def test_prompt_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("getpass.getpass", lambda prompt: "")
+    options = parse("h", "1", "alice")
+    with pytest.raises(usage.UsageError, match="no password"):
+        read_password(options, FakeTerminal(), io.StringIO())
+
+
+def test_no_password_without_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    stdin is not a terminal: no prompt (the input is the messages), an error.
+    """
+    def getpass(prompt: str) -> str:
+        raise AssertionError("prompted without a terminal")
+
+    monkeypatch.setattr("getpass.getpass", getpass)
+    options = parse("h", "1", "alice")
+    stdin = io.StringIO(PASSWORD + "\n")
+    with pytest.raises(usage.UsageError, match="no password"):
+        read_password(options, stdin, io.StringIO())
+    assert stdin.tell() == 0
+
+
+# --- describe ----------------------------------------------------------------------
+
+
+def test_describe_twistchat_error() -> None:
+    assert describe(Failure(errors.WrongPassword())) == "wrong password"
+    assert describe(Failure(errors.NameTaken())) == "name already taken in this room"
+    error = errors.TwistchatError("no answer from the server within 5 seconds", code="timeout")
+    assert describe(Failure(error)) == "no answer from the server within 5 seconds"
+    changed = errors.FingerprintChanged("the certificate of h:1 has CHANGED")
+    assert describe(Failure(changed)) == "the certificate of h:1 has CHANGED"
+
+
+def test_describe_connection_refused() -> None:
+    assert "refused" in describe(Failure(ConnectionRefusedError()))
+
+
+def test_describe_connection_refused_by_the_os() -> None:
+    """
+    As Twisted reports a refused connect(): the errno in osError, the OS's text
+    as the message. The text is shown, not the number.
+    """
+    error = getConnectError((errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED)))
+    assert isinstance(error, ConnectionRefusedError)
+    text = describe(Failure(error))
+    assert text == os.strerror(errno.ECONNREFUSED)
+    assert str(errno.ECONNREFUSED) not in text
+
+
+def test_describe_connect_timeout() -> None:
+    assert "timed out" in describe(Failure(TCPTimedOutError())).lower()
+
+
+def test_describe_dns() -> None:
+    failure = Failure(DNSLookupError("no results for hostname lookup: nonexistent.invalid"))
+    assert describe(failure) == "host not found"
+
+
+def test_describe_cancelled() -> None:
+    assert describe(Failure(defer.CancelledError())) == "timed out"
+
+
+def test_describe_other() -> None:
+    assert describe(Failure(ValueError("something odd"))) == "something odd"
+
+
+# --- the client as a process -------------------------------------------------------
+
+
+class Run(protocol.ProcessProtocol):
+    """
+    Feed a process its standard input and close it, collect its output, and
+    kill it if it runs longer than C{timeout}.
+    """
+
+    def __init__(self, stdin: bytes, timeout: float) -> None:
+        self.stdin = stdin
+        self.out = bytearray()
+        self.err = bytearray()
+        self.ended: defer.Deferred[Run] = defer.Deferred()
+        self.code: int | None = None
+        self.signal: int | None = None
+        self.timed_out = False
+        self._timer = reactor.callLater(timeout, self._kill)
+
+    def _kill(self) -> None:
+        self.timed_out = True
+        self.transport.signalProcess("KILL")
+
+    def connectionMade(self) -> None:
+        if self.stdin:
+            self.transport.write(self.stdin)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._timer.active():
+            self._timer.cancel()
+        self.code = reason.value.exitCode
+        self.signal = reason.value.signal
+        self.ended.callback(self)
+
+    @property
+    def stdout(self) -> str:
+        return self.out.decode("utf-8")
+
+    @property
+    def stderr(self) -> str:
+        return self.err.decode("utf-8")
+
+    def __repr__(self) -> str:
+        return (f"<exit {self.code} signal {self.signal} timed out {self.timed_out}\n"
+                f"stdout:\n{self.stdout}\nstderr:\n{self.stderr}>")
+
+
+def client_env(home: Path, password: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWISTCHAT")}
+    env.update(
+        XDG_CONFIG_HOME=str(home / "config"),
+        PYTHONIOENCODING="utf-8",
+        PYTHONUNBUFFERED="1",
+    )
+    if password is not None:
+        env["TWISTCHAT_PASSWORD"] = password
+    return env
+
+
+def run_client(home: Path, *args: str, password: str | None = None,
+               stdin: bytes = b"") -> defer.Deferred[Run]:
+    """
+    Run ``python -m twistchat.client ARGS`` from the source tree without
+    blocking the reactor (the relay under test runs in it).
+    """
+    run = Run(stdin, PROCESS_TIMEOUT)
+    reactor.spawnProcess(
+        run, sys.executable, [sys.executable, "-m", "twistchat.client", *args],
+        env=client_env(home, password), path=str(ROOT),
+    )
+    return run.ended
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """
+    A loopback port that is bound but not listening: connecting is refused.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+class Recorder(ChatListener):
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.waiting: list[tuple[Any, defer.Deferred[Any]]] = []
+
+    def _add(self, event: Any) -> None:
+        self.events.append(event)
+        for item in list(self.waiting):
+            test, d = item
+            if test(event):
+                self.waiting.remove(item)
+                d.callback(event)
+
+    def wait_for(self, test: Any, timeout: float = 30) -> defer.Deferred[Any]:
+        for event in self.events:
+            if test(event):
+                return defer.succeed(event)
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.waiting.append((test, d))
+        return d.addTimeout(timeout, reactor)
+
+    def message_received(self, message: ChatMessage) -> None:
+        self._add(message)
+
+    def member_joined(self, member: Member) -> None:
+        self._add(("joined", member.name))
+
+    def member_left(self, member: Member) -> None:
+        self._add(("left", member.name))
+
+
+@pytest_twisted.ensureDeferred
+async def test_joins_and_leaves_at_end_of_input(server: Any, tmp_path: Path) -> None:
+    run = await run_client(tmp_path, "127.0.0.1", str(server.port), "carol", password=PASSWORD)
+    assert run.code == 0, run
+    out = run.stdout
+    assert "Joining room 'main' on 127.0.0.1:" in out
+    assert "connected — you can start sending messages" in out
+    assert "* The room is empty." in out
+    assert out.rstrip("\n").endswith("Left the room.")
+    assert "First connection to this server" in out
+    assert run.stderr == ""
+    assert PASSWORD not in out
+    known_hosts = tmp_path / "config" / "twistchat" / "known_hosts"
+    assert known_hosts.read_text().startswith(f"127.0.0.1:{server.port} ")
+
+    # The fingerprint is now pinned: no first-use notice the second time.
+    again = await run_client(tmp_path, "127.0.0.1", str(server.port), "carol", password=PASSWORD)
+    assert again.code == 0, again
+    assert "First connection" not in again.stdout
+    assert "Left the room." in again.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_on_command_line(server: Any, tmp_path: Path) -> None:
+    run = await run_client(tmp_path, "127.0.0.1", str(server.port), PASSWORD, "carol")
+    assert run.code == 0, run
+    assert "Left the room." in run.stdout
+    assert "warning" in run.stderr
+    assert PASSWORD not in run.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_file(server: Any, tmp_path: Path) -> None:
+    run = await run_client(tmp_path, "--password-file", str(password_file(tmp_path, PASSWORD)),
+                           "127.0.0.1", str(server.port), "carol", password=OTHER_PASSWORD)
+    assert run.code == 0, run
+    assert "Left the room." in run.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_password(server: Any, tmp_path: Path) -> None:
+    run = await run_client(tmp_path, "127.0.0.1", str(server.port), "carol",
+                           password=OTHER_PASSWORD)
+    assert run.code == 1, run
+    assert "Unable to connect: wrong password" in run.stderr
+    assert "Left the room." not in run.stdout
+    assert "Traceback" not in run.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_room(server: Any, tmp_path: Path) -> None:
+    """
+    An unknown room fails exactly like a wrong password.
+    """
+    run = await run_client(tmp_path, "--room", "nonexistent", "127.0.0.1", str(server.port),
+                           "carol", password=PASSWORD)
+    assert run.code == 1, run
+    assert "Unable to connect: wrong password" in run.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_refused(closed_port: int, tmp_path: Path) -> None:
+    run = await run_client(tmp_path, "127.0.0.1", str(closed_port), "carol", password=PASSWORD)
+    assert run.code == 1, run
+    assert "Unable to connect:" in run.stderr
+    assert "refused" in run.stderr
+    assert f"Unable to connect: {errno.ECONNREFUSED}\n" not in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("127.0.0.1",),
+        ("127.0.0.1", "x", "carol"),
+        ("127.0.0.1", "0", "carol"),
+        ("127.0.0.1", "7777", "pw", "carol", "extra"),
+        ("--no-such-option", "127.0.0.1", "7777", "carol"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_bad_arguments(tmp_path: Path, args: tuple[str, ...]) -> None:
+    run = await run_client(tmp_path, *args, password=PASSWORD)
+    assert run.code == 2, run
+    assert run.stderr.startswith("twistchat: ")
+    assert "Traceback" not in run.stderr
+    assert run.stdout == ""
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_password_source(tmp_path: Path, closed_port: int) -> None:
+    """
+    No password anywhere and stdin is a pipe: a usage error before connecting.
+    """
+    run = await run_client(tmp_path, "127.0.0.1", str(closed_port), "carol")
+    assert run.code == 2, run
+    assert "no password" in run.stderr
+    assert "Unable to connect" not in run.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_piped_message_reaches_members(server: Any, tmp_path: Path,
+                                             known_hosts: Path) -> None:
+    listener = Recorder()
+    alice = await connect(reactor, "127.0.0.1", server.port, "alice", PASSWORD,
+                          listener=listener, trust=TrustOnFirstUse(known_hosts), timeout=20)
+    try:
+        ended = run_client(tmp_path, "127.0.0.1", str(server.port), "carol", password=PASSWORD,
+                           stdin=b"hello from a pipe\n")
+        message = await listener.wait_for(lambda e: isinstance(e, ChatMessage))
+        assert message == ChatMessage(sender="carol", text="hello from a pipe")
+        run = await ended
+        assert run.code == 0, run
+        assert "* In the room: alice (127.0.0.1" in run.stdout
+        assert "Left the room." in run.stdout
+        assert "hello from a pipe" not in run.stdout
+        await listener.wait_for(lambda e: e == ("left", "carol"))
+        assert [e for e in listener.events if isinstance(e, ChatMessage)] == [message]
+    finally:
+        await alice.leave()
+
+
+@pytest_twisted.ensureDeferred
+async def test_commands_from_a_pipe(server: Any, tmp_path: Path, known_hosts: Path) -> None:
+    """
+    /who and /help work from piped input; /quit leaves before the lines after it.
+    """
+    listener = Recorder()
+    alice = await connect(reactor, "127.0.0.1", server.port, "alice", PASSWORD,
+                          listener=listener, trust=TrustOnFirstUse(known_hosts), timeout=20)
+    try:
+        run = await run_client(
+            tmp_path, "127.0.0.1", str(server.port), "carol", password=PASSWORD,
+            stdin=b"first\n/help\n/quit\nnot sent\n",
+        )
+        assert run.code == 0, run
+        assert "/quit   leave the room" in run.stdout
+        assert "Left the room." in run.stdout
+        await listener.wait_for(lambda e: e == ("left", "carol"))
+        texts = [e.text for e in listener.events if isinstance(e, ChatMessage)]
+        assert texts == ["first"]
+    finally:
+        await alice.leave()

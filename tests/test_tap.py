@@ -1,0 +1,515 @@
+"""
+``twistd socketchat`` options and the service they build, in the style of
+Twisted conch's test_manhole_tap: parse options, inspect the service, never
+start it (nothing listens).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.application.service import IService
+from twisted.internet import ssl
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.python import usage
+
+from twistchat.crypto.kdf import content_key, derive_secrets, make_verifier
+from twistchat.server.room import Rooms
+from twistchat.server.service import ChatServerFactory, ChatService
+from twistchat.server.tls import CERT_FILE, KEY_FILE, create_self_signed, fingerprint
+from twistchat.server.verifiers import load_verifier, room_path, save_verifier
+from twistchat.tap import Options, makeService
+
+from .conftest import OTHER_PASSWORD, PASSWORD
+
+GENERATED = re.compile(r"^    ([a-z2-9]{5}(?:-[a-z2-9]{5}){4})$", re.M)
+
+
+def parse(data_dir: Path, *args: str, environ: dict[str, str] | None = None) -> Options:
+    """
+    Parse C{args} (with C{--data-dir data_dir}) with no environment, capturing
+    what the options print.
+    """
+    options = Options()
+    options.out = io.StringIO()
+    options.err = io.StringIO()
+    options.environ = {} if environ is None else environ
+    options.parseOptions(["--data-dir", str(data_dir), *args])
+    return options
+
+
+def password_file(tmp_path: Path, password: str, name: str = "password") -> Path:
+    path = tmp_path / name
+    path.write_text(password + "\n", encoding="utf-8")
+    return path
+
+
+def matches(verifier: Any, password: str) -> bool:
+    """
+    Whether C{verifier} was made from C{password}.
+    """
+    return make_verifier(password, verifier.room, verifier.params, verifier.salt) == verifier
+
+
+def files_under(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+def assert_no_password_text(folder: Path, password: str) -> None:
+    files = files_under(folder)
+    assert files
+    for path in files:
+        assert password.encode("utf-8") not in path.read_bytes(), path
+
+
+# --- defaults and option checking ------------------------------------------------
+
+
+def test_defaults() -> None:
+    """
+    Without options: port 7777 on every address, data in ./twistchat-data, room
+    "main". (Only the parsed values are checked: postOptions is not run, so
+    nothing is created in the working directory.)
+    """
+    options = Options()
+    assert options["port"] == 7777
+    assert options["interface"] == ""
+    assert options["data-dir"] == "twistchat-data"
+    assert options["room"] == "main"
+    for name in ("password", "password-file", "verifier-file", "tls-cert", "tls-key"):
+        assert options[name] is None
+
+
+def test_defaults_parsed(tmp_path: Path) -> None:
+    options = parse(tmp_path / "data", "--password-file", str(password_file(tmp_path, PASSWORD)))
+    assert options["port"] == 7777
+    assert options["interface"] == ""
+    assert options.data_dir == tmp_path / "data"
+    assert [v.room for v in options.verifiers] == ["main"]
+
+
+def test_port_zero(tmp_path: Path) -> None:
+    options = parse(tmp_path, "--port", "0", "--password", PASSWORD)
+    assert options["port"] == 0
+
+
+def test_port_short_option(tmp_path: Path) -> None:
+    options = parse(tmp_path, "-p", "65535", "--password", PASSWORD)
+    assert options["port"] == 65535
+
+
+@pytest.mark.parametrize("port", ["70000", "65536", "-1", "x", ""])
+def test_bad_port(tmp_path: Path, port: str) -> None:
+    with pytest.raises(usage.UsageError):
+        parse(tmp_path, "--port", port, "--password", PASSWORD)
+
+
+def test_tls_key_without_cert(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    with pytest.raises(usage.UsageError, match="--tls-key needs --tls-cert"):
+        parse(tmp_path / "data", "--tls-key", str(key), "--password", PASSWORD)
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        ("password", "password-file"),
+        ("password", "verifier-file"),
+        ("password-file", "verifier-file"),
+        ("password", "password-file", "verifier-file"),
+    ],
+)
+def test_two_password_sources(tmp_path: Path, sources: tuple[str, ...]) -> None:
+    pw_file = password_file(tmp_path, PASSWORD)
+    verifier_file = tmp_path / "main.json"
+    save_verifier(verifier_file, make_verifier(PASSWORD, "main"))
+    values = {"password": PASSWORD, "password-file": str(pw_file),
+              "verifier-file": str(verifier_file)}
+    args = [a for source in sources for a in (f"--{source}", values[source])]
+    with pytest.raises(usage.UsageError, match="give only one of"):
+        parse(tmp_path / "data", *args)
+
+
+def test_empty_password_with_password_file(tmp_path: Path) -> None:
+    """
+    An empty --password still counts as a password source: it does not slip
+    past the one-source check and override the file.
+    """
+    pw_file = password_file(tmp_path, PASSWORD)
+    with pytest.raises(usage.UsageError, match="give only one of"):
+        parse(tmp_path / "data", "--password", "", "--password-file", str(pw_file))
+
+
+def test_empty_password(tmp_path: Path) -> None:
+    with pytest.raises(usage.UsageError, match="empty"):
+        parse(tmp_path / "data", "--password", "")
+    assert not room_path(tmp_path / "data", "main").exists()
+
+
+def test_password_file_missing(tmp_path: Path) -> None:
+    with pytest.raises(usage.UsageError, match="cannot read --password-file"):
+        parse(tmp_path / "data", "--password-file", str(tmp_path / "nonexistent"))
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\nsecond line\n"])
+def test_password_file_empty(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "password"
+    path.write_bytes(content)
+    with pytest.raises(usage.UsageError, match="empty"):
+        parse(tmp_path / "data", "--password-file", str(path))
+    assert not room_path(tmp_path / "data", "main").exists()
+
+
+def test_password_file_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "password"
+    path.write_bytes(b"\xff\xfe\xfa\n")
+    with pytest.raises(usage.UsageError, match="cannot read --password-file"):
+        parse(tmp_path / "data", "--password-file", str(path))
+
+
+def test_password_file_first_line(tmp_path: Path) -> None:
+    """
+    Only the first line is the password; its line ending is not part of it.
+    """
+    path = tmp_path / "password"
+    path.write_bytes(PASSWORD.encode() + b"\r\nsomething else\n")
+    options = parse(tmp_path / "data", "--password-file", str(path))
+    [verifier] = options.verifiers
+    assert matches(verifier, PASSWORD)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"format": "twistchat-verifier"}',
+        b"\xff\xfe",
+    ],
+)
+def test_verifier_file_malformed(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "main.json"
+    path.write_bytes(content)
+    with pytest.raises(usage.UsageError, match="verifier"):
+        parse(tmp_path / "data", "--verifier-file", str(path))
+
+
+def test_verifier_file_bad_member(tmp_path: Path) -> None:
+    """
+    A verifier whose scrypt cost is below the clients' floor is refused
+    (clients would refuse to log in anyway).
+    """
+    data = make_verifier(PASSWORD, "main").to_json()
+    data["scrypt"]["n"] = 1024
+    path = tmp_path / "main.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(usage.UsageError, match="scrypt"):
+        parse(tmp_path / "data", "--verifier-file", str(path))
+
+
+def test_verifier_file_missing(tmp_path: Path) -> None:
+    with pytest.raises(usage.UsageError, match="cannot read verifier file"):
+        parse(tmp_path / "data", "--verifier-file", str(tmp_path / "nonexistent.json"))
+
+
+def test_verifier_file(tmp_path: Path) -> None:
+    verifier = make_verifier(PASSWORD, "lobby")
+    path = tmp_path / "lobby.json"
+    save_verifier(path, verifier)
+    options = parse(tmp_path / "data", "--verifier-file", str(path))
+    assert options.verifiers == [verifier]
+    assert options.out.getvalue() == ""
+
+
+@pytest.mark.parametrize("room", ["", "../etc", "a/b", "-x", "x" * 65, "caf\u00e9"])
+def test_bad_room(tmp_path: Path, room: str) -> None:
+    with pytest.raises(usage.UsageError, match="invalid room name"):
+        parse(tmp_path / "data", "--room", room, "--password", PASSWORD)
+
+
+def test_data_dir_is_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_text("")
+    with pytest.raises(usage.UsageError, match="data directory"):
+        parse(path, "--password", PASSWORD)
+
+
+def test_corrupt_stored_verifier(tmp_path: Path) -> None:
+    """
+    A damaged verifier in the data directory is a usage error, not a traceback.
+    """
+    data = tmp_path / "data"
+    (data / "rooms").mkdir(parents=True)
+    (data / "rooms" / "main.json").write_text("{")
+    with pytest.raises(usage.UsageError, match="not JSON"):
+        parse(data)
+
+
+@pytest.mark.parametrize("option", ["--max-members", "--message-rate"])
+def test_negative_limit(tmp_path: Path, option: str) -> None:
+    with pytest.raises(usage.UsageError, match="must not be negative"):
+        parse(tmp_path / "data", option, "-1", "--password", PASSWORD)
+
+
+# --- passwords and verifiers -------------------------------------------------------
+
+
+def test_generated_password(tmp_path: Path) -> None:
+    """
+    With no password source and an empty data directory, a password is
+    generated, printed once, and only its verifier is stored; the next start
+    prints nothing and reuses the verifier.
+    """
+    data = tmp_path / "data"
+    first = parse(data)
+    printed = first.out.getvalue()
+    found = GENERATED.findall(printed)
+    assert len(found) == 1, printed
+    password = found[0]
+    assert printed.count(password) == 1
+    assert first.err.getvalue() == ""
+
+    path = data / "rooms" / "main.json"
+    stored = load_verifier(path)
+    assert first.verifiers == [stored]
+    assert stored.room == "main"
+    assert matches(stored, password)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert_no_password_text(data, password)
+
+    second = parse(data)
+    assert second.out.getvalue() == ""
+    assert second.err.getvalue() == ""
+    assert second.verifiers == [stored]
+    assert load_verifier(path) == stored
+
+
+def test_generated_passwords_differ(tmp_path: Path) -> None:
+    one = GENERATED.findall(parse(tmp_path / "one").out.getvalue())
+    two = GENERATED.findall(parse(tmp_path / "two").out.getvalue())
+    assert len(one) == len(two) == 1
+    assert one != two
+
+
+def test_generated_for_the_chosen_room(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    options = parse(data, "--room", "lobby")
+    [password] = GENERATED.findall(options.out.getvalue())
+    [verifier] = options.verifiers
+    assert verifier.room == "lobby"
+    assert matches(verifier, password)
+    assert (data / "rooms" / "lobby.json").exists()
+    assert not (data / "rooms" / "main.json").exists()
+
+
+def test_password_file_keeps_salt(tmp_path: Path) -> None:
+    """
+    The same password on every start keeps the stored salt, so the room's
+    content key (and with it readable history) survives restarts; a new
+    password writes a new salt.
+    """
+    data = tmp_path / "data"
+    pw_file = password_file(tmp_path, PASSWORD)
+    first = parse(data, "--password-file", str(pw_file))
+    [v1] = first.verifiers
+    assert first.out.getvalue() == ""
+    assert first.err.getvalue() == ""
+
+    second = parse(data, "--password-file", str(pw_file))
+    [v2] = second.verifiers
+    assert v2 == v1
+    assert load_verifier(room_path(data, "main")) == v1
+    key1 = content_key(derive_secrets(PASSWORD, v1.salt, v1.params).content_secret, "main")
+    key2 = content_key(derive_secrets(PASSWORD, v2.salt, v2.params).content_secret, "main")
+    assert key1 == key2
+
+    other = parse(data, "--password-file", str(password_file(tmp_path, OTHER_PASSWORD, "other")))
+    [v3] = other.verifiers
+    assert v3.salt != v1.salt
+    assert matches(v3, OTHER_PASSWORD)
+    assert not matches(v3, PASSWORD)
+    assert load_verifier(room_path(data, "main")) == v3
+    assert_no_password_text(data, PASSWORD)
+    assert_no_password_text(data, OTHER_PASSWORD)
+
+
+def test_password_for_one_room_keeps_the_others(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    parse(data, "--password", PASSWORD)
+    lobby = parse(data, "--room", "lobby", "--password", OTHER_PASSWORD)
+    assert sorted(v.room for v in lobby.verifiers) == ["lobby", "main"]
+    again = parse(data)
+    assert sorted(v.room for v in again.verifiers) == ["lobby", "main"]
+    assert again.out.getvalue() == ""
+
+
+def test_environment_password(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    options = parse(data, environ={"TWISTCHAT_PASSWORD": PASSWORD})
+    [verifier] = options.verifiers
+    assert matches(verifier, PASSWORD)
+    assert options.out.getvalue() == ""
+    assert options.err.getvalue() == ""
+    assert load_verifier(room_path(data, "main")) == verifier
+    assert_no_password_text(data, PASSWORD)
+
+
+def test_empty_environment_password_is_unset(tmp_path: Path) -> None:
+    options = parse(tmp_path / "data", environ={"TWISTCHAT_PASSWORD": ""})
+    assert len(GENERATED.findall(options.out.getvalue())) == 1
+
+
+def test_password_option_warns(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    options = parse(data, "--password", PASSWORD)
+    [verifier] = options.verifiers
+    assert matches(verifier, PASSWORD)
+    warning = options.err.getvalue()
+    assert "warning" in warning
+    assert "--password-file" in warning
+    assert PASSWORD not in warning
+    assert options.out.getvalue() == ""
+    assert_no_password_text(data, PASSWORD)
+
+
+def test_password_option_wins_over_environment(tmp_path: Path) -> None:
+    options = parse(tmp_path / "data", "--password", PASSWORD,
+                    environ={"TWISTCHAT_PASSWORD": OTHER_PASSWORD})
+    [verifier] = options.verifiers
+    assert matches(verifier, PASSWORD)
+
+
+# --- TLS certificate ---------------------------------------------------------------
+
+
+def test_certificate_created_and_reused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = parse(data, "--password", PASSWORD)
+    cert_path, key_path = data / CERT_FILE, data / KEY_FILE
+    assert cert_path.exists()
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    assert isinstance(first.certificate, ssl.PrivateCertificate)
+    on_disk = ssl.Certificate.loadPEM(cert_path.read_bytes())
+    assert fingerprint(on_disk) == fingerprint(first.certificate)
+
+    cert_bytes, key_bytes = cert_path.read_bytes(), key_path.read_bytes()
+    second = parse(data, "--password", PASSWORD)
+    assert fingerprint(second.certificate) == fingerprint(first.certificate)
+    assert cert_path.read_bytes() == cert_bytes
+    assert key_path.read_bytes() == key_bytes
+
+
+def test_given_certificate(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    create_self_signed(cert, key)
+    expected = fingerprint(ssl.Certificate.loadPEM(cert.read_bytes()))
+    data = tmp_path / "data"
+    options = parse(data, "--tls-cert", str(cert), "--tls-key", str(key), "--password", PASSWORD)
+    assert fingerprint(options.certificate) == expected
+    assert not (data / CERT_FILE).exists()
+    assert not (data / KEY_FILE).exists()
+
+
+def test_given_certificate_with_key_inside(tmp_path: Path) -> None:
+    """
+    Without --tls-key, the key is read from the --tls-cert file.
+    """
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    create_self_signed(cert, key)
+    both = tmp_path / "both.pem"
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    options = parse(tmp_path / "data", "--tls-cert", str(both), "--password", PASSWORD)
+    assert fingerprint(options.certificate) == fingerprint(
+        ssl.Certificate.loadPEM(cert.read_bytes())
+    )
+
+
+def test_given_certificate_missing(tmp_path: Path) -> None:
+    with pytest.raises(usage.UsageError, match="TLS certificate"):
+        parse(tmp_path / "data", "--tls-cert", str(tmp_path / "nonexistent.pem"),
+              "--password", PASSWORD)
+
+
+def test_given_certificate_without_key(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    create_self_signed(cert, key)
+    with pytest.raises(usage.UsageError, match="TLS certificate"):
+        parse(tmp_path / "data", "--tls-cert", str(cert), "--password", PASSWORD)
+
+
+def test_given_certificate_with_another_key(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    create_self_signed(cert, key)
+    other_cert, other_key = tmp_path / "other.pem", tmp_path / "other.key"
+    create_self_signed(other_cert, other_key)
+    with pytest.raises(usage.UsageError, match="TLS certificate"):
+        parse(tmp_path / "data", "--tls-cert", str(cert), "--tls-key", str(other_key),
+              "--password", PASSWORD)
+
+
+# --- the service -------------------------------------------------------------------
+
+
+def test_make_service(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    parse(data, "--room", "lobby", "--password", OTHER_PASSWORD)
+    options = parse(data, "--port", "0", "--interface", "127.0.0.1",
+                    "--password", PASSWORD, "--max-members", "7")
+    service = makeService(options)
+
+    assert isinstance(service, ChatService)
+    assert IService.providedBy(service)
+    assert not service.running
+    assert service.port is None
+
+    factory = service.factory
+    assert isinstance(factory, ChatServerFactory)
+    assert isinstance(factory.rooms, Rooms)
+    assert sorted(room.name for room in factory.rooms) == ["lobby", "main"]
+    main = factory.rooms.get("main")
+    assert main is not None
+    assert main.verifier == load_verifier(room_path(data, "main"))
+    assert matches(main.verifier, PASSWORD)
+    assert factory.rooms.get("nonexistent") is None
+    assert factory.limits.max_members == 7
+    assert factory.connections == set()
+
+    endpoint = service.endpoint
+    assert isinstance(endpoint, SSL4ServerEndpoint)
+    assert endpoint._port == 0
+    assert endpoint._interface == "127.0.0.1"
+    assert fingerprint(options.certificate) in service.description
+    assert "lobby, main" in service.description
+
+
+def test_make_service_default_address(tmp_path: Path) -> None:
+    service = makeService(parse(tmp_path / "data", "--password", PASSWORD))
+    assert service.endpoint._port == 7777
+    assert service.endpoint._interface == ""
+    assert not service.running
+    assert service.port is None
+
+
+def test_data_dir_files_are_private(tmp_path: Path) -> None:
+    """
+    Of what the server writes, the key and the verifiers are owner-only.
+    """
+    data = tmp_path / "data"
+    parse(data)
+    for path in files_under(data):
+        if path.suffix in (".key", ".json"):
+            assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+    assert sorted(p.relative_to(data).as_posix() for p in files_under(data)) == [
+        "rooms/main.json", "server.key", "server.pem",
+    ]
+    # No leftover temporary file from the atomic write.
+    assert not [p for p in (data / "rooms").iterdir() if p.name.startswith(".")]
+    assert os.listdir(data / "rooms") == ["main.json"]
