@@ -353,6 +353,8 @@ def connect(
     def done(result: Any) -> Any:
         if timer.active():
             timer.cancel()
+        if not isinstance(result, Failure):
+            trust.remember()
         if isinstance(result, Failure) and connected:
             # Connected, but the login failed or took too long: drop the connection.
             connected[0].transport.abortConnection()

@@ -91,6 +91,14 @@ class TrustOnFirstUse:
                 "connect again."
             )
         self.first_use = True
+
+    def remember(self) -> None:
+        """
+        Pin the fingerprint of a first use, once the login has succeeded: a man in
+        the middle on the first connection cannot log in, so it is never pinned.
+        """
+        if not self.first_use:
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as f:
@@ -136,6 +144,9 @@ class CertificateAuthority:
 
     def check(self, transport: Any) -> None:
         self.fingerprint = peer_fingerprint(transport)
+
+    def remember(self) -> None:
+        """Nothing to pin: the CA vouches for the server."""
 
 
 __all__ = [
