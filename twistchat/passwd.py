@@ -20,10 +20,9 @@ from pathlib import Path
 from twisted.python import usage
 
 from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams, check_params, make_verifier
+from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.errors import ConfigError, TwistchatError
-from twistchat.server.verifiers import DEFAULT_ROOM, check_room, room_path, save_verifier
-
-PASSWORD_ENV = "TWISTCHAT_PASSWORD"
+from twistchat.server.verifiers import check_room, room_path, save_verifier
 
 
 class Options(usage.Options):
@@ -48,11 +47,7 @@ class Options(usage.Options):
 
 def read_password(options: Options) -> str:
     if options["password-file"]:
-        try:
-            with open(options["password-file"], encoding="utf-8") as f:
-                password = f.readline().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read --password-file: {e}") from None
+        password = read_password_file(options["password-file"])
     elif os.environ.get(PASSWORD_ENV):
         password = os.environ[PASSWORD_ENV]
     elif sys.stdin.isatty():

@@ -18,6 +18,7 @@ from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.python import usage
 
+from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.crypto.kdf import Verifier, make_verifier, random_password
 from twistchat.errors import ConfigError
 from twistchat.server.limits import Limits
@@ -25,16 +26,12 @@ from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory, ChatService
 from twistchat.server.tls import fingerprint, load_certificate, server_options
 from twistchat.server.verifiers import (
-    DEFAULT_ROOM,
     check_room,
     load_rooms,
     load_verifier,
     room_path,
     save_verifier,
 )
-
-PASSWORD_ENV = "TWISTCHAT_PASSWORD"
-
 
 LIMIT_HELP = {
     "max_frame": "Largest frame a member may send (bytes).",
@@ -139,11 +136,7 @@ class Options(usage.Options):
                 raise ConfigError("the --password given is empty")
             return str(self["password"])
         if self["password-file"] is not None:
-            try:
-                with open(self["password-file"], encoding="utf-8") as f:
-                    line = f.readline().rstrip("\r\n")
-            except (OSError, UnicodeDecodeError) as e:
-                raise ConfigError(f"cannot read --password-file: {e}") from None
+            line = read_password_file(self["password-file"])
             if not line:
                 raise ConfigError("the first line of --password-file is empty")
             return line

@@ -40,7 +40,7 @@ from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, derive_secrets
 from twistchat.errors import ProtocolError, Rejected, TwistchatError
 from twistchat.server.limits import TokenBucket
-from twistchat.server.verifiers import DEFAULT_ROOM
+from twistchat.config import DEFAULT_ROOM
 
 log = Logger()
 

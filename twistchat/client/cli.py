@@ -27,10 +27,8 @@ from twisted.python.failure import Failure
 from twistchat.client.api import connect
 from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
 from twistchat.client.ui import ChatConsole, LineInput, install_terminal
-from twistchat.errors import TwistchatError
-from twistchat.server.verifiers import DEFAULT_ROOM
-
-PASSWORD_ENV = "TWISTCHAT_PASSWORD"
+from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
+from twistchat.errors import ConfigError, TwistchatError
 
 
 class Options(usage.Options):
@@ -70,10 +68,9 @@ class Options(usage.Options):
 def read_password(options: Options, stdin: TextIO, err: TextIO) -> str:
     if options["password-file"]:
         try:
-            with open(options["password-file"], encoding="utf-8") as f:
-                password = f.readline().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as e:
-            raise usage.UsageError(f"cannot read --password-file: {e}") from None
+            password = read_password_file(options["password-file"])
+        except ConfigError as e:
+            raise usage.UsageError(e.message) from None
         if not password:
             raise usage.UsageError("the first line of --password-file is empty")
         return password

@@ -15,7 +15,6 @@ from twistchat.crypto.kdf import Verifier
 from twistchat.errors import ConfigError
 
 ROOMS_DIR = "rooms"
-DEFAULT_ROOM = "main"
 
 #: Room names double as file names, so they are kept to a safe ASCII set.
 ROOM_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")

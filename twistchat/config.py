@@ -1,0 +1,25 @@
+"""
+Settings shared by the server, the client and twistchat-passwd.
+"""
+
+from __future__ import annotations
+
+from twistchat.errors import ConfigError
+
+#: Environment variable holding a room password.
+PASSWORD_ENV = "TWISTCHAT_PASSWORD"
+#: The room used when none is named.
+DEFAULT_ROOM = "main"
+
+
+def read_password_file(path: str) -> str:
+    """
+    The first line of C{path}, without its line ending (possibly empty).
+
+    @raise ConfigError: if the file cannot be read as UTF-8 text.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read --password-file: {e}") from None
