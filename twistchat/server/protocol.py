@@ -367,17 +367,12 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
             self._sending_too_fast()
             return
         self._too_fast = 0
-        ciphertext = message["ct"]
         self.sent_messages += 1
-        self.sent_bytes += len(ciphertext)
+        self.sent_bytes += len(message["ct"])
+        # The sealed parts travel on as the base64 text that was just validated.
+        raw = message.raw
         self.room.broadcast(
-            wire.encode(
-                "msg",
-                **{"from": self.name},
-                sid=message["sid"],
-                n=message["n"],
-                ct=ciphertext,
-            ),
+            wire.encode("msg", **{"from": self.name}, sid=raw["sid"], n=raw["n"], ct=raw["ct"]),
             exclude=self,
         )
 

@@ -46,11 +46,14 @@ MAX_COUNTER = (1 << 63) - 1
 
 class Message(NamedTuple):
     """
-    A decoded message: its type and its fields (already validated).
+    A decoded message: its type and its fields (already validated), and the
+    fields as they came in the JSON (base64 text for binary fields), so a relay
+    can pass validated values on without encoding them again.
     """
 
     type: str
     fields: Mapping[str, Any]
+    raw: Mapping[str, Any] = {}
 
     def __getitem__(self, key: str) -> Any:  # type: ignore[override]
         return self.fields[key]
@@ -236,14 +239,14 @@ def decode(frame: bytes, schema: Schema) -> Message:
     for field, check in required.items():
         if field not in obj:
             raise BadMessage(f"{kind} message lacks field {field!r}")
-        fields[field] = check(field, obj.pop(field))
+        fields[field] = check(field, obj[field])
     for field, check in optional.items():
         if field in obj:
-            fields[field] = check(field, obj.pop(field))
-    if obj:
-        extra = sorted(obj)[0]
+            fields[field] = check(field, obj[field])
+    if len(obj) != len(fields):
+        extra = sorted(set(obj) - set(fields))[0]
         raise BadMessage(f"{kind} message has unknown field {extra[:32]!r}")
-    return Message(kind, fields)
+    return Message(kind, fields, obj)
 
 
 def _jsonable(value: Any) -> Any:
