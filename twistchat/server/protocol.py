@@ -260,14 +260,11 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
                 f"this server speaks protocol version {wire.PROTOCOL_VERSION}, "
                 f"not {message['v']}"
             )
-        wait = self.factory.addresses.penalty_left(self.host, self.factory.clock.seconds())
-        if wait > 0:
-            # Checked again here, where a guess starts, so that connections
-            # opened before a penalty began cannot be used to go on guessing.
-            raise LimitExceeded(
-                f"too many failed logins from your address: try again in {wait:.0f} seconds",
-                code="penalty",
-            )
+        # Checked again here, where a guess starts, so that connections opened
+        # before a penalty began cannot be used to go on guessing.
+        blocked = self.factory.penalty(self.host)
+        if blocked is not None:
+            raise blocked
         self.name = check_name(message["name"])
         self._room_name = message["room"]
         self.room = self.factory.rooms.get(self._room_name)

@@ -68,13 +68,9 @@ class ChatServerFactory(ServerFactory):
         Admit a new connection, or return why it is refused.
         """
         self.connections.add(protocol)
-        now = self.clock.seconds()
-        wait = self.addresses.penalty_left(protocol.host, now)
-        if wait > 0:
-            return LimitExceeded(
-                f"too many failed logins from your address: try again in {wait:.0f} seconds",
-                code="penalty",
-            )
+        blocked = self.penalty(protocol.host)
+        if blocked is not None:
+            return blocked
         record = self.addresses.get(protocol.host)
         if record.preauth >= self.limits.max_preauth_per_address:
             self.log.info("({host}) refused: {count} connections not logged in",
@@ -88,6 +84,18 @@ class ChatServerFactory(ServerFactory):
         self.preauth_total += 1
         self._pending.add(protocol)
         return None
+
+    def penalty(self, host: str) -> LimitExceeded | None:
+        """
+        The refusal for an address serving a failed-login penalty, if it is.
+        """
+        wait = self.addresses.penalty_left(host, self.clock.seconds())
+        if wait <= 0:
+            return None
+        return LimitExceeded(
+            f"too many failed logins from your address: try again in {wait:.0f} seconds",
+            code="penalty",
+        )
 
     def logged_in(self, protocol: ChatServerProtocol) -> None:
         self._preauth_done(protocol)
