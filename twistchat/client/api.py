@@ -40,6 +40,7 @@ from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, derive_secrets
 from twistchat.errors import ProtocolError, Rejected, TwistchatError
 from twistchat.server.limits import TokenBucket
+from twistchat.server.tls import tls_exporter
 from twistchat.config import DEFAULT_ROOM
 
 log = Logger()
@@ -186,7 +187,12 @@ class ChatSession:
         if self._flush_call is None:
             self._flush()  # closes once the queued messages are sent
         d: Deferred[str | None] = Deferred()
-        self.ended.addBoth(lambda result: (d.callback(result), result)[1])
+
+        def relay(result: str | None) -> str | None:
+            d.callback(result)
+            return result  # self.ended keeps its result for other waiters
+
+        self.ended.addCallback(relay)
         return d
 
     # --- from the protocol -----------------------------------------------------
@@ -286,12 +292,6 @@ def thread_deriver(reactor: Any):
         )
 
     return derive
-
-
-def tls_exporter(transport: Any) -> bytes:
-    from twistchat.server.tls import tls_exporter as exporter
-
-    return exporter(transport)
 
 
 def connect(
