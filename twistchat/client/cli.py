@@ -121,9 +121,13 @@ async def main(reactor: Any, argv: list[str]) -> int:
     options = Options()
     try:
         options.parseOptions(argv)
+    except usage.UsageError as e:
+        err.write(f"twistchat: {e}\n{options}\n")
+        return 2
+    try:
         password = read_password(options, sys.stdin, err)
     except usage.UsageError as e:
-        err.write(f"twistchat: {e}\n{options}\n" if "expected" in str(e) else f"twistchat: {e}\n")
+        err.write(f"twistchat: {e}\n")
         return 2
     if options["ca"]:
         trust: Any = CertificateAuthority(
