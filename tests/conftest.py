@@ -15,6 +15,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.logger import globalLogPublisher
 
+from twistchat.client.api import ChatListener, ChatMessage, Member
 from twistchat.crypto.kdf import make_verifier
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
@@ -113,6 +114,43 @@ def deferLater(seconds: float) -> defer.Deferred[None]:
     from twisted.internet import task
 
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+class Recorder(ChatListener):
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.waiting: list[tuple[Any, defer.Deferred[Any]]] = []
+
+    def _add(self, event: Any) -> None:
+        self.events.append(event)
+        for item in list(self.waiting):
+            test, d = item
+            if test(event):
+                self.waiting.remove(item)
+                d.callback(event)
+
+    def wait_for(self, test: Any, timeout: float = 30) -> defer.Deferred[Any]:
+        for event in self.events:
+            if test(event):
+                return defer.succeed(event)
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.waiting.append((test, d))
+        return d.addTimeout(timeout, reactor)
+
+    def message_received(self, message: ChatMessage) -> None:
+        self._add(message)
+
+    def member_joined(self, member: Member) -> None:
+        self._add(("joined", member))
+
+    def member_left(self, member: Member) -> None:
+        self._add(("left", member))
+
+    def message_rejected(self, sender: str, reason: str) -> None:
+        self._add(("rejected", sender, reason))
+
+    def disconnected(self, reason: str | None) -> None:
+        self._add(("disconnected", reason))
 
 
 os.environ.pop("TWISTCHAT_PASSWORD", None)

@@ -27,10 +27,11 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from twistchat import errors
-from twistchat.client import ChatListener, TrustOnFirstUse, connect
+from twistchat.client import TrustOnFirstUse, connect
 from twistchat.client.api import ChatMessage, Member
 from twistchat.client.cli import Options, describe, read_password
 
+from . import conftest
 from .conftest import OTHER_PASSWORD, PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -346,29 +347,10 @@ def closed_port() -> Iterator[int]:
         sock.close()
 
 
-class Recorder(ChatListener):
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-        self.waiting: list[tuple[Any, defer.Deferred[Any]]] = []
-
-    def _add(self, event: Any) -> None:
-        self.events.append(event)
-        for item in list(self.waiting):
-            test, d = item
-            if test(event):
-                self.waiting.remove(item)
-                d.callback(event)
-
-    def wait_for(self, test: Any, timeout: float = 30) -> defer.Deferred[Any]:
-        for event in self.events:
-            if test(event):
-                return defer.succeed(event)
-        d: defer.Deferred[Any] = defer.Deferred()
-        self.waiting.append((test, d))
-        return d.addTimeout(timeout, reactor)
-
-    def message_received(self, message: ChatMessage) -> None:
-        self._add(message)
+class Recorder(conftest.Recorder):
+    """
+    The shared recorder, noting presence by name only.
+    """
 
     def member_joined(self, member: Member) -> None:
         self._add(("joined", member.name))

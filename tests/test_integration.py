@@ -12,56 +12,19 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import protocol, reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import CertificateOptions
 
 from twistchat import errors
-from twistchat.client import ChatListener, TrustOnFirstUse, connect
-from twistchat.client.api import ChatMessage, Member
+from twistchat.client import TrustOnFirstUse, connect
+from twistchat.client.api import ChatMessage
 from twistchat.crypto.kdf import make_verifier
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
 from twistchat.server.tls import create_self_signed, load_certificate, server_options
 
-from .conftest import OTHER_PASSWORD, PASSWORD, deferLater
-
-
-class Recorder(ChatListener):
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-        self.waiting: list[tuple[Any, defer.Deferred[Any]]] = []
-
-    def _add(self, event: Any) -> None:
-        self.events.append(event)
-        for item in list(self.waiting):
-            test, d = item
-            if test(event):
-                self.waiting.remove(item)
-                d.callback(event)
-
-    def wait_for(self, test: Any, timeout: float = 10) -> defer.Deferred[Any]:
-        for event in self.events:
-            if test(event):
-                return defer.succeed(event)
-        d: defer.Deferred[Any] = defer.Deferred()
-        self.waiting.append((test, d))
-        return d.addTimeout(timeout, reactor)
-
-    def message_received(self, message: ChatMessage) -> None:
-        self._add(message)
-
-    def member_joined(self, member: Member) -> None:
-        self._add(("joined", member))
-
-    def member_left(self, member: Member) -> None:
-        self._add(("left", member))
-
-    def message_rejected(self, sender: str, reason: str) -> None:
-        self._add(("rejected", sender, reason))
-
-    def disconnected(self, reason: str | None) -> None:
-        self._add(("disconnected", reason))
+from .conftest import OTHER_PASSWORD, PASSWORD, Recorder, deferLater
 
 
 def join(server: Any, name: str, known_hosts: Path, password: str = PASSWORD, **kw: Any):
