@@ -29,7 +29,6 @@ from twistchat import wire
 from twistchat.crypto.spake2plus import VerifierSession, context
 from twistchat.errors import (
     LimitExceeded,
-    ProtocolError,
     RoomFull,
     TwistchatError,
     UnexpectedMessage,
@@ -442,4 +441,4 @@ class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
     }
 
 
-__all__ = ["ChatServerProtocol", "State", "ProtocolError", "format_address"]
+__all__ = ["ChatServerProtocol", "State", "format_address"]
