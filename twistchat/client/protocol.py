@@ -23,7 +23,6 @@ from typing import Any, Callable, Protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -39,6 +38,7 @@ from twistchat.errors import (
     UnexpectedMessage,
     from_code,
 )
+from twistchat.framing import LinearInt32StringReceiver
 
 
 class State(enum.Enum):
@@ -68,7 +68,7 @@ Deriver = Callable[[str, bytes, ScryptParams], "Deferred[PasswordSecrets]"]
 
 
 @implementer(IHandshakeListener)
-class ChatClientProtocol(Int32StringReceiver):
+class ChatClientProtocol(LinearInt32StringReceiver):
     """
     One connection to a twistchat server, as a member-to-be named C{name}.
     """

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -35,6 +34,7 @@ from twistchat.errors import (
     VersionMismatch,
     WrongPassword,
 )
+from twistchat.framing import LinearInt32StringReceiver
 from twistchat.server.limits import TokenBucket
 from twistchat.server.room import Room, check_name
 
@@ -64,7 +64,7 @@ def format_address(address: Any) -> tuple[str, str]:
 
 
 @implementer(IPushProducer)
-class ChatServerProtocol(Int32StringReceiver, TimeoutMixin):
+class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
     """
     One client connection, from TLS handshake to disconnect.
 
