@@ -10,6 +10,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from twistchat.crypto.seal import Sealer
+from twistchat.crypto.spake2plus import G, encode_point
 from twistchat.server.limits import AddressBook, Limits, TokenBucket
 from twistchat.server.protocol import State
 from twistchat.server.room import Rooms
@@ -188,3 +189,88 @@ def test_member_that_stops_reading_is_dropped(verifier: Any, clock: Clock) -> No
     assert bob.proto.state is State.CLOSED
     assert bob.proto not in factory.rooms.get("main")
     assert not closed(alice)
+
+
+SHARE = encode_point(G * 12345)
+
+
+def start_guess(factory: ChatServerFactory, port: int) -> tuple[Peer, list[Any]]:
+    """
+    Open a connection, say hello and send a password share; return what came back.
+    """
+    peer = Peer(factory, port)
+    replies = peer.received()
+    if not replies:
+        peer.send("hello", v=1, room="main", name="mallory")
+        replies = peer.received()
+    if replies and replies[0].type == "params":
+        peer.send("share", X=SHARE)
+        replies = peer.received()
+    return peer, replies
+
+
+def test_guesses_in_progress_capped_per_address(verifier: Any, clock: Clock) -> None:
+    factory = make_factory(verifier, clock, max_guesses_per_address=3, free_failures=100)
+    guessing = [start_guess(factory, 7000 + i) for i in range(3)]
+    assert all(replies[0].type == "verify" for _, replies in guessing)
+    peer, (error,) = start_guess(factory, 7010)
+    assert error["code"] == "limit" and "in progress" in error["text"]
+    assert closed(peer)
+    peer.proto.connectionLost(None)
+    # Giving up at confirmation frees the slot (and counts a failure).
+    guessing[0][0].proto.connectionLost(None)
+    assert factory.addresses.get("127.0.0.1").failures == 1
+    _, replies = start_guess(factory, 7012)
+    assert replies[0].type == "verify"
+    assert factory.addresses.get("127.0.0.1").guessing == 3
+    for peer, _ in guessing[1:]:
+        peer.proto.connectionLost(None)
+    assert factory.addresses.get("127.0.0.1").guessing == 1
+
+
+def test_penalty_checked_again_at_the_share(verifier: Any, clock: Clock) -> None:
+    factory = make_factory(verifier, clock, free_failures=0, failure_penalty=5)
+    early = Peer(factory, 7100)
+    early.send("hello", v=1, room="main", name="mallory")
+    assert early.received()[0].type == "params"
+    wrong_login(factory, 7101)
+    early.send("share", X=SHARE)
+    (error,) = early.received()
+    assert error["code"] == "penalty"
+    assert factory.addresses.get("127.0.0.1").guessing == 0
+
+
+def guesses_evaluated(factory: ChatServerFactory, clock: Clock, seconds: float,
+                      tick: float) -> int:
+    """
+    One address guessing as fast as the server lets it: every C{tick} it opens
+    as many connections as allowed at once, sends a share on each, and hangs up
+    once the server's key confirmations (each a tested guess) have arrived.
+    """
+    evaluated = 0
+    port = 10000
+    end = clock.seconds() + seconds
+    while clock.seconds() < end:
+        peers = []
+        for _ in range(factory.limits.max_preauth_per_address):
+            port += 1
+            peer, replies = start_guess(factory, port)
+            if replies and replies[0].type == "verify":
+                evaluated += 1
+            peers.append(peer)
+        for peer in peers:
+            peer.proto.connectionLost(None)
+        clock.advance(tick)
+    return evaluated
+
+
+def test_guesses_per_minute_and_hour_from_one_address(verifier: Any, clock: Clock) -> None:
+    """
+    The figures in docs/operations.md ("How fast can one address guess"),
+    counted in-process with a Clock: 9 guesses in the first minute, 27 in the
+    first hour, then 3 per 10 minutes (18 an hour).
+    """
+    factory = make_factory(verifier, clock)
+    assert guesses_evaluated(factory, clock, 60, tick=0.25) == 9
+    assert guesses_evaluated(factory, clock, 3540, tick=1) == 27 - 9
+    assert guesses_evaluated(factory, clock, 3600, tick=1) == 18

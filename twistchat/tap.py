@@ -44,6 +44,8 @@ LIMIT_HELP = {
     "max_send_queue": "Bytes queued to a member that does not read before it is dropped.",
     "max_preauth_per_address": "Connections not yet logged in, per source address.",
     "max_preauth_total": "Connections not yet logged in, in total.",
+    "max_guesses_per_address":
+        "Password handshakes past the share stage at once, per source address.",
     "free_failures": "Failed logins per address before penalties start.",
     "failure_penalty": "Seconds of the first penalty; each further failure doubles it.",
     "max_failure_penalty": "Longest penalty (seconds).",

@@ -42,6 +42,9 @@ class Limits:
     #: Connections not yet logged in, per source address and in total.
     max_preauth_per_address: int = 10
     max_preauth_total: int = 256
+    #: Password handshakes past the share (each one tests a guess) in progress at
+    #: once per source address: bounds the guesses that slip in before a penalty.
+    max_guesses_per_address: int = 3
     #: Failed logins per address allowed before penalties start (typos happen).
     free_failures: int = 3
     #: Penalty after the first counted failure; doubles with each further one.
@@ -77,6 +80,7 @@ class AddressRecord:
     """
 
     preauth: int = 0
+    guessing: int = 0
     failures: int = 0
     blocked_until: float = 0.0
     last_failure: float = 0.0
@@ -129,5 +133,5 @@ class AddressBook:
         # penalty period does not buy a fresh set of free failures.
         keep = 6 * self.limits.max_failure_penalty
         for host, record in list(self.records.items()):
-            if record.preauth == 0 and now - record.last_failure > keep and now >= record.blocked_until:
+            if record.preauth == 0 and record.guessing == 0 and now - record.last_failure > keep and now >= record.blocked_until:
                 del self.records[host]

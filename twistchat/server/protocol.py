@@ -84,6 +84,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self.room: Room | None = None
         self.joined = False
         self._attempt_counted = False
+        self._guessing = False
         self._room_name = ""
         self._spake: VerifierSession | None = None
         self._abort: IDelayedCall | None = None
@@ -118,6 +119,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
             # The client saw our key confirmation and went away: its password
             # did not match (an attacker learns that much per attempt).
             self._login_failed("wrong password (the client gave up at key confirmation)")
+        self._guess_ended()
         self.state = State.CLOSED
         self.setTimeout(None)
         if self._abort is not None and self._abort.active():
@@ -212,6 +214,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
             # The client has seen our key confirmation, so it could test one
             # password guess against it: that counts as a failed attempt.
             self._login_failed("wrong password (key confirmation not completed)")
+        self._guess_ended()
         self.state = State.CLOSED
         self.setTimeout(None)
         self.transport.loseConnection()
@@ -287,12 +290,20 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
 
     def _on_share(self, message: wire.Message) -> None:
         assert self._spake is not None
+        # Answering a share lets the client test one password guess: check the
+        # penalty again (hellos may have been sent before it began) and cap the
+        # guesses one address has in progress.
+        refusal = self.factory.guess_started(self)
+        if refusal is not None:
+            raise refusal
+        self._guessing = True
         share_v, confirm_v = self._spake.respond(message["X"])
         self.state = State.CONFIRM
         self.sendString(wire.encode("verify", Y=share_v, mac=confirm_v))
 
     def _on_confirm(self, message: wire.Message) -> None:
         assert self._spake is not None
+        self._guess_ended()
         spake, self._spake = self._spake, None
         try:
             spake.finish(message["mac"])
@@ -338,6 +349,11 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
             peer=self._peer,
             room=room.name,
         )
+
+    def _guess_ended(self) -> None:
+        if self._guessing:
+            self._guessing = False
+            self.factory.guess_ended(self)
 
     def _login_failed(self, reason: str) -> None:
         """

@@ -97,6 +97,27 @@ class ChatServerFactory(ServerFactory):
             code="penalty",
         )
 
+    def guess_started(self, protocol: ChatServerProtocol) -> LimitExceeded | None:
+        """
+        Admit a password share (one guess), or return why it is refused: the
+        address is serving a penalty, or has too many guesses in progress.
+        """
+        blocked = self.penalty(protocol.host)
+        if blocked is not None:
+            return blocked
+        record = self.addresses.get(protocol.host)
+        if record.guessing >= self.limits.max_guesses_per_address:
+            self.log.info("({host}) refused: {count} password handshakes in progress",
+                          host=protocol.host, count=record.guessing)
+            return LimitExceeded(
+                "too many password attempts in progress from your address", code="limit"
+            )
+        record.guessing += 1
+        return None
+
+    def guess_ended(self, protocol: ChatServerProtocol) -> None:
+        self.addresses.get(protocol.host).guessing -= 1
+
     def logged_in(self, protocol: ChatServerProtocol) -> None:
         self._preauth_done(protocol)
 
