@@ -38,7 +38,8 @@ def load_verifier(path: Path) -> Verifier:
         data = json.loads(path.read_text("utf-8"))
     except OSError as e:
         raise ConfigError(f"cannot read verifier file {path}: {e.strerror}") from None
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: nesting deeper than the JSON parser's recursion limit.
         raise ConfigError(f"verifier file {path} is not JSON") from None
     try:
         return Verifier.from_json(data)
