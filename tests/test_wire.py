@@ -74,6 +74,10 @@ def _obj(**kw):
         (_obj(type="send", sid="AQEBAQEBAQEBAQEBAQEBAQ==", n=-1, ct="A" * 24), "out of range"),
         (_obj(type="send", sid="AQEBAQEBAQEBAQEBAQEBAQ==", n=1, ct="A" * 40000), "longer than"),
         (b"[" * 5000 + b"]" * 5000, "not a UTF-8 JSON object"),
+        (b'{"type":"send","type":"who"}', "repeats a JSON member"),
+        (b'{"type":"ping","id":1,"id":2}', "repeats a JSON member"),
+        (b'{"type":"members","members":[{"name":"a","addr":"b","name":"c"}]}',
+         "repeats a JSON member"),
     ],
 )
 def test_rejects(frame: bytes, why: str) -> None:

@@ -3,7 +3,7 @@ The twistchat message schema: strict encode and decode, no I/O.
 
 Every frame body is one UTF-8 JSON object with a C{"type"} member. Each type has a
 fixed set of fields, each of a fixed kind; binary fields travel as standard base64.
-Decoding is strict: invalid UTF-8, invalid JSON, an unknown type, a missing, extra or
+Decoding is strict: invalid UTF-8, invalid JSON, a repeated member, an unknown type, a missing, extra or
 ill-typed field, a string holding control characters, or a value out of range all
 raise L{BadMessage}, and nothing else escapes L{decode}. docs/protocol.md describes
 each message with an example.
@@ -213,7 +213,17 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A member named twice is refused: parsers disagree on which one counts
+    # (first or last), and a relay or a log must never read another value than
+    # the receiver.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise BadMessage("frame repeats a JSON member name")
+    return obj
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_members)
 
 
 def decode(frame: bytes, schema: Schema) -> Message:
