@@ -274,3 +274,31 @@ def test_guesses_per_minute_and_hour_from_one_address(verifier: Any, clock: Cloc
     assert guesses_evaluated(factory, clock, 60, tick=0.25) == 9
     assert guesses_evaluated(factory, clock, 3540, tick=1) == 27 - 9
     assert guesses_evaluated(factory, clock, 3600, tick=1) == 18
+
+
+@pytest.mark.parametrize("kind, answer", [("ping", "pong"), ("who", "members"), ("pong", None)])
+def test_requests_count_against_the_rate(verifier: Any, clock: Clock, kind: str,
+                                         answer: str | None) -> None:
+    """
+    A flood of pings, who requests or pongs is held to the message rate like
+    messages: answers stop at the burst, then a notice, then a disconnect.
+    """
+    factory = make_factory(verifier, clock, message_rate=1, message_burst=3)
+    alice, bob = Peer(factory, 1), Peer(factory, 2)
+    alice.login("alice")
+    bob.login("bob")
+    alice.received()
+    for _ in range(3):
+        bob.send(kind)
+    assert [m.type for m in bob.received()] == ([answer] * 3 if answer else [])
+    bob.send(kind)
+    (notice,) = bob.received()
+    assert notice.type == "notice" and notice["code"] == "rate"
+    for _ in range(2):
+        bob.send(kind)
+    assert not closed(bob) and bob.received() == []
+    bob.send(kind)
+    (error,) = bob.received()
+    assert error.type == "error" and error["code"] == "rate"
+    assert closed(bob) and not closed(alice)
+    assert [m.type for m in alice.received()] == ["left"]

@@ -402,15 +402,29 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         elif self._too_fast > limits.message_burst:
             self.fail(LimitExceeded("disconnected for sending too fast", code="rate"))
 
+    def _within_rate(self) -> bool:
+        """
+        Take a token for a request (who, ping, pong), as for a message: each gets
+        an answer or costs a decode, so a flood of them is held to the same rate.
+        """
+        assert self._bucket is not None
+        if self._bucket.take(self.factory.clock.seconds()):
+            self._too_fast = 0
+            return True
+        self._sending_too_fast()
+        return False
+
     def _on_who(self, message: wire.Message) -> None:
         assert self.room is not None
-        self.sendString(wire.encode("members", members=self.room.roster()))
+        if self._within_rate():
+            self.sendString(wire.encode("members", members=self.room.roster()))
 
     def _on_ping(self, message: wire.Message) -> None:
-        self.sendString(wire.encode("pong", **message.fields))
+        if self._within_rate():
+            self.sendString(wire.encode("pong", **message.fields))
 
     def _on_pong(self, message: wire.Message) -> None:
-        pass
+        self._within_rate()
 
     def deliver(self, data: bytes) -> None:
         """
