@@ -319,3 +319,16 @@ def test_shutdown_tells_everyone(factory: ChatServerFactory) -> None:
         messages = peer.received()
         assert messages[-1]["code"] == "shutdown"
         assert closed(peer)
+
+
+def test_closing_a_member_unregisters_its_producer(factory: ChatServerFactory) -> None:
+    """
+    TLS sends its close alert only once no producer is registered; a member
+    closed by the server must not wait for the abort after the close grace.
+    """
+    alice = Peer(factory, 5001)
+    alice.login("alice")
+    assert alice.transport.producer is alice.proto
+    alice.send("hello", v=1, room="main", name="alice")
+    assert alice.received()[-1]["code"] == "unexpected-message"
+    assert closed(alice) and alice.transport.producer is None

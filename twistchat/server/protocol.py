@@ -217,6 +217,11 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self._guess_ended()
         self.state = State.CLOSED
         self.setTimeout(None)
+        if self.joined:
+            # TLS sends its close alert only once no producer is registered:
+            # without this, every member closed by the server hung until the
+            # abort after close_grace.
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
         if self._abort is None:
             self._abort = self.callLater(self.factory.limits.close_grace, self._abort_now)
