@@ -146,7 +146,8 @@ def test_mutated_verifier_loads_or_config_error(key: str, value: Any, how: str) 
         pass
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(
     st.binary(max_size=300),
     json_texts(),

@@ -834,7 +834,8 @@ async def test_disconnect_mid_frame(server: Any, known_hosts: Path) -> None:
     ([{"type": "hello", "v": 1, "room": "main", "name": "m"},
       {"type": "confirm", "mac": MAC}], "unexpected-message",
      "a 'confirm' message is not allowed while waiting for the password share"),
-    ([{"type": "who"}], "unexpected-message", "a 'who' message is not allowed while waiting for hello"),
+    ([{"type": "who"}], "unexpected-message",
+     "a 'who' message is not allowed while waiting for hello"),
     ([{"type": "hello", "v": 1, "room": "main", "name": "m"},
       {"type": "share", "X": BAD_X}], "bad-point", "uncompressed"),
 ], ids=["version", "second-hello", "share-first", "confirm-early", "who-first", "bad-point"])
