@@ -39,8 +39,8 @@ from twistchat.client.protocol import ChatClientProtocol, State
 from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, derive_secrets
 from twistchat.errors import ProtocolError, Rejected, TwistchatError
-from twistchat.server.limits import TokenBucket
-from twistchat.server.tls import tls_exporter
+from twistchat.ratelimit import TokenBucket
+from twistchat.tlsbinding import tls_exporter
 from twistchat.config import DEFAULT_ROOM
 
 log = Logger()
