@@ -36,6 +36,7 @@ from twistchat.crypto.kdf import ScryptParams, check_params
 from twistchat.crypto.seal import Opener, Sealer
 from twistchat.crypto.spake2plus import Prover, context
 from twistchat.errors import (
+    BadPoint,
     FrameTooLong,
     ProtocolError,
     Rejected,
@@ -226,7 +227,10 @@ class ChatClientProtocol(Int32StringReceiver, TimeoutMixin):
     def _on_verify(self, message: wire.Message) -> None:
         assert self._prover is not None
         prover, self._prover = self._prover, None
-        confirm_p, _ = prover.finish(message["Y"], message["mac"])
+        try:
+            confirm_p, _ = prover.finish(message["Y"], message["mac"])
+        except BadPoint as e:
+            raise BadPoint(f"the server's handshake share is invalid: {e.message}") from None
         self.state = State.WELCOME
         self.sendString(wire.encode("confirm", mac=confirm_p))
 
