@@ -50,7 +50,7 @@ from twistchat.client.keyring import Keyring
 from twistchat.client.protocol import HANDSHAKE_TIMEOUT, ChatClientProtocol, State
 from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, derive_secrets
-from twistchat.errors import ProtocolError, Rejected, TwistchatError
+from twistchat.errors import ProtocolError, Rejected, TrustError, TwistchatError
 from twistchat.ratelimit import TokenBucket
 from twistchat.tlsbinding import tls_exporter
 from twistchat.config import DEFAULT_ROOM
@@ -552,6 +552,11 @@ class _Connector:
                 except TwistchatError:
                     result = Failure()
             if isinstance(result, Failure):
+                if result.check(TrustError) and isinstance(self.trust, CertificateAuthority):
+                    # Say which CAs were trusted, for a refused certificate.
+                    result = Failure(TrustError(
+                        f"{result.value.message}; trusted: {self.trust.source}"
+                    ))
                 if connected:
                     # Connected, but the login failed: drop the connection.
                     connected[0].transport.abortConnection()

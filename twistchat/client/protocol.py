@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Callable, Protocol
 
+from service_identity import VerificationError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
@@ -40,6 +41,7 @@ from twistchat.errors import (
     FrameTooLong,
     ProtocolError,
     Rejected,
+    TrustError,
     TwistchatError,
     UnexpectedMessage,
     from_code,
@@ -296,10 +298,29 @@ class ChatClientProtocol(Int32StringReceiver, TimeoutMixin):
         self.sendString(wire.encode(kind, **fields))
 
 
+def _identity(mismatch: Any) -> str:
+    found = getattr(mismatch, "mismatched_id", mismatch)
+    for attribute in ("hostname", "ip"):
+        value = getattr(found, attribute, None)
+        if value is not None:
+            return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+    return str(found)
+
+
 def _lost_reason(reason: Failure | None) -> TwistchatError:
     if reason is None:
         return TwistchatError("connection closed", code="closed")
+    if reason.check(VerificationError):
+        # service_identity refused the host name (--ca). (OpenSSL no longer
+        # shows the refused certificate here, so its names cannot be listed.)
+        wanted = ", ".join(_identity(e) for e in reason.value.errors) or "this host"
+        return TrustError(f"the server's certificate is not valid for {wanted}")
     text = reason.getErrorMessage() or reason.type.__name__
+    if "certificate verify failed" in text:
+        return TrustError(
+            "the server's certificate is not signed by a trusted certificate authority "
+            "(certificate verify failed)"
+        )
     if "SSL" in reason.type.__name__ or "ssl" in text.lower():
         return TwistchatError(f"TLS failed: {text}", code="tls")
     return TwistchatError(

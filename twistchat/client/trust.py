@@ -126,6 +126,13 @@ class CertificateAuthority:
         self.ca_file = ca_file
         self.fingerprint = ""
 
+    @property
+    def source(self) -> str:
+        """
+        The trusted CAs, in words.
+        """
+        return "the system's CAs" if self.ca_file is None else f"the CA in {self.ca_file}"
+
     def connection_creator(self, host: str, port: int) -> IOpenSSLClientConnectionCreator:
         if self.ca_file is None:
             trust_root = ssl.platformTrust()
