@@ -418,3 +418,98 @@ async def test_command_against_a_hostile_server(
     assert run.code == 1, run
     assert run.stderr == expected + "\n", run
     assert "Traceback" not in run.stdout
+
+
+# --- a server that goes silent after the login ----------------------------------------
+
+
+class Member:
+    def __init__(self) -> None:
+        self.closed_with: list[Any] = []
+        self.protocol: Any = None
+
+    def logged_in(self, protocol: Any, welcome: Any) -> None:
+        self.protocol = protocol
+
+    def event(self, message: Any) -> None:
+        pass
+
+    def closed(self, error: Any) -> None:
+        self.closed_with.append(error)
+
+
+def logged_in_client(clock: task.Clock) -> tuple[ChatClientProtocol, StringTransport, Member]:
+    """
+    A client protocol past its welcome, on a StringTransport (keys given).
+    """
+    from twistchat.client.keyring import RoomKeys
+
+    handler = Member()
+    client = ChatClientProtocol(handler, "alice", "main",  # type: ignore[arg-type]
+                                Keyring(PASSWORD, "main", lambda *a: defer.Deferred()),
+                                lambda t: bytes(32), clock=clock, timeout=30.0,
+                                keepalive=(60.0, 20.0))
+    transport = StringTransport()
+    client.makeConnection(transport)
+    client.state = State.WELCOME
+    client._keys = RoomKeys(1, 2, bytes(32))
+    client.dataReceived(frame(wire.encode("welcome", name="alice", room="main", addr="a:1",
+                                          members=[])))
+    assert client.state is State.MEMBER
+    transport.clear()
+    return client, transport, handler
+
+
+def test_silent_server_is_pinged_then_dropped_on_a_clock() -> None:
+    clock = task.Clock()
+    client, transport, handler = logged_in_client(clock)
+    clock.advance(59)
+    assert transport.value() == b""
+    client.dataReceived(frame(wire.encode("notice", code="x", text="still here")))
+    clock.advance(59)
+    assert transport.value() == b""  # the notice restarted the wait
+    clock.advance(1)
+    assert transport.value() == frame(wire.encode("ping"))
+    client.dataReceived(frame(wire.encode("pong")))
+    clock.advance(59)
+    assert not transport.disconnecting  # answered: back to waiting 60 s
+    clock.advance(1)
+    assert transport.value().count(frame(wire.encode("ping"))) == 2
+    clock.advance(20)
+    assert transport.disconnected
+    client.connectionLost(None)
+    (error,) = handler.closed_with
+    assert error.code == "timeout"
+    assert error.message == "no answer from the server to a ping within 20 seconds"
+    assert clock.getDelayedCalls() == []
+
+
+def test_trickled_large_frame_costs_linear_time() -> None:
+    """
+    A frame of about 800 KB in 4-byte pieces (some 200000 chunks), followed by
+    two small frames in odd-sized pieces. Twisted's parser alone copies its
+    whole buffer for each chunk (about 80 GB here, several seconds);
+    gathered, the frame is joined once.
+    """
+    import time
+
+    clock = task.Clock()
+    client, transport, handler = logged_in_client(clock)
+    seen: list[Any] = []
+    client.handler.event = seen.append  # type: ignore[method-assign]
+    roster = [{"name": f"member-{i:05d}-" + "n" * 19, "addr": f"[2001:db8::{i:x}]:65535"}
+              for i in range(10000)]
+    big = frame(wire.encode("members", members=roster))
+    assert 750_000 < len(big) < wire.MAX_FRAME_FROM_SERVER
+    started = time.perf_counter()
+    for i in range(0, len(big), 4):
+        client.dataReceived(big[i:i + 4])
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2.0, elapsed
+    assert [len(m["members"]) for m in seen] == [10000]
+    small = (frame(wire.encode("notice", code="x", text="one"))
+             + frame(wire.encode("notice", code="x", text="two")))
+    for i in range(0, len(small), 7):
+        client.dataReceived(small[i:i + 7])
+    assert [m.get("text") for m in seen[1:]] == ["one", "two"]
+    assert client._chunks == [] and client._unprocessed == b""

@@ -10,6 +10,8 @@ States and the messages each accepts (the whole transition table):
     VERIFY    --verify-->   WELCOME   (server proved it knows the room; sends confirm)
     WELCOME   --welcome-->  MEMBER    (the login Deferred fires)
     MEMBER    --msg | joined | left | members | notice | ping | pong-->  MEMBER
+    MEMBER    --server silent for KEEPALIVE[0] s-->  MEMBER (sends ping)
+    MEMBER    --and silent for KEEPALIVE[1] s more-->  CLOSED (aborted, "timeout")
     any       --error-->    CLOSED    (the server's reason is reported)
     any       --invalid, oversize or out-of-place frame-->  CLOSED  (aborted)
     before MEMBER  --handshake deadline passes-->  CLOSED  (aborted)
@@ -73,6 +75,11 @@ class ClientHandler(Protocol):
 
 #: Seconds the server has, once TCP is up, to complete TLS and the login.
 HANDSHAKE_TIMEOUT = 30.0
+#: Seconds of silence from the server, once a member, before the client pings
+#: it, and seconds it then has to answer (anything it sends counts). A server
+#: that stays silent is taken for gone (code "timeout": with --reconnect, the
+#: client reconnects), e.g. after a network change left a half-open connection.
+KEEPALIVE = (60.0, 20.0)
 
 
 @implementer(IHandshakeListener)
@@ -99,6 +106,7 @@ class ChatClientProtocol(Int32StringReceiver, TimeoutMixin):
         check_peer: Callable[[Any], None] = lambda transport: None,
         clock: Any = None,
         timeout: float | None = HANDSHAKE_TIMEOUT,
+        keepalive: tuple[float, float] | None = KEEPALIVE,
     ) -> None:
         self.handler = handler
         self.name = name
@@ -106,6 +114,13 @@ class ChatClientProtocol(Int32StringReceiver, TimeoutMixin):
         self._keyring = keyring
         self._clock = clock
         self._timeout = timeout
+        self._keepalive = keepalive
+        self._pinged = False
+        # The frame being gathered (see dataReceived): its chunks, their total
+        # size and the size it needs, prefix included.
+        self._chunks: list[bytes] = []
+        self._have = 0
+        self._need = 0
         self._channel_binding = channel_binding
         self._check_peer = check_peer
         self.state = State.TLS
@@ -130,6 +145,18 @@ class ChatClientProtocol(Int32StringReceiver, TimeoutMixin):
         self.setTimeout(self._timeout)
 
     def timeoutConnection(self) -> None:
+        if self.state is State.MEMBER and self._keepalive is not None:
+            idle, answer = self._keepalive
+            if not self._pinged:
+                self._pinged = True
+                self.sendString(wire.encode("ping"))
+                self.setTimeout(answer)
+                return
+            self._abandon(TwistchatError(
+                f"no answer from the server to a ping within {answer:g} seconds",
+                code="timeout",
+            ))
+            return
         self._abandon(TwistchatError(
             f"no answer from the server within {self._timeout:g} seconds", code="timeout"
         ))
@@ -154,7 +181,7 @@ class ChatClientProtocol(Int32StringReceiver, TimeoutMixin):
         self.setTimeout(None)
         self._keys = None
         self._prover = None
-        if self._unprocessed and self._error is None:
+        if (self._unprocessed or self._chunks) and self._error is None:
             self._error = TwistchatError(
                 "the server closed the connection in the middle of a frame", code="closed"
             )
@@ -179,9 +206,36 @@ class ChatClientProtocol(Int32StringReceiver, TimeoutMixin):
 
     # --- frames -----------------------------------------------------------------
 
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Gather the chunks of a large frame before Twisted's parser sees them.
+
+        L{Int32StringReceiver} joins its whole buffer with every chunk, so a
+        server trickling a 1 MiB frame a few bytes at a time would cost time
+        quadratic in its size. Chunks of a frame whose length is known are
+        kept in a list and joined once, when the frame is complete.
+        """
+        if self._need:
+            self._chunks.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return
+            data = b"".join(self._chunks)
+            self._chunks, self._have, self._need = [], 0, 0
+        super().dataReceived(data)
+        rest = self._unprocessed
+        if len(rest) >= 4 and self._error is None and self.state is not State.CLOSED:
+            self._chunks, self._have = [rest], len(rest)
+            self._need = 4 + int.from_bytes(rest[:4], "big")
+            self._unprocessed = b""
+
     def stringReceived(self, frame: bytes) -> None:
         if self.state is State.CLOSED or self._error is not None:
             return
+        if self.state is State.MEMBER and self._keepalive is not None:
+            # Any frame shows the server is there.
+            self._pinged = False
+            self.setTimeout(self._keepalive[0])
         try:
             message = wire.decode(frame, wire.FROM_SERVER)
             if message.type == "error":
@@ -240,7 +294,7 @@ class ChatClientProtocol(Int32StringReceiver, TimeoutMixin):
         assert self._keys is not None
         key = self._keys.content_key
         self._keys = None
-        self.setTimeout(None)
+        self.setTimeout(None if self._keepalive is None else self._keepalive[0])
         self.name = message["name"]
         self._sealer = Sealer(key, self.room, self.name)
         self._opener = Opener(key, self.room)
