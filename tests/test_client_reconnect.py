@@ -378,6 +378,11 @@ class Restartable:
         await self.factory.shutdown()
 
 
+def presence(events: Events, name: str) -> list[str]:
+    return [e[0] for e in events.events
+            if isinstance(e, tuple) and e[0] in ("joined", "left") and e[1] == name]
+
+
 @pytest_twisted.ensureDeferred
 async def test_real_reconnect_across_a_relay_restart(
     certificate: Any, verifier: Any, known_hosts: Path
@@ -419,10 +424,12 @@ async def test_real_reconnect_across_a_relay_restart(
             timeout=10)
         assert got.sender == "alice"
         assert alice.pending == 0 and alice.connected
-        # bob was back before alice: she is told of no change, he of her once.
-        assert alice_events.events.count(("joined", "bob")) == 1
-        assert ("left", "bob") not in alice_events.events
-        assert bob_events.events.count(("joined", "alice")) == 1
+        # No duplicate and no lost notice: for each, what the other saw
+        # alternates entered / left and ends with entered (both are present).
+        # (alice may or may not hear bob leave during the shutdown, depending
+        # on which connection the server closes first.)
+        assert presence(alice_events, "bob") in (["joined"], ["joined", "left", "joined"])
+        assert presence(bob_events, "alice") == ["joined"]
         assert not any(e[0] == "disconnected" for e in alice_events.events)
         assert sorted(m.name for m in await alice.who()) == ["alice", "bob"]
     except BaseException:
