@@ -153,17 +153,20 @@ async def main(reactor: Any, argv: list[str]) -> int:
     console = ChatConsole(write)
     write(f"Welcome to twistchat! Joining room {options['room']!r} on "
           f"{options['host']}:{options['port']} as {options['name']}...")
+    connecting = connect(
+        reactor, options["host"], options["port"], options["name"], password,
+        room=options["room"], listener=console, trust=trust, timeout=options["timeout"],
+        reconnect=options.reconnect_policy(),
+    )
+    # The library keeps the password only until scrypt has run, then derived
+    # keys (twistchat.client.keyring); keep no reference here either.
+    del password
     try:
-        session = await connect(
-            reactor, options["host"], options["port"], options["name"], password,
-            room=options["room"], listener=console, trust=trust, timeout=options["timeout"],
-            reconnect=options.reconnect_policy(),
-        )
+        session = await connecting
     except Exception:
         err.write(f"Unable to connect: {describe(Failure())}\n")
         err.flush()
         return 1
-    del password
     if trust.first_use:
         write(f"* First connection to this server: its certificate fingerprint "
               f"{trust.fingerprint} is now pinned.")
