@@ -397,11 +397,11 @@ async def test_real_reconnect_across_a_relay_restart(
     await relay.start()
     schedule = Reconnect(initial_delay=0.5, max_delay=2.0, jitter=lambda: 0.0)
     alice_events, bob_events = Events(), Events()
-    trust = TrustOnFirstUse(known_hosts)
     alice = await connect(reactor, "127.0.0.1", relay.port, "alice", PASSWORD,
-                          listener=alice_events, trust=trust, timeout=10, reconnect=schedule)
+                          listener=alice_events, trust=TrustOnFirstUse(known_hosts),
+                          timeout=10, reconnect=schedule)
     bob = await connect(reactor, "127.0.0.1", relay.port, "bob", PASSWORD,
-                        listener=bob_events, trust=trust, timeout=10)
+                        listener=bob_events, trust=TrustOnFirstUse(known_hosts), timeout=10)
     bob_again = None
     try:
         await alice_events.wait_for(lambda e: e == ("joined", "bob"))
@@ -417,7 +417,8 @@ async def test_real_reconnect_across_a_relay_restart(
         await relay.start()
         bob_events = Events()
         bob_again = await connect(reactor, "127.0.0.1", relay.port, "bob", PASSWORD,
-                                  listener=bob_events, trust=trust, timeout=10)
+                                  listener=bob_events, trust=TrustOnFirstUse(known_hosts),
+                                  timeout=10)
         await alice_events.wait_for(lambda e: e == ("reconnected",), timeout=10)
         got = await bob_events.wait_for(
             lambda e: isinstance(e, ChatMessage) and e.text == "sent while the relay was down",
@@ -441,3 +442,5 @@ async def test_real_reconnect_across_a_relay_restart(
             await bob_again.leave()
         await relay.stop()
     assert alice_events.events[-1] == ("disconnected", None)
+    # Pinned once, at the first login; the reconnect found the pin.
+    assert len(known_hosts.read_text().splitlines()) == 1

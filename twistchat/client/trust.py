@@ -79,6 +79,9 @@ class TrustOnFirstUse:
         self.fingerprint = peer_fingerprint(transport)
         known = self._load().get(self.host)
         if known == self.fingerprint:
+            # Pinned already (perhaps by this session's first login, before a
+            # reconnect): nothing more to write.
+            self.first_use = False
             return
         if known is not None:
             raise FingerprintChanged(
