@@ -40,7 +40,7 @@ def _write_key(key: Any, path: Path) -> None:
     ))
 
 
-class TestPKI:
+class ThrowawayCA:
     """
     A certificate authority valid for a day, kept in C{folder/ca.pem}.
     """
@@ -98,8 +98,8 @@ class TestPKI:
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> TestPKI:
-    return TestPKI(tmp_path)
+def pki(tmp_path: Path) -> ThrowawayCA:
+    return ThrowawayCA(tmp_path)
 
 
 async def serve(folder: Path, verifier: Any, cert_file: Path, key_file: Path) -> Any:
@@ -109,7 +109,7 @@ async def serve(folder: Path, verifier: Any, cert_file: Path, key_file: Path) ->
 
 
 @pytest_twisted.ensureDeferred
-async def test_ca_signed_certificate_accepted_for_its_names(pki: TestPKI, verifier: Any) -> None:
+async def test_ca_signed_certificate_accepted_for_its_names(pki: ThrowawayCA, verifier: Any) -> None:
     port = await serve(pki.folder, verifier, *pki.issue("good", "localhost", "127.0.0.1"))
     try:
         for host in ("127.0.0.1", "localhost"):
@@ -124,7 +124,7 @@ async def test_ca_signed_certificate_accepted_for_its_names(pki: TestPKI, verifi
 
 
 @pytest_twisted.ensureDeferred
-async def test_certificate_for_another_host_refused(pki: TestPKI, verifier: Any) -> None:
+async def test_certificate_for_another_host_refused(pki: ThrowawayCA, verifier: Any) -> None:
     port = await serve(pki.folder, verifier, *pki.issue("other", "chat.example.org"))
     try:
         for host in ("127.0.0.1", "localhost"):
@@ -140,7 +140,7 @@ async def test_certificate_for_another_host_refused(pki: TestPKI, verifier: Any)
 
 
 @pytest_twisted.ensureDeferred
-async def test_self_signed_certificate_refused(pki: TestPKI, verifier: Any) -> None:
+async def test_self_signed_certificate_refused(pki: ThrowawayCA, verifier: Any) -> None:
     create_self_signed(pki.folder / "self.pem", pki.folder / "self.key")
     port = await serve(pki.folder, verifier, pki.folder / "self.pem", pki.folder / "self.key")
     try:
@@ -156,7 +156,7 @@ async def test_self_signed_certificate_refused(pki: TestPKI, verifier: Any) -> N
 
 
 @pytest_twisted.ensureDeferred
-async def test_command_with_ca(pki: TestPKI, verifier: Any, tmp_path: Path) -> None:
+async def test_command_with_ca(pki: ThrowawayCA, verifier: Any, tmp_path: Path) -> None:
     """
     The real command: accepted (nothing pinned), then refused for another
     host name with exit status 1 and one line.
@@ -182,7 +182,7 @@ async def test_command_with_ca(pki: TestPKI, verifier: Any, tmp_path: Path) -> N
         await other.stopListening()
 
 
-def test_twistd_serves_a_ca_signed_certificate(pki: TestPKI, tmp_path: Path) -> None:
+def test_twistd_serves_a_ca_signed_certificate(pki: ThrowawayCA, tmp_path: Path) -> None:
     """
     End to end: twistd socketchat --tls-cert/--tls-key with the CA-signed
     certificate, the installed twistchat command with --ca.
