@@ -2,7 +2,9 @@
 The client against a hostile or broken server: a scripted relay on real
 loopback TLS (the server's own TLS context) that misbehaves at each step.
 Each case ends in one clear error, never a traceback; a few run the real
-``twistchat`` command and check its exit status and its single line.
+``twistchat`` command and check its exit status and its single line. The
+client's deadlines and keepalive run on a Clock, and hypothesis feeds the client
+protocol arbitrary bytes and malformed messages.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any, Callable
 
 import pytest
 import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.testing import StringTransport
@@ -513,3 +517,60 @@ def test_trickled_large_frame_costs_linear_time() -> None:
         client.dataReceived(small[i:i + 7])
     assert [m.get("text") for m in seen[1:]] == ["one", "two"]
     assert client._chunks == [] and client._unprocessed == b""
+
+
+# --- property: nothing a server sends escapes the client protocol -------------------
+
+
+class AnyEvent(Member):
+    def message(self, *args: Any) -> None:
+        pass
+
+    def rejected(self, *args: Any) -> None:
+        pass
+
+    def login_failed(self, failure: Any) -> None:
+        self.closed_with.append(failure.value)
+
+
+_json_frames = st.builds(
+    lambda kind, extra: frame(wire.encode(kind, **extra)),
+    st.sampled_from(sorted(wire.FROM_SERVER) + ["hello", "nonsense"]),
+    st.dictionaries(st.sampled_from(["name", "room", "addr", "members", "code", "text", "id",
+                                     "salt", "n", "r", "p", "Y", "mac", "from", "sid", "ct"]),
+                    st.one_of(st.integers(), st.text(max_size=40), st.binary(max_size=70),
+                              st.lists(st.integers(), max_size=3), st.none()),
+                    max_size=6),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunks=st.lists(st.one_of(st.binary(max_size=300), _json_frames), max_size=6),
+       member=st.booleans())
+def test_any_bytes_from_the_server_end_cleanly(chunks: list[bytes], member: bool) -> None:
+    """
+    Whatever arrives, before or after the login: the client either stays
+    where it was or aborts with a TwistchatError, and nothing else is raised.
+    """
+    clock = task.Clock()
+    if member:
+        client, transport, handler = logged_in_client(clock)
+        client.handler = AnyEvent()
+        handler = client.handler
+    else:
+        handler = AnyEvent()
+        client = ChatClientProtocol(handler, "alice", "main",  # type: ignore[arg-type]
+                                    Keyring(PASSWORD, "main", lambda *a: defer.Deferred()),
+                                    lambda t: bytes(32), clock=clock, timeout=5.0)
+        transport = StringTransport()
+        client.makeConnection(transport)
+        client.handshakeCompleted()
+    for chunk in chunks:
+        client.dataReceived(chunk)
+    if transport.disconnected:
+        assert isinstance(client._error, errors.TwistchatError)
+        assert client._error.message and "\n" not in client._error.message
+    client.connectionLost(None)
+    for error in handler.closed_with:
+        assert error is None or isinstance(error, errors.TwistchatError)
+    assert clock.getDelayedCalls() == []
