@@ -502,3 +502,68 @@ async def test_commands_from_a_pipe(server: Any, tmp_path: Path, known_hosts: Pa
         assert texts == ["first"]
     finally:
         await alice.leave()
+
+
+# --- reconnect options -------------------------------------------------------------
+
+
+def test_reconnect_options() -> None:
+    options = parse("h", "1", "alice")
+    assert options["reconnect"] == 0
+    assert options.reconnect_policy() is None
+    options = parse("--reconnect", "h", "1", "alice")
+    policy = options.reconnect_policy()
+    assert policy is not None
+    assert (policy.initial_delay, policy.max_delay, policy.max_attempts) == (1.0, 60.0, None)
+    options = parse("--reconnect", "--reconnect-attempts", "5", "--reconnect-max-delay", "10",
+                    "h", "1", "alice")
+    policy = options.reconnect_policy()
+    assert policy is not None and (policy.max_delay, policy.max_attempts) == (10.0, 5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--reconnect-attempts", "-1"), "--reconnect-attempts must not be negative"),
+    (("--reconnect-max-delay", "0.5"), "--reconnect-max-delay must be at least 1 second"),
+    (("--timeout", "0"), "--timeout must be positive"),
+])
+def test_bad_reconnect_options(args: tuple[str, ...], message: str) -> None:
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*args, "h", "1", "alice")
+
+
+def test_console_lines_while_reconnecting() -> None:
+    """
+    What the terminal shows across a reconnect, on a Clock.
+    """
+    from twistchat.client.ui import ChatConsole
+
+    from .test_client_reconnect import NO_JITTER, FakeHandler, FakeProtocol, drop, welcome
+    from .test_client_reconnect import session_on_clock
+
+    lines: list[str] = []
+    console = ChatConsole(lines.append)
+    session, clock, connector, _, first = session_on_clock(NO_JITTER, "bob")
+    session._listener = console
+    console.joined(session)
+    lines.clear()
+    drop(session, first, errors.TwistchatError("the server is shutting down", code="shutdown"))
+    console.line_typed("are you there?")
+    console.line_typed("/who")
+    clock.advance(1)
+    connector.attempts[0].errback(Failure(ConnectionRefusedError()))
+    clock.advance(2)
+    second = FakeProtocol()
+    connector.attempts[1].callback((second, welcome("carol"), FakeHandler()))
+    refused = describe(Failure(ConnectionRefusedError()))
+    assert lines == [
+        "* Connection lost: the server is shutting down. Reconnecting in 1.0 s (attempt 1)...",
+        "* Not connected: queued, to be sent after reconnecting (1 waiting).",
+        "! Not connected: reconnecting",
+        f"* Reconnect attempt 1 failed: {refused}. Retrying in 2.0 s (attempt 2)...",
+        "* Reconnected: back in room 'main'; sending 1 queued message(s).",
+        "* bob (127.0.0.1:2000) left the room",
+        "* carol (127.0.0.1:2000) entered the room",
+    ]
+    assert second.sent == ["are you there?"]
+    console.leave()
+    assert second.transport.closing

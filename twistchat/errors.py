@@ -107,6 +107,16 @@ class WeakParameters(AuthFailed):
     code = "weak-parameters"
 
 
+class SaltChanged(AuthFailed):
+    """
+    the server now asks for another password salt than when this session logged in (was the room password changed?); start the client again with the current password
+    """
+
+    # Raised only inside the client, on a reconnect: it keeps the keys derived
+    # for the first salt, not the password (twistchat.client.keyring).
+    code = "salt-changed"
+
+
 class BadPoint(AuthFailed):
     """
     a handshake value is not a valid point on the curve

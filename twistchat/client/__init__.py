@@ -3,7 +3,14 @@ The twistchat client: a Deferred-based library (L{connect}), a blocking helper
 for scripts (L{BlockingChat}), and the C{twistchat} command.
 """
 
-from twistchat.client.api import ChatListener, ChatMessage, ChatSession, Member, connect
+from twistchat.client.api import (
+    ChatListener,
+    ChatMessage,
+    ChatSession,
+    Member,
+    Reconnect,
+    connect,
+)
 from twistchat.client.blocking import BlockingChat
 from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
 
@@ -14,6 +21,7 @@ __all__ = [
     "ChatMessage",
     "ChatSession",
     "Member",
+    "Reconnect",
     "TrustOnFirstUse",
     "connect",
 ]

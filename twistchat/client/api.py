@@ -18,29 +18,41 @@ C{connect} fires with a L{ChatSession} once the password handshake has succeeded
 L{WrongPassword}, or a Twisted connection error). Events arrive through the
 methods of a L{ChatListener}. The reactor is passed in; nothing here starts or
 stops it (see L{twistchat.client.blocking} for scripts without a reactor).
+
+With C{reconnect=Reconnect()} a session outlives a dropped connection: when the
+connection ends for a reason that may pass (connection lost, server shutting
+down, ping timeout, ...) it logs in again with exponential backoff, rejoins the
+room and reports who left or joined meanwhile; messages sent meanwhile are
+queued (up to L{Reconnect.max_queued}) and sent after the rejoin. Final reasons
+(L{is_final}: wrong password, banned address, certificate changed, a server
+that breaks the protocol, ...) end the session as without it.
 """
 
 from __future__ import annotations
 
+import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
-from twisted.internet import threads
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.application.internet import backoffPolicy
+from twisted.internet import defer, task, threads
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistchat import wire
-from twistchat.client.protocol import ChatClientProtocol, State
+from twistchat.client.keyring import Keyring
+from twistchat.client.protocol import HANDSHAKE_TIMEOUT, ChatClientProtocol, State
 from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, derive_secrets
-from twistchat.errors import ProtocolError, Rejected, TwistchatError
-from twistchat.server.limits import TokenBucket
-from twistchat.server.tls import tls_exporter
+from twistchat.errors import ProtocolError, Rejected, TrustError, TwistchatError
+from twistchat.ratelimit import TokenBucket
+from twistchat.tlsbinding import tls_exporter
 from twistchat.config import DEFAULT_ROOM
 
 log = Logger()
@@ -80,10 +92,10 @@ class ChatListener:
         """A member's message, opened and checked."""
 
     def member_joined(self, member: Member) -> None:
-        """Someone entered the room."""
+        """Someone entered the room (or, after a reconnect, entered while we were away)."""
 
     def member_left(self, member: Member) -> None:
-        """Someone left the room."""
+        """Someone left the room (or, after a reconnect, left while we were away)."""
 
     def message_rejected(self, sender: str, reason: str) -> None:
         """A message that could not be opened, or a replay; it is not shown as chat."""
@@ -91,38 +103,139 @@ class ChatListener:
     def notice(self, text: str) -> None:
         """A notice from the server (for example a rate warning)."""
 
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        """
+        The connection was lost (C{attempt} 1) or reconnect attempt
+        C{attempt - 1} failed, because of C{reason}; attempt C{attempt} starts in
+        C{delay} seconds. Only with C{reconnect}.
+        """
+
+    def reconnected(self) -> None:
+        """
+        Back in the room after a reconnect; L{member_left} and L{member_joined}
+        follow for the changes while away, then queued messages are sent.
+        """
+
     def disconnected(self, reason: str | None) -> None:
         """The session ended: C{None} after L{ChatSession.leave}, else why."""
 
 
+#: Error codes after which reconnecting cannot help (or must not be tried): the
+#: password or the server's identity is wrong, the address is penalised, or the
+#: server broke the protocol.
+FINAL_CODES = frozenset({
+    "auth-failed", "wrong-password", "server-not-authenticated", "salt-changed",
+    "weak-parameters", "bad-point", "name-invalid", "version", "penalty", "rate",
+    "trust", "fingerprint-changed", "tls", "config",
+    "protocol", "bad-message", "unexpected-message", "frame-too-long",
+})
+
+
+def is_final(failure: Failure, reconnecting: bool = True) -> bool:
+    """
+    Whether a login failure or a session's end rules out trying again.
+
+    Connection errors (refused, timed out, reset), C{closed}, C{timeout},
+    C{shutdown}, C{slow}, C{busy}, C{limit}, C{room-full} and C{internal} may
+    pass. So may C{name-taken} on a reconnect: the server may still hold our
+    previous connection until it times out.
+    """
+    error = failure.value
+    if not isinstance(error, TwistchatError):
+        return False
+    if error.code == "name-taken":
+        return not reconnecting
+    return error.code in FINAL_CODES
+
+
+def describe(failure: Failure) -> str:
+    """
+    A one-line reason for a failed connection or login.
+    """
+    error = failure.value
+    if isinstance(error, TwistchatError):
+        return error.message
+    if isinstance(error, DNSLookupError):
+        return "host not found"
+    if isinstance(error, CancelledError):
+        return "timed out"
+    if isinstance(error, ConnectError):
+        # osError is the errno (an int) when set: the OS's text is the message,
+        # e.g. "Connection refused". Without one, the error's own description.
+        text = error.args[0] if error.args and error.args[0] else error
+        return str(text).strip().rstrip(".") or error.__class__.__name__
+    return failure.getErrorMessage()
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """
+    How a session reconnects: exponential backoff with jitter (Twisted's
+    L{backoffPolicy}): C{initial_delay} doubling (C{factor}) up to C{max_delay},
+    plus C{jitter()} seconds, so that clients dropped together do not all come
+    back at once.
+
+    @ivar max_attempts: give up after this many failed attempts in a row (None:
+        never give up).
+    @ivar max_queued: messages kept while disconnected; more are refused.
+    """
+
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+    factor: float = 2.0
+    max_attempts: int | None = None
+    max_queued: int = 100
+    jitter: Callable[[], float] = field(default=random.random, compare=False)
+
+    def delay(self, attempt: int) -> float:
+        """
+        Seconds to wait before attempt number C{attempt} (1, 2, ...).
+        """
+        policy = backoffPolicy(self.initial_delay, self.max_delay, self.factor, self.jitter)
+        return policy(attempt - 1)
+
+
 class ChatSession:
     """
-    A member's connection to a room, after a successful login.
+    A member's presence in a room, after a successful login; with C{reconnect},
+    across as many connections as it takes.
     """
 
     def __init__(self, protocol: ChatClientProtocol, welcome: wire.Message,
-                 listener: ChatListener, clock: Any) -> None:
-        self._protocol = protocol
+                 listener: ChatListener, clock: Any, connector: _Connector | None = None,
+                 reconnect: Reconnect | None = None) -> None:
         self._clock = clock
+        self._listener = listener
+        self._connector = connector
+        self._policy = reconnect if connector is not None else None
+        self._outbox: deque[str] = deque()
+        self._flush_call: Any = None
+        self._who: list[Deferred[list[Member]]] = []
+        self._leaving = False
+        #: The pending wait or login of a reconnect, while one is under way.
+        self._retry: Deferred[Any] | None = None
+        self.reconnecting = False
+        self._attach(protocol, welcome)
+        #: Fires with the reason (None after leave()) when the session ends.
+        self.ended: Deferred[str | None] = Deferred()
+
+    def _attach(self, protocol: ChatClientProtocol, welcome: wire.Message) -> None:
+        self._protocol = protocol
         # Keep to the server's message rate: send at once while the bucket has
         # tokens, queue (in order) otherwise, so piped input is not refused.
         rate = welcome.get("rate")
         self._bucket = (
-            TokenBucket(rate, welcome.get("burst", 1), clock.seconds()) if rate else None
+            TokenBucket(rate, welcome.get("burst", 1), self._clock.seconds()) if rate else None
         )
-        self._outbox: deque[str] = deque()
-        self._flush_call: Any = None
-        self._listener = listener
         self.name: str = welcome["name"]
         self.room: str = welcome["room"]
         #: Our address as the server sees it.
         self.address: str = welcome["addr"]
         self.max_text: int = welcome.get("max_text", wire.MAX_TEXT_BYTES)
-        self._members = {m["name"]: Member(m["name"], m["addr"]) for m in welcome["members"]}
-        self._who: list[Deferred[list[Member]]] = []
-        self._leaving = False
-        #: Fires with the reason (None after leave()) when the session ends.
-        self.ended: Deferred[str | None] = Deferred()
+        self._members = {
+            m["name"]: Member(m["name"], m["addr"])
+            for m in welcome["members"] if m["name"] != self.name
+        }
 
     @property
     def members(self) -> list[Member]:
@@ -137,14 +250,27 @@ class ChatSession:
 
     def send(self, text: str) -> None:
         """
-        Seal C{text} with the room key and send it to the other members.
+        Seal C{text} with the room key and send it to the other members. While
+        reconnecting, it is queued and sent after the rejoin.
 
         @raise ValueError: if the text is longer than the server accepts.
-        @raise ProtocolError: if the session has ended.
+        @raise ProtocolError: if the session has ended, or it is reconnecting
+            and L{Reconnect.max_queued} messages already wait.
         """
         if len(text.encode("utf-8")) > self.max_text:
             raise ValueError(f"message longer than {self.max_text} bytes")
-        if not self.connected or self._leaving:
+        if self._leaving or self.ended.called:
+            raise ProtocolError("not connected to a room")
+        if self.reconnecting:
+            assert self._policy is not None
+            if len(self._outbox) >= self._policy.max_queued:
+                raise ProtocolError(
+                    f"not connected, and {len(self._outbox)} messages already wait "
+                    "to be sent"
+                )
+            self._outbox.append(text)
+            return
+        if not self.connected:
             raise ProtocolError("not connected to a room")
         self._outbox.append(text)
         self._flush()
@@ -152,7 +278,8 @@ class ChatSession:
     @property
     def pending(self) -> int:
         """
-        Messages queued to keep within the server's rate, not yet sent.
+        Messages queued (to keep within the server's rate, or while
+        reconnecting), not yet sent.
         """
         return len(self._outbox)
 
@@ -180,19 +307,27 @@ class ChatSession:
     def leave(self) -> Deferred[str | None]:
         """
         Leave the room: pending messages are sent, then the connection closes.
+        While reconnecting, the session ends at once; messages still queued are
+        not sent, and the reason says how many.
         """
-        if self.ended.called:
-            return succeed(None)
-        self._leaving = True
-        if self._flush_call is None:
-            self._flush()  # closes once the queued messages are sent
         d: Deferred[str | None] = Deferred()
 
         def relay(result: str | None) -> str | None:
             d.callback(result)
             return result  # self.ended keeps its result for other waiters
 
+        if self.ended.called:
+            return succeed(None)
         self.ended.addCallback(relay)
+        self._leaving = True
+        if self.reconnecting:
+            retry, self._retry = self._retry, None
+            if retry is not None:
+                retry.cancel()
+            if not self.ended.called:
+                self._end(None)
+        elif self._flush_call is None:
+            self._flush()  # closes once the queued messages are sent
         return d
 
     # --- from the protocol -----------------------------------------------------
@@ -231,17 +366,87 @@ class ChatSession:
             self._call("notice", message["text"])
 
     def _closed(self, error: TwistchatError | None) -> None:
-        reason = None if (self._leaving and error is None) else (
-            error.message if error is not None else "the server closed the connection"
-        )
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
         pending, self._who = self._who, []
         for d in pending:
             d.errback(ProtocolError("disconnected"))
+        if self._leaving and error is None:
+            self._end(None)
+            return
+        reason = error.message if error is not None else "the server closed the connection"
+        if (self._policy is not None and not self._leaving
+                and (error is None or not is_final(Failure(error)))):
+            self.reconnecting = True
+            self._retry = defer.ensureDeferred(self._reconnect(reason))
+            self._retry.addErrback(self._reconnect_failed)
+            return
+        self._end(reason)
+
+    def _end(self, reason: str | None) -> None:
+        self.reconnecting = False
+        if self._outbox:
+            unsent = f"{len(self._outbox)} queued message(s) were not sent"
+            reason = unsent if reason is None else f"{reason}; {unsent}"
+            self._outbox.clear()
+        if self._connector is not None:
+            self._connector.keyring.forget()
         self._call("disconnected", reason)
         self.ended.callback(reason)
+
+    # --- reconnecting -------------------------------------------------------------
+
+    def _reconnect_failed(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return  # leave() stopped it
+        log.failure("reconnecting failed", failure)
+        if not self.ended.called:
+            self._end("reconnecting failed")
+
+    async def _reconnect(self, reason: str) -> None:
+        """
+        Wait, log in again, repeat with growing delays until it works, the
+        failure is final, L{Reconnect.max_attempts} is reached or we leave.
+        """
+        assert self._policy is not None and self._connector is not None
+        attempt = 0
+        while True:
+            attempt += 1
+            limit = self._policy.max_attempts
+            if limit is not None and attempt > limit:
+                self._end(f"{reason} (gave up after {limit} attempts to reconnect)")
+                return
+            delay = self._policy.delay(attempt)
+            self._call("reconnecting", attempt, delay, reason)
+            try:
+                await task.deferLater(self._clock, delay, lambda: None)
+                login = self._connector.login()
+                protocol, welcome, handler = await login
+            except CancelledError:
+                return  # leave() ended the session
+            except Exception:
+                failure = Failure()
+                if is_final(failure):
+                    self._end(describe(failure))
+                    return
+                reason = describe(failure)
+                continue
+            break
+        self._retry = None
+        self.reconnecting = False
+        before = self._members
+        self._attach(protocol, welcome)
+        handler.attach(self)
+        self._call("reconnected")
+        after = self._members
+        for name, member in before.items():
+            if name not in after:
+                self._call("member_left", member)
+        for name, member in after.items():
+            if name not in before:
+                self._call("member_joined", member)
+        self._flush()
 
 
 class _Login:
@@ -249,20 +454,23 @@ class _Login:
     The protocol's handler: first for the login, then forwarding to the session.
     """
 
-    def __init__(self, listener: ChatListener, clock: Any) -> None:
-        self.listener = listener
-        self.clock = clock
-        self.result: Deferred[ChatSession] = Deferred()
+    def __init__(self) -> None:
+        self.result: Deferred[tuple[ChatClientProtocol, wire.Message, _Login]] = Deferred()
         self.session: ChatSession | None = None
 
+    def attach(self, session: ChatSession) -> None:
+        self.session = session
+
     def logged_in(self, protocol: ChatClientProtocol, welcome: wire.Message) -> None:
-        self.session = ChatSession(protocol, welcome, self.listener, self.clock)
         if not self.result.called:
-            self.result.callback(self.session)
+            self.result.callback((protocol, welcome, self))
 
     def login_failed(self, failure: Failure) -> None:
         if not self.result.called:
             self.result.errback(failure)
+
+    # The session attaches itself in the callbacks of result, which run inside
+    # logged_in: nothing can arrive before it.
 
     def message(self, sender: str, text: str, message: wire.Message) -> None:
         assert self.session is not None
@@ -294,6 +502,76 @@ def thread_deriver(reactor: Any):
     return derive
 
 
+class _Connector:
+    """
+    Opens one connection and logs in: for the first login and each reconnect.
+    """
+
+    def __init__(self, reactor: Any, host: str, port: int, name: str, room: str,
+                 keyring: Keyring, trust: TrustOnFirstUse | CertificateAuthority,
+                 timeout: float) -> None:
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        self.name = name
+        self.room = room
+        self.keyring = keyring
+        self.trust = trust
+        self.timeout = timeout
+
+    def login(self) -> Deferred[tuple[ChatClientProtocol, wire.Message, _Login]]:
+        login = _Login()
+        factory = Factory.forProtocol(
+            partial(
+                ChatClientProtocol,
+                login,
+                self.name,
+                self.room,
+                self.keyring,
+                tls_exporter,
+                self.trust.check,
+                self.reactor,
+                self.timeout,
+            )
+        )
+        try:
+            creator = self.trust.connection_creator(self.host, self.port)
+        except TwistchatError:
+            return fail()
+        endpoint = wrapClientTLS(
+            creator, HostnameEndpoint(self.reactor, self.host, self.port, timeout=self.timeout)
+        )
+        connected: list[ChatClientProtocol] = []
+        connecting = endpoint.connect(factory)
+        connecting.addCallbacks(connected.append, login.login_failed)
+
+        def done(result: Any) -> Any:
+            if not isinstance(result, Failure):
+                try:
+                    self.trust.remember()
+                except TwistchatError:
+                    result = Failure()
+            if isinstance(result, Failure):
+                if result.check(TrustError) and isinstance(self.trust, CertificateAuthority):
+                    # Say which CAs were trusted, for a refused certificate.
+                    result = Failure(TrustError(
+                        f"{result.value.message}; trusted: {self.trust.source}"
+                    ))
+                if connected:
+                    # Connected, but the login failed: drop the connection.
+                    connected[0].transport.abortConnection()
+                elif not connecting.called:
+                    connecting.cancel()
+            return result
+
+        def cancel(d: Deferred[Any]) -> None:
+            login.login_failed(Failure(CancelledError()))
+
+        result: Deferred[tuple[ChatClientProtocol, wire.Message, _Login]] = Deferred(cancel)
+        login.result.addBoth(done).chainDeferred(result)
+        return result
+
+
 def connect(
     reactor: Any,
     host: str,
@@ -304,60 +582,39 @@ def connect(
     room: str = DEFAULT_ROOM,
     listener: ChatListener | None = None,
     trust: TrustOnFirstUse | CertificateAuthority | None = None,
-    timeout: float = 30.0,
+    timeout: float = HANDSHAKE_TIMEOUT,
+    reconnect: Reconnect | None = None,
 ) -> Deferred[ChatSession]:
     """
     Connect over TLS, prove knowledge of the room password, and join the room.
 
+    The password is kept only until scrypt has run; the session keeps the keys
+    derived from it (L{twistchat.client.keyring}).
+
     @param trust: how to trust the server's certificate; by default its
         fingerprint is pinned on first use in C{~/.config/twistchat/known_hosts}.
-    @param timeout: seconds for the whole login (TCP, TLS, password handshake).
+    @param timeout: seconds for the TCP connection, and again from the TCP
+        connection to the end of the login (TLS and password handshake).
+    @param reconnect: reconnect after a connection is lost (see L{Reconnect});
+        the first login is never retried.
     @return: a Deferred firing with a L{ChatSession}, or failing with a
         L{TwistchatError} (e.g. L{WrongPassword}, L{ServerNotAuthenticated},
         L{NameTaken}, L{FingerprintChanged}) or a Twisted connection error.
     """
     listener = listener or ChatListener()
     trust = trust or TrustOnFirstUse()
-    login = _Login(listener, reactor)
-    factory = Factory.forProtocol(
-        partial(
-            ChatClientProtocol,
-            login,
-            name,
-            room,
-            password,
-            thread_deriver(reactor),
-            tls_exporter,
-            trust.check,
-        )
-    )
-    try:
-        creator = trust.connection_creator(host, port)
-    except TwistchatError:
-        return fail()
-    endpoint = wrapClientTLS(creator, HostnameEndpoint(reactor, host, port, timeout=timeout))
-    connected: list[ChatClientProtocol] = []
-    connecting = endpoint.connect(factory)
-    connecting.addCallbacks(connected.append, login.login_failed)
+    keyring = Keyring(password, room, thread_deriver(reactor))
+    del password
+    connector = _Connector(reactor, host, port, name, room, keyring, trust, timeout)
 
-    def too_slow() -> None:
-        connecting.cancel()
-        login.login_failed(
-            Failure(TwistchatError(
-                f"no answer from the server within {timeout:g} seconds", code="timeout"
-            ))
-        )
+    def logged_in(result: tuple[ChatClientProtocol, wire.Message, _Login]) -> ChatSession:
+        protocol, welcome, login = result
+        session = ChatSession(protocol, welcome, listener, reactor, connector, reconnect)
+        login.attach(session)
+        return session
 
-    timer = reactor.callLater(timeout, too_slow)
+    def failed(failure: Failure) -> Failure:
+        keyring.forget()
+        return failure
 
-    def done(result: Any) -> Any:
-        if timer.active():
-            timer.cancel()
-        if not isinstance(result, Failure):
-            trust.remember()
-        if isinstance(result, Failure) and connected:
-            # Connected, but the login failed or took too long: drop the connection.
-            connected[0].transport.abortConnection()
-        return result
-
-    return login.result.addBoth(done)
+    return connector.login().addCallbacks(logged_in, failed)

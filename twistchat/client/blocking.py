@@ -86,6 +86,12 @@ class _Queueing(ChatListener):
     def notice(self, text: str) -> None:
         self.events.put(("notice", text))
 
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        self.events.put(("reconnecting", attempt, delay, reason))
+
+    def reconnected(self) -> None:
+        self.events.put(("reconnected",))
+
     def disconnected(self, reason: str | None) -> None:
         self.events.put(("disconnected", reason))
 
@@ -132,7 +138,8 @@ class BlockingChat:
         """
         The next event: a L{ChatMessage}, or a tuple such as C{("joined", member)},
         C{("left", member)}, C{("rejected", sender, reason)}, C{("notice", text)},
-        C{("disconnected", reason)}.
+        C{("reconnecting", attempt, delay, reason)}, C{("reconnected",)} (with
+        C{reconnect=Reconnect()}), C{("disconnected", reason)}.
 
         @raise TimeoutError: if nothing arrives within C{timeout} seconds.
         """

@@ -8,7 +8,9 @@ The password comes from C{--password-file}, the C{TWISTCHAT_PASSWORD}
 environment variable, the command line, or a prompt, in that order.
 
 Exit status: 0 after leaving the room (C{/quit} or end of input), 1 when the
-connection fails or the server ends the session, 2 for unusable options.
+connection fails or the server ends the session (with C{--reconnect}: for a
+final reason, or after C{--reconnect-attempts} failed attempts), 2 for unusable
+options.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from twisted.internet import defer, task
-from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from twistchat.client.api import connect
+from twistchat.client.api import Reconnect, connect, describe
 from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
 from twistchat.client.ui import ChatConsole, LineInput, install_terminal
 from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
@@ -46,7 +47,21 @@ class Options(usage.Options):
         ["ca", None, None,
          "Verify the server's certificate and host name against this CA file "
          "('system' for the system's CAs) instead of pinning its fingerprint."],
-        ["timeout", None, 30.0, "Seconds allowed for connecting and logging in.", float],
+        ["timeout", None, 30.0,
+         "Seconds allowed for the TCP connection, and again for TLS and the login.", float],
+        ["reconnect-attempts", None, 0,
+         "With --reconnect: give up after this many failed attempts in a row "
+         "(0: never give up).", int],
+        ["reconnect-max-delay", None, 60.0,
+         "With --reconnect: longest wait between attempts (seconds).", float],
+    ]
+    optFlags = [
+        ["reconnect", None,
+         "When the connection drops for a reason that may pass (lost connection, "
+         "server restart, ping timeout), log in again with exponential backoff "
+         "(1 s doubling to --reconnect-max-delay, plus up to 1 s of jitter) and "
+         "rejoin the room. Lines typed meanwhile are queued (at most 100) and "
+         "sent after the rejoin."],
     ]
 
     def parseArgs(self, *args: str) -> None:
@@ -63,6 +78,22 @@ class Options(usage.Options):
             raise usage.UsageError(f"PORT must be a number, not {port!r}") from None
         if not 0 < self["port"] < 65536:
             raise usage.UsageError(f"PORT {self['port']} is out of range")
+
+    def postOptions(self) -> None:
+        if self["timeout"] <= 0:
+            raise usage.UsageError("--timeout must be positive")
+        if self["reconnect-attempts"] < 0:
+            raise usage.UsageError("--reconnect-attempts must not be negative")
+        if self["reconnect-max-delay"] < 1:
+            raise usage.UsageError("--reconnect-max-delay must be at least 1 second")
+
+    def reconnect_policy(self) -> Reconnect | None:
+        if not self["reconnect"]:
+            return None
+        return Reconnect(
+            max_delay=self["reconnect-max-delay"],
+            max_attempts=self["reconnect-attempts"] or None,
+        )
 
 
 def read_password(options: Options, stdin: TextIO, err: TextIO) -> str:
@@ -87,25 +118,6 @@ def read_password(options: Options, stdin: TextIO, err: TextIO) -> str:
         if password:
             return password
     raise usage.UsageError(f"no password: use --password-file or ${PASSWORD_ENV}")
-
-
-def describe(failure: Failure) -> str:
-    """
-    The reason shown after "Unable to connect:".
-    """
-    error = failure.value
-    if isinstance(error, TwistchatError):
-        return error.message
-    if isinstance(error, DNSLookupError):
-        return "host not found"
-    if isinstance(error, defer.CancelledError):
-        return "timed out"
-    if isinstance(error, ConnectError):
-        # osError is the errno (an int) when set: the OS's text is the message,
-        # e.g. "Connection refused". Without one, the error's own description.
-        text = error.args[0] if error.args and error.args[0] else error
-        return str(text).strip().rstrip(".") or error.__class__.__name__
-    return failure.getErrorMessage()
 
 
 def say(out: TextIO) -> Any:
@@ -141,16 +153,20 @@ async def main(reactor: Any, argv: list[str]) -> int:
     console = ChatConsole(write)
     write(f"Welcome to twistchat! Joining room {options['room']!r} on "
           f"{options['host']}:{options['port']} as {options['name']}...")
+    connecting = connect(
+        reactor, options["host"], options["port"], options["name"], password,
+        room=options["room"], listener=console, trust=trust, timeout=options["timeout"],
+        reconnect=options.reconnect_policy(),
+    )
+    # The library keeps the password only until scrypt has run, then derived
+    # keys (twistchat.client.keyring); keep no reference here either.
+    del password
     try:
-        session = await connect(
-            reactor, options["host"], options["port"], options["name"], password,
-            room=options["room"], listener=console, trust=trust, timeout=options["timeout"],
-        )
+        session = await connecting
     except Exception:
         err.write(f"Unable to connect: {describe(Failure())}\n")
         err.flush()
         return 1
-    del password
     if trust.first_use:
         write(f"* First connection to this server: its certificate fingerprint "
               f"{trust.fingerprint} is now pinned.")

@@ -5,11 +5,16 @@ outgoing and opening incoming messages.
 States and the messages each accepts (the whole transition table):
 
     TLS       --TLS handshake done (certificate trusted)-->  PARAMS (sends hello)
-    PARAMS    --params-->   DERIVING  (scrypt runs in a thread; then sends share)
+    PARAMS    --params-->   DERIVING  (keys from the keyring: scrypt runs in a
+                                       thread the first time; then sends share)
     VERIFY    --verify-->   WELCOME   (server proved it knows the room; sends confirm)
     WELCOME   --welcome-->  MEMBER    (the login Deferred fires)
     MEMBER    --msg | joined | left | members | notice | ping | pong-->  MEMBER
+    MEMBER    --server silent for KEEPALIVE[0] s-->  MEMBER (sends ping)
+    MEMBER    --and silent for KEEPALIVE[1] s more-->  CLOSED (aborted, "timeout")
     any       --error-->    CLOSED    (the server's reason is reported)
+    any       --invalid, oversize or out-of-place frame-->  CLOSED  (aborted)
+    before MEMBER  --handshake deadline passes-->  CLOSED  (aborted)
 
 The protocol reports to a L{ClientHandler} (the session in L{twistchat.client.api});
 it never calls user code from inside a state transition.
@@ -20,20 +25,24 @@ from __future__ import annotations
 import enum
 from typing import Any, Callable, Protocol
 
-from twisted.internet.defer import Deferred
+from service_identity import VerificationError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twistchat import wire
-from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, check_params, content_key
+from twistchat.client.keyring import Keyring, RoomKeys
+from twistchat.crypto.kdf import ScryptParams, check_params
 from twistchat.crypto.seal import Opener, Sealer
 from twistchat.crypto.spake2plus import Prover, context
 from twistchat.errors import (
+    BadPoint,
     FrameTooLong,
     ProtocolError,
     Rejected,
+    TrustError,
     TwistchatError,
     UnexpectedMessage,
     from_code,
@@ -64,13 +73,24 @@ class ClientHandler(Protocol):
     def closed(self, reason: TwistchatError | None) -> None: ...
 
 
-Deriver = Callable[[str, bytes, ScryptParams], "Deferred[PasswordSecrets]"]
+#: Seconds the server has, once TCP is up, to complete TLS and the login.
+HANDSHAKE_TIMEOUT = 30.0
+#: Seconds of silence from the server, once a member, before the client pings
+#: it, and seconds it then has to answer (anything it sends counts). A server
+#: that stays silent is taken for gone (code "timeout": with --reconnect, the
+#: client reconnects), e.g. after a network change left a half-open connection.
+KEEPALIVE = (60.0, 20.0)
 
 
 @implementer(IHandshakeListener)
-class ChatClientProtocol(LinearInt32StringReceiver):
+class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
     """
     One connection to a twistchat server, as a member-to-be named C{name}.
+
+    @param keyring: gives the room's keys for the salt the server names.
+    @param clock: the reactor (or a L{task.Clock} in tests) for the deadline.
+    @param timeout: seconds from the TCP connection to the welcome; a server
+        that takes longer (or never answers) is dropped.
     """
 
     log = Logger()
@@ -81,26 +101,60 @@ class ChatClientProtocol(LinearInt32StringReceiver):
         handler: ClientHandler,
         name: str,
         room: str,
-        password: str,
-        derive: Deriver,
+        keyring: Keyring,
         channel_binding: Callable[[Any], bytes],
         check_peer: Callable[[Any], None] = lambda transport: None,
+        clock: Any = None,
+        timeout: float | None = HANDSHAKE_TIMEOUT,
+        keepalive: tuple[float, float] | None = KEEPALIVE,
     ) -> None:
         self.handler = handler
         self.name = name
         self.room = room
-        self._password: str | None = password
-        self._derive = derive
+        self._keyring = keyring
+        self._clock = clock
+        self._timeout = timeout
+        self._keepalive = keepalive
+        self._pinged = False
         self._channel_binding = channel_binding
         self._check_peer = check_peer
         self.state = State.TLS
         self._prover: Prover | None = None
-        self._secrets: PasswordSecrets | None = None
+        self._keys: RoomKeys | None = None
         self._sealer: Sealer | None = None
         self._opener: Opener | None = None
         self._error: TwistchatError | None = None
 
     # --- connection life cycle -------------------------------------------------
+
+    def callLater(self, period: float, func: Callable[[], object]) -> Any:
+        # TimeoutMixin schedules through this: keep the deadline on our clock.
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = reactor
+        return self._clock.callLater(period, func)
+
+    def connectionMade(self) -> None:
+        # Under TLS this runs when TCP is up: the deadline covers TLS and login.
+        self.setTimeout(self._timeout)
+
+    def timeoutConnection(self) -> None:
+        if self.state is State.MEMBER and self._keepalive is not None:
+            idle, answer = self._keepalive
+            if not self._pinged:
+                self._pinged = True
+                self.sendString(wire.encode("ping"))
+                self.setTimeout(answer)
+                return
+            self._abandon(TwistchatError(
+                f"no answer from the server to a ping within {answer:g} seconds",
+                code="timeout",
+            ))
+            return
+        self._abandon(TwistchatError(
+            f"no answer from the server within {self._timeout:g} seconds", code="timeout"
+        ))
 
     def handshakeCompleted(self) -> None:
         """
@@ -119,7 +173,13 @@ class ChatClientProtocol(LinearInt32StringReceiver):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         was = self.state
         self.state = State.CLOSED
-        self._password = None
+        self.setTimeout(None)
+        self._keys = None
+        self._prover = None
+        if (self._unprocessed or self._needed) and self._error is None:
+            self._error = TwistchatError(
+                "the server closed the connection in the middle of a frame", code="closed"
+            )
         if was is State.MEMBER:
             self.handler.closed(self._error)
         elif was is not State.CLOSED or self._error is not None:
@@ -136,6 +196,7 @@ class ChatClientProtocol(LinearInt32StringReceiver):
         """
         if self._error is None:
             self._error = error
+        self.setTimeout(None)
         self.transport.abortConnection()
 
     # --- frames -----------------------------------------------------------------
@@ -143,6 +204,10 @@ class ChatClientProtocol(LinearInt32StringReceiver):
     def stringReceived(self, frame: bytes) -> None:
         if self.state is State.CLOSED or self._error is not None:
             return
+        if self.state is State.MEMBER and self._keepalive is not None:
+            # Any frame shows the server is there.
+            self._pinged = False
+            self.setTimeout(self._keepalive[0])
         try:
             message = wire.decode(frame, wire.FROM_SERVER)
             if message.type == "error":
@@ -154,32 +219,35 @@ class ChatClientProtocol(LinearInt32StringReceiver):
                 )
             handler(self, message)
         except TwistchatError as error:
-            self._error = error
-            self.transport.loseConnection()
+            # Abort rather than close: a broken or hostile server need not
+            # answer the TLS close (Twisted issue 7926), and nothing more is
+            # sent to it.
+            self._abandon(error)
 
     def _on_params(self, message: wire.Message) -> None:
         params = ScryptParams(message["n"], message["r"], message["p"])
         check_params(params)
-        assert self._password is not None
         self.state = State.DERIVING
-        d = self._derive(self._password, message["salt"], params)
+        d = self._keyring.keys(message["salt"], params)
         d.addCallbacks(self._derived, self._derive_failed)
 
     def _derive_failed(self, failure: Failure) -> None:
+        if failure.check(TwistchatError):
+            self._abandon(failure.value)
+            return
         self.log.failure("deriving keys from the password failed", failure)
         self._abandon(TwistchatError("could not derive keys from the password"))
 
-    def _derived(self, secrets: PasswordSecrets) -> None:
+    def _derived(self, keys: RoomKeys) -> None:
         if self.state is not State.DERIVING:
             return  # closed meanwhile
-        self._secrets = secrets
-        self._password = None
+        self._keys = keys
         self._prover = Prover(
             context(self._channel_binding(self.transport)),
             self.name.encode("utf-8"),
             self.room.encode("utf-8"),
-            secrets.w0,
-            secrets.w1,
+            keys.w0,
+            keys.w1,
         )
         self.state = State.VERIFY
         self.sendString(wire.encode("share", X=self._prover.share()))
@@ -187,14 +255,18 @@ class ChatClientProtocol(LinearInt32StringReceiver):
     def _on_verify(self, message: wire.Message) -> None:
         assert self._prover is not None
         prover, self._prover = self._prover, None
-        confirm_p, _ = prover.finish(message["Y"], message["mac"])
+        try:
+            confirm_p, _ = prover.finish(message["Y"], message["mac"])
+        except BadPoint as e:
+            raise BadPoint(f"the server's handshake share is invalid: {e.message}") from None
         self.state = State.WELCOME
         self.sendString(wire.encode("confirm", mac=confirm_p))
 
     def _on_welcome(self, message: wire.Message) -> None:
-        assert self._secrets is not None
-        key = content_key(self._secrets.content_secret, self.room)
-        self._secrets = None
+        assert self._keys is not None
+        key = self._keys.content_key
+        self._keys = None
+        self.setTimeout(None if self._keepalive is None else self._keepalive[0])
         self.name = message["name"]
         self._sealer = Sealer(key, self.room, self.name)
         self._opener = Opener(key, self.room)
@@ -252,10 +324,29 @@ class ChatClientProtocol(LinearInt32StringReceiver):
         self.sendString(wire.encode(kind, **fields))
 
 
+def _identity(mismatch: Any) -> str:
+    found = getattr(mismatch, "mismatched_id", mismatch)
+    for attribute in ("hostname", "ip"):
+        value = getattr(found, attribute, None)
+        if value is not None:
+            return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+    return str(found)
+
+
 def _lost_reason(reason: Failure | None) -> TwistchatError:
     if reason is None:
         return TwistchatError("connection closed", code="closed")
+    if reason.check(VerificationError):
+        # service_identity refused the host name (--ca). (OpenSSL no longer
+        # shows the refused certificate here, so its names cannot be listed.)
+        wanted = ", ".join(_identity(e) for e in reason.value.errors) or "this host"
+        return TrustError(f"the server's certificate is not valid for {wanted}")
     text = reason.getErrorMessage() or reason.type.__name__
+    if "certificate verify failed" in text:
+        return TrustError(
+            "the server's certificate is not signed by a trusted certificate authority "
+            "(certificate verify failed)"
+        )
     if "SSL" in reason.type.__name__ or "ssl" in text.lower():
         return TwistchatError(f"TLS failed: {text}", code="tls")
     return TwistchatError(

@@ -79,6 +79,9 @@ class TrustOnFirstUse:
         self.fingerprint = peer_fingerprint(transport)
         known = self._load().get(self.host)
         if known == self.fingerprint:
+            # Pinned already (perhaps by this session's first login, before a
+            # reconnect): nothing more to write.
+            self.first_use = False
             return
         if known is not None:
             raise FingerprintChanged(
@@ -125,6 +128,13 @@ class CertificateAuthority:
     def __init__(self, ca_file: Path | None = None) -> None:
         self.ca_file = ca_file
         self.fingerprint = ""
+
+    @property
+    def source(self) -> str:
+        """
+        The trusted CAs, in words.
+        """
+        return "the system's CAs" if self.ca_file is None else f"the CA in {self.ca_file}"
 
     def connection_creator(self, host: str, port: int) -> IOpenSSLClientConnectionCreator:
         if self.ca_file is None:

@@ -82,6 +82,20 @@ class ChatConsole(ChatListener):
     def notice(self, text: str) -> None:
         self.write(f"! Server: {printable(text)}")
 
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        if attempt == 1:
+            self.write(f"* Connection lost: {printable(reason)}. "
+                       f"Reconnecting in {delay:.1f} s (attempt 1)...")
+        else:
+            self.write(f"* Reconnect attempt {attempt - 1} failed: {printable(reason)}. "
+                       f"Retrying in {delay:.1f} s (attempt {attempt})...")
+
+    def reconnected(self) -> None:
+        assert self.session is not None
+        queued = self.session.pending
+        sending = f"; sending {queued} queued message(s)" if queued else ""
+        self.write(f"* Reconnected: back in room {self.session.room!r}{sending}.")
+
     def disconnected(self, reason: str | None) -> None:
         if reason is not None:
             self.write(f"Disconnected from chat server: {printable(reason)}")
@@ -116,8 +130,12 @@ class ChatConsole(ChatListener):
             self.session.send(line)
         except ValueError as e:
             self.write(f"! Not sent: {e}")
-        except ProtocolError:
-            self.write("! Not sent: not connected")
+        except ProtocolError as e:
+            self.write(f"! Not sent: {e.message}")
+        else:
+            if self.session.reconnecting:
+                self.write(f"* Not connected: queued, to be sent after reconnecting "
+                           f"({self.session.pending} waiting).")
 
     def command(self, line: str) -> None:
         assert self.session is not None
@@ -131,7 +149,7 @@ class ChatConsole(ChatListener):
             try:
                 d = self.session.who()
             except ProtocolError:
-                self.write("! not connected")
+                self.write("! Not connected" + (": reconnecting" if self.session.reconnecting else ""))
                 return
             d.addCallbacks(self.show_members, lambda f: None)
         else:
@@ -141,7 +159,7 @@ class ChatConsole(ChatListener):
         """
         Leave the room; the quit Deferred fires when the connection is closed.
         """
-        if self.session is not None and self.session.connected:
+        if self.session is not None and not self.session.ended.called:
             self.session.leave()
         elif not self.quit.called:
             self.quit.callback(None)

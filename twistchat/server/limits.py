@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from twistchat.ratelimit import TokenBucket
 from twistchat.wire import MAX_FRAME, MAX_FRAME_PREAUTH
+
+#: TokenBucket lives in twistchat.ratelimit (the client uses it too); it stays
+#: importable from here.
+__all__ = ["AddressBook", "AddressRecord", "Limits", "TokenBucket"]
 
 
 @dataclass(frozen=True)
@@ -51,26 +56,6 @@ class Limits:
     failure_penalty: float = 5.0
     #: Longest penalty; also how long an address's record is kept after it.
     max_failure_penalty: float = 600.0
-
-
-class TokenBucket:
-    """
-    C{rate} tokens per second, at most C{burst} saved up.
-    """
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.stamp = now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass

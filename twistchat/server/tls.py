@@ -18,8 +18,11 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
 from twisted.logger import Logger
 
-from twistchat.crypto.spake2plus import EXPORTER_LABEL, EXPORTER_LENGTH
 from twistchat.errors import ConfigError
+
+# The channel binding lives in twistchat.tlsbinding (the client uses it too); it
+# stays importable from here.
+from twistchat.tlsbinding import tls_exporter  # noqa: F401
 
 log = Logger()
 
@@ -114,13 +117,3 @@ def server_options(cert: ssl.PrivateCertificate) -> ssl.CertificateOptions:
         certificate=cert.original.to_cryptography(),
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
-
-
-def tls_exporter(transport: object) -> bytes:
-    """
-    The TLS keying-material exporter value (RFC 5705 / RFC 8446 section 7.5) for
-    this connection, bound into the SPAKE2+ context: a man in the middle who
-    terminates TLS sees two different values on its two legs.
-    """
-    connection = transport.getHandle()  # type: ignore[attr-defined]
-    return bytes(connection.export_keying_material(EXPORTER_LABEL, EXPORTER_LENGTH))

@@ -1,0 +1,446 @@
+"""
+Reconnecting: the backoff schedule, the session's behaviour across a dropped
+connection (on task.Clock with a scripted connector), the keyring that keeps
+derived keys instead of the password, and a real reconnect across a relay
+restart on the same loopback port.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.error import ConnectionRefusedError
+from twisted.python.failure import Failure
+
+from twistchat import errors, wire
+from twistchat.client import TrustOnFirstUse, connect
+from twistchat.client.api import ChatMessage, ChatSession, Member, Reconnect, is_final
+from twistchat.client.keyring import Keyring
+from twistchat.client.protocol import State
+from twistchat.crypto.kdf import PasswordSecrets, ScryptParams
+from twistchat.server.room import Rooms
+from twistchat.server.service import ChatServerFactory
+from twistchat.server.tls import server_options
+
+from .conftest import PASSWORD, Recorder, deferLater
+
+NO_JITTER = Reconnect(jitter=lambda: 0.0)
+
+
+# --- the schedule ----------------------------------------------------------------
+
+
+def test_backoff_doubles_from_one_second_to_a_minute() -> None:
+    assert [NO_JITTER.delay(n) for n in range(1, 10)] == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    assert NO_JITTER.delay(10_000) == 60
+
+
+def test_backoff_jitter_adds_up_to_a_second() -> None:
+    policy = Reconnect()
+    delays = [policy.delay(3) for _ in range(200)]
+    assert all(4 <= d < 5 for d in delays)
+    assert len(set(delays)) > 100
+
+
+def test_final_reasons() -> None:
+    for error in (errors.WrongPassword(), errors.ServerNotAuthenticated(),
+                  errors.FingerprintChanged(), errors.VersionMismatch(),
+                  errors.SaltChanged(), errors.BadMessage(), errors.FrameTooLong(),
+                  errors.LimitExceeded("banned", code="penalty"),
+                  errors.TwistchatError("TLS failed", code="tls")):
+        assert is_final(Failure(error)), error
+    for error in (errors.TwistchatError("down", code="shutdown"),
+                  errors.TwistchatError("lost", code="closed"),
+                  errors.LimitExceeded("no answer to a ping", code="timeout"),
+                  errors.RoomFull(), ConnectionRefusedError()):
+        assert not is_final(Failure(error)), error
+    # A name still held by our own previous connection may free up.
+    assert not is_final(Failure(errors.NameTaken()), reconnecting=True)
+    assert is_final(Failure(errors.NameTaken()), reconnecting=False)
+
+
+# --- a session across dropped connections, on a Clock -------------------------------
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.closing = False
+
+    def loseConnection(self) -> None:
+        self.closing = True
+
+
+class FakeProtocol:
+    """
+    Stands in for a logged-in ChatClientProtocol: records what is sent.
+    """
+
+    def __init__(self) -> None:
+        self.state = State.MEMBER
+        self.sent: list[str] = []
+        self.transport = FakeTransport()
+
+    def send_text(self, text: str) -> None:
+        assert self.state is State.MEMBER
+        self.sent.append(text)
+
+    def send_message(self, kind: str, **fields: Any) -> None:
+        pass
+
+
+class FakeHandler:
+    def __init__(self) -> None:
+        self.session: Any = None
+
+    def attach(self, session: Any) -> None:
+        self.session = session
+
+
+class FakeKeyring:
+    forgotten = False
+
+    def forget(self) -> None:
+        self.forgotten = True
+
+
+class ScriptedConnector:
+    """
+    Each login() returns a Deferred the test fires.
+    """
+
+    def __init__(self) -> None:
+        self.attempts: list[defer.Deferred[Any]] = []
+        self.keyring = FakeKeyring()
+
+    def login(self) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.attempts.append(d)
+        return d
+
+
+def welcome(*members: str, rate: float | None = None) -> wire.Message:
+    fields: dict[str, Any] = {
+        "name": "alice", "room": "main", "addr": "127.0.0.1:1000",
+        "members": [{"name": m, "addr": f"127.0.0.1:{2000 + i}"} for i, m in enumerate(members)],
+    }
+    if rate is not None:
+        fields.update(rate=rate, burst=1)
+    return wire.Message("welcome", fields)
+
+
+class Events(Recorder):
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        self._add(("reconnecting", attempt, delay, reason))
+
+    def reconnected(self) -> None:
+        self._add(("reconnected",))
+
+    def member_joined(self, member: Member) -> None:
+        self._add(("joined", member.name))
+
+    def member_left(self, member: Member) -> None:
+        self._add(("left", member.name))
+
+
+def session_on_clock(policy: Reconnect | None = NO_JITTER, *members: str
+                     ) -> tuple[ChatSession, task.Clock, ScriptedConnector, Events, FakeProtocol]:
+    clock = task.Clock()
+    connector = ScriptedConnector()
+    events = Events()
+    first = FakeProtocol()
+    session = ChatSession(first, welcome(*members), events, clock, connector, policy)  # type: ignore[arg-type]
+    return session, clock, connector, events, first
+
+
+def drop(session: ChatSession, protocol: FakeProtocol, error: errors.TwistchatError | None) -> None:
+    protocol.state = State.CLOSED
+    session._closed(error)
+
+
+def test_reconnects_with_backoff_and_reconciles_presence() -> None:
+    session, clock, connector, events, first = session_on_clock(NO_JITTER, "bob", "carol")
+    drop(session, first, errors.TwistchatError("the server is shutting down", code="shutdown"))
+    assert session.reconnecting and not session.connected
+    assert events.events == [("reconnecting", 1, 1.0, "the server is shutting down")]
+
+    session.send("typed while away 1")
+    session.send("typed while away 2")
+    assert session.pending == 2
+
+    clock.advance(0.99)
+    assert connector.attempts == []
+    clock.advance(0.01)
+    assert len(connector.attempts) == 1
+    connector.attempts[0].errback(Failure(ConnectionRefusedError()))
+    assert events.events[-1][:3] == ("reconnecting", 2, 2.0)
+    assert "refused" in events.events[-1][3].lower()
+
+    clock.advance(2)
+    assert len(connector.attempts) == 2
+    second = FakeProtocol()
+    handler = FakeHandler()
+    # carol left and dave came while we were away; bob stayed.
+    connector.attempts[1].callback((second, welcome("bob", "dave"), handler))
+    assert handler.session is session
+    assert not session.reconnecting and session.connected
+    after = events.events[2:]
+    assert after == [("reconnected",), ("left", "carol"), ("joined", "dave")]
+    assert [m.name for m in session.members] == ["bob", "dave"]
+    assert second.sent == ["typed while away 1", "typed while away 2"]
+    assert session.pending == 0
+    assert not session.ended.called
+    assert clock.getDelayedCalls() == []
+
+    # The next drop starts the schedule again from one second.
+    drop(session, second, None)
+    assert events.events[-1] == ("reconnecting", 1, 1.0, "the server closed the connection")
+
+
+def test_queued_messages_respect_the_new_rate() -> None:
+    session, clock, connector, events, first = session_on_clock()
+    drop(session, first, None)
+    for i in range(3):
+        session.send(f"m{i}")
+    clock.advance(1)
+    second = FakeProtocol()
+    connector.attempts[0].callback((second, welcome(rate=2.0), FakeHandler()))
+    assert second.sent == ["m0"]
+    clock.advance(0.5)
+    clock.advance(0.5)
+    assert second.sent == ["m0", "m1", "m2"]
+
+
+def test_final_failure_while_reconnecting_ends_the_session() -> None:
+    session, clock, connector, events, first = session_on_clock()
+    drop(session, first, errors.TwistchatError("lost", code="closed"))
+    session.send("never delivered")
+    clock.advance(1)
+    connector.attempts[0].errback(Failure(errors.WrongPassword()))
+    assert session.ended.called
+    assert events.events[-1] == (
+        "disconnected", "wrong password; 1 queued message(s) were not sent"
+    )
+    assert connector.keyring.forgotten
+    assert clock.getDelayedCalls() == []
+    with pytest.raises(errors.ProtocolError):
+        session.send("after the end")
+
+
+def test_final_reason_for_the_drop_is_not_retried() -> None:
+    session, clock, connector, events, first = session_on_clock()
+    drop(session, first, errors.LimitExceeded("disconnected for sending too fast", code="rate"))
+    assert events.events == [("disconnected", "disconnected for sending too fast")]
+    assert clock.getDelayedCalls() == [] and connector.attempts == []
+
+
+def test_without_reconnect_a_drop_ends_the_session() -> None:
+    session, clock, connector, events, first = session_on_clock(None)
+    drop(session, first, errors.TwistchatError("the server is shutting down", code="shutdown"))
+    assert events.events == [("disconnected", "the server is shutting down")]
+    assert clock.getDelayedCalls() == []
+
+
+def test_gives_up_after_max_attempts() -> None:
+    session, clock, connector, events, first = session_on_clock(
+        Reconnect(max_attempts=3, jitter=lambda: 0.0)
+    )
+    drop(session, first, None)
+    for delay in (1, 2, 4):
+        clock.advance(delay)
+        connector.attempts[-1].errback(Failure(ConnectionRefusedError()))
+    assert len(connector.attempts) == 3
+    assert session.ended.called
+    reason = events.events[-1][1]
+    assert events.events[-1][0] == "disconnected"
+    assert "gave up after 3 attempts" in reason and "refused" in reason.lower()
+    assert [e[1] for e in events.events if e[0] == "reconnecting"] == [1, 2, 3]
+    assert clock.getDelayedCalls() == []
+
+
+def test_queue_is_bounded() -> None:
+    session, clock, connector, events, first = session_on_clock(
+        Reconnect(max_queued=2, jitter=lambda: 0.0)
+    )
+    drop(session, first, None)
+    session.send("one")
+    session.send("two")
+    with pytest.raises(errors.ProtocolError, match="2 messages already wait"):
+        session.send("three")
+    assert session.pending == 2
+
+
+def test_leave_while_waiting_stops_and_reports_unsent() -> None:
+    session, clock, connector, events, first = session_on_clock()
+    drop(session, first, None)
+    session.send("queued")
+    left = session.leave()
+    assert left.called
+    assert events.events[-1] == ("disconnected", "1 queued message(s) were not sent")
+    assert clock.getDelayedCalls() == []
+    clock.advance(100)
+    assert connector.attempts == []
+
+
+def test_leave_during_a_login_attempt_cancels_it() -> None:
+    session, clock, connector, events, first = session_on_clock()
+    drop(session, first, None)
+    clock.advance(1)
+    attempt = connector.attempts[0]
+    session.leave()
+    assert attempt.called  # cancelled
+    assert events.events[-1] == ("disconnected", None)
+    assert session.ended.result is None
+
+
+def test_leave_with_nothing_queued_is_clean() -> None:
+    session, clock, connector, events, first = session_on_clock()
+    drop(session, first, None)
+    session.leave()
+    assert events.events[-1] == ("disconnected", None)
+
+
+# --- the keyring --------------------------------------------------------------------
+
+
+PARAMS = ScryptParams(2**15, 8, 1)
+
+
+def test_keyring_derives_once_and_forgets_the_password() -> None:
+    calls: list[tuple[str, bytes]] = []
+    pending: list[defer.Deferred[PasswordSecrets]] = []
+
+    def derive(password: str, salt: bytes, params: ScryptParams) -> defer.Deferred[PasswordSecrets]:
+        calls.append((password, salt))
+        pending.append(defer.Deferred())
+        return pending[-1]
+
+    keyring = Keyring("sesame", "main", derive)
+    first = keyring.keys(b"s" * 16, PARAMS)
+    second = keyring.keys(b"s" * 16, PARAMS)  # while the first runs
+    assert calls == [("sesame", b"s" * 16)]
+    assert not keyring.holds_password
+    pending[0].callback(PasswordSecrets(1, 2, b"c" * 32))
+    keys = first.result
+    assert (keys.w0, keys.w1) == (1, 2) and len(keys.content_key) == 32
+    assert second.result is keys
+    assert "sesame" not in repr(vars(keyring))
+    assert keyring.keys(b"s" * 16, PARAMS).result is keys
+    assert len(calls) == 1
+
+    other = keyring.keys(b"t" * 16, PARAMS)
+    failure = []
+    other.addErrback(failure.append)
+    assert failure[0].check(errors.SaltChanged)
+    assert "password" in failure[0].value.message
+    keyring.forget()
+    again: list[Failure] = []
+    keyring.keys(b"s" * 16, PARAMS).addErrback(again.append)
+    assert again[0].check(errors.SaltChanged)
+
+
+def test_keyring_passes_derivation_errors_on() -> None:
+    keyring = Keyring("sesame", "main", lambda p, s, r: defer.fail(MemoryError()))
+    got: list[Failure] = []
+    keyring.keys(b"s" * 16, PARAMS).addErrback(got.append)
+    assert got[0].check(MemoryError)
+
+
+# --- a real reconnect across a relay restart -------------------------------------
+
+
+class Restartable:
+    """
+    A relay on a fixed loopback port that can be stopped and started again.
+    """
+
+    def __init__(self, certificate: Any, verifier: Any) -> None:
+        self.certificate = certificate
+        self.verifier = verifier
+        self.port = 0
+        self.listening: Any = None
+        self.factory: ChatServerFactory | None = None
+
+    async def start(self) -> None:
+        self.factory = ChatServerFactory(Rooms([self.verifier]), reactor)
+        endpoint = SSL4ServerEndpoint(reactor, self.port, server_options(self.certificate),
+                                      interface="127.0.0.1")
+        self.listening = await endpoint.listen(self.factory)
+        self.port = self.listening.getHost().port
+
+    async def stop(self) -> None:
+        assert self.factory is not None
+        await defer.maybeDeferred(self.listening.stopListening)
+        await self.factory.shutdown()
+
+
+def presence(events: Events, name: str) -> list[str]:
+    return [e[0] for e in events.events
+            if isinstance(e, tuple) and e[0] in ("joined", "left") and e[1] == name]
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_reconnect_across_a_relay_restart(
+    certificate: Any, verifier: Any, known_hosts: Path
+) -> None:
+    """
+    alice reconnects (with a short schedule) across a relay restart on the same
+    port; bob, without reconnect, is told of the shutdown and joins again by
+    hand before alice is back. alice's line typed while the relay was down
+    reaches him, and each side's presence notices are right and not repeated.
+    """
+    relay = Restartable(certificate, verifier)
+    await relay.start()
+    schedule = Reconnect(initial_delay=0.5, max_delay=2.0, jitter=lambda: 0.0)
+    alice_events, bob_events = Events(), Events()
+    alice = await connect(reactor, "127.0.0.1", relay.port, "alice", PASSWORD,
+                          listener=alice_events, trust=TrustOnFirstUse(known_hosts),
+                          timeout=10, reconnect=schedule)
+    bob = await connect(reactor, "127.0.0.1", relay.port, "bob", PASSWORD,
+                        listener=bob_events, trust=TrustOnFirstUse(known_hosts), timeout=10)
+    bob_again = None
+    try:
+        await alice_events.wait_for(lambda e: e == ("joined", "bob"))
+        await relay.stop()
+        assert await bob.ended == "the server is shutting down"
+        await alice_events.wait_for(
+            lambda e: e == ("reconnecting", 1, 0.5, "the server is shutting down"))
+        alice.send("sent while the relay was down")
+        assert alice.pending == 1 and not alice.connected
+        # One attempt is refused; the next is a second later.
+        refused = await alice_events.wait_for(lambda e: e[0] == "reconnecting" and e[1] == 2)
+        assert refused[2] == 1.0 and "refused" in refused[3].lower()
+        await relay.start()
+        bob_events = Events()
+        bob_again = await connect(reactor, "127.0.0.1", relay.port, "bob", PASSWORD,
+                                  listener=bob_events, trust=TrustOnFirstUse(known_hosts),
+                                  timeout=10)
+        await alice_events.wait_for(lambda e: e == ("reconnected",), timeout=10)
+        got = await bob_events.wait_for(
+            lambda e: isinstance(e, ChatMessage) and e.text == "sent while the relay was down",
+            timeout=10)
+        assert got.sender == "alice"
+        assert alice.pending == 0 and alice.connected
+        # No duplicate and no lost notice: for each, what the other saw
+        # alternates entered / left and ends with entered (both are present).
+        # (alice may or may not hear bob leave during the shutdown, depending
+        # on which connection the server closes first.)
+        assert presence(alice_events, "bob") in (["joined"], ["joined", "left", "joined"])
+        assert presence(bob_events, "alice") == ["joined"]
+        assert not any(e[0] == "disconnected" for e in alice_events.events)
+        assert sorted(m.name for m in await alice.who()) == ["alice", "bob"]
+    except BaseException:
+        print("alice", alice_events.events, "\nbob", bob_events.events)
+        raise
+    finally:
+        await alice.leave()
+        if bob_again is not None:
+            await bob_again.leave()
+        await relay.stop()
+    assert alice_events.events[-1] == ("disconnected", None)
+    # Pinned once, at the first login; the reconnect found the pin.
+    assert len(known_hosts.read_text().splitlines()) == 1
