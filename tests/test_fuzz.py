@@ -28,11 +28,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from twistchat import wire
+from twistchat.client.keyring import Keyring, RoomKeys
 from twistchat.client.protocol import ChatClientProtocol, State
-from twistchat.crypto.kdf import DEFAULT_PARAMS, PasswordSecrets, Verifier
+from twistchat.crypto.kdf import DEFAULT_PARAMS, Verifier
 from twistchat.crypto.seal import Opener, Sealer
 from twistchat.crypto.spake2plus import (
     G,
@@ -272,9 +274,10 @@ class Handler:
 
 def client_in(state: State) -> ChatClientProtocol:
     proto = ChatClientProtocol(
-        Handler(), "alice", "main", "password",
-        derive=lambda password, salt, params: Deferred(),
+        Handler(), "alice", "main",
+        Keyring("password", "main", derive=lambda password, salt, params: Deferred()),
         channel_binding=lambda transport: b"\x01" * 32,
+        clock=Clock(),
     )
     proto.makeConnection(StringTransport())
     proto.state = state
@@ -282,7 +285,7 @@ def client_in(state: State) -> ChatClientProtocol:
         proto._prover = Prover(context(b"\x01" * 32), b"alice", b"main", 5, 7)
         proto._prover.share()
     if state is State.WELCOME:
-        proto._secrets = PasswordSecrets(5, 7, b"c" * 32)
+        proto._keys = RoomKeys(5, 7, b"c" * 32)
     if state is State.MEMBER:
         proto._sealer = Sealer(KEY, "main", "alice")
         proto._opener = Opener(KEY, "main")
