@@ -8,11 +8,15 @@ against a real ``twistd -n socketchat`` process on 127.0.0.1:
   slow     server RSS while one member never reads and ten others chat;
   ping     seconds from a member's last frame to its drop for not answering
            pings (short --idle-timeout and --ping-timeout);
+  guess    password guesses the server evaluates for one address that tries
+           wrong passwords as fast as it can for --guess-seconds (10 threads,
+           each retrying 0.1 s after a refusal).
 
 Usage (from a virtualenv with twistchat installed):
 
-    python benchmarks/hardening_figures.py [idle|slow|ping ...]
+    python benchmarks/hardening_figures.py [idle|slow|ping|guess ...]
         [--connections 1000] [--waves 2] [--handshake-timeout 20] [--chat-seconds 60]
+        [--guess-seconds 60]
 
 Everything is bounded: at most --connections sockets, at most --chat-seconds
 of chat, and every process started here is stopped before the script exits.
@@ -152,6 +156,83 @@ def _idle_wave(args: argparse.Namespace, server: Server, wave: int) -> None:
             tls.close()
 
 
+def _frame_io(tls: ssl.SSLSocket) -> Any:
+    import struct
+
+    from twistchat import wire
+
+    def send(kind: str, **fields: Any) -> None:
+        body = wire.encode(kind, **fields)
+        tls.sendall(struct.pack(">I", len(body)) + body)
+
+    def receive() -> Any:
+        head = b""
+        while len(head) < 4:
+            chunk = tls.recv(4 - len(head))
+            if not chunk:
+                return None
+            head += chunk
+        (length,) = struct.unpack(">I", head)
+        body = b""
+        while len(body) < length:
+            chunk = tls.recv(length - len(body))
+            if not chunk:
+                return None
+            body += chunk
+        return wire.decode(body, wire.FROM_SERVER)
+
+    return send, receive
+
+
+def guess(args: argparse.Namespace, workdir: Path) -> None:
+    from twistchat.crypto.spake2plus import G, encode_point
+
+    server = Server(workdir)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    share = encode_point(G * 424242)  # a valid point: the server tests the guess
+    evaluated: list[float] = []
+    refused: dict[str, int] = {}
+    lock = threading.Lock()
+    start = time.monotonic()
+    end = start + args.guess_seconds
+
+    def attacker() -> None:
+        while time.monotonic() < end:
+            try:
+                raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+                with context.wrap_socket(raw) as tls:
+                    send, receive = _frame_io(tls)
+                    send("hello", v=1, room="main", name="guesser")
+                    answer = receive()
+                    if answer is not None and answer.type == "params":
+                        send("share", X=share)
+                        answer = receive()
+                    with lock:
+                        if answer is not None and answer.type == "verify":
+                            evaluated.append(time.monotonic() - start)
+                            continue  # hang up: the guess is known to be wrong
+                        code = answer["code"] if answer is not None else "closed"
+                        refused[code] = refused.get(code, 0) + 1
+            except (OSError, ssl.SSLError):
+                with lock:
+                    refused["reset"] = refused.get("reset", 0) + 1
+            time.sleep(0.1)
+
+    threads = [threading.Thread(target=attacker) for _ in range(10)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        print(f"guess: {len(evaluated)} guesses evaluated in {args.guess_seconds:g} s "
+              f"from one address, at {', '.join(f'{t:.1f}' for t in evaluated)} s; "
+              f"refusals: {refused}")
+    finally:
+        server.stop()
+
+
 async def _join(reactor: Any, port: int, name: str, known_hosts: Path, listener: Any = None) -> Any:
     from twistchat.client import TrustOnFirstUse, connect
 
@@ -234,21 +315,23 @@ async def ping(reactor: Any, args: argparse.Namespace, workdir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("figures", nargs="*", default=["idle", "slow", "ping"],
-                        choices=["idle", "slow", "ping"])
+    parser.add_argument("figures", nargs="*", default=["idle", "slow", "ping", "guess"],
+                        choices=["idle", "slow", "ping", "guess"])
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--handshake-timeout", type=float, default=20.0)
     parser.add_argument("--waves", type=int, default=2,
                         help="rounds of idle connections (memory must not grow)")
     parser.add_argument("--chat-seconds", type=float, default=60.0)
+    parser.add_argument("--guess-seconds", type=float, default=60.0)
     args = parser.parse_args()
     if not 1 <= args.connections <= 5000 or not 0 < args.chat_seconds <= 600 \
-            or not 1 <= args.waves <= 5:
+            or not 1 <= args.waves <= 5 or not 0 < args.guess_seconds <= 600:
         parser.error("keep --connections within 1..5000, --waves within 1..5 "
-                     "and --chat-seconds within 600")
-    if "idle" in args.figures:
-        with tempfile.TemporaryDirectory(prefix="twistchat-figures-") as workdir:
-            idle(args, Path(workdir))
+                     "and --chat-seconds and --guess-seconds within 600")
+    for name, figure in (("idle", idle), ("guess", guess)):
+        if name in args.figures:
+            with tempfile.TemporaryDirectory(prefix="twistchat-figures-") as workdir:
+                figure(args, Path(workdir))
     live = [f for f in ("slow", "ping") if f in args.figures]
     if live:
         from twisted.internet import task

@@ -15,6 +15,7 @@ TwistchatError, with the specific class noted per decoder), never anything else.
 | VerifierSession.respond (the server's use of X) | test_server_share_handling_or_auth_error |
 | Prover.finish (the client's use of Y and the server's MAC) | test_client_verify_handling_or_auth_error |
 | ChatClientProtocol, any frame from the server in any state | test_client_survives_any_server_frame, test_client_survives_any_server_bytes |
+| ChatServerProtocol, any bytes from a client before or after login | test_server_survives_any_client_bytes; over real TLS: tests/test_hostile.py |
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ from twistchat.errors import (
     Rejected,
     TwistchatError,
 )
+from twistchat.server.limits import Limits
+from twistchat.server.room import Rooms
+from twistchat.server.service import ChatServerFactory
 from twistchat.server.verifiers import load_verifier
+
+from .test_server_protocol import BINDING, Peer
 
 KEY = bytes(range(32))
 SCALARS = st.integers(min_value=1, max_value=ORDER - 1)
@@ -330,3 +336,32 @@ def test_client_survives_any_server_frame(state: State, frame: bytes) -> None:
        st.binary(max_size=300))
 def test_client_survives_any_server_bytes(state: State, data: bytes) -> None:
     _check_client(client_in(state), data)
+
+
+# --- the server's handling of client frames -----------------------------------------------
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.booleans(), st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.one_of(st.binary(max_size=60), json_texts()), max_size=4).map(
+        lambda bodies: b"".join(struct.pack(">I", len(b)) + b for b in bodies)),
+))
+def test_server_survives_any_client_bytes(verifier: Any, no_logged_errors: list[Any],
+                                          member: bool, data: bytes) -> None:
+    """
+    Whatever a client sends, before or after login, the server either carries
+    on or answers with an error and closes; it never raises or logs a traceback.
+    """
+    factory = ChatServerFactory(Rooms([verifier]), Clock(), Limits(),
+                                channel_binding=lambda transport: BINDING)
+    peer = Peer(factory, 4000)
+    if member:
+        assert peer.login("mallory")[0].type == "welcome"
+    peer.proto.dataReceived(data)
+    if peer.transport.disconnecting:
+        assert peer.received()[-1].type == "error"
+    peer.proto.connectionLost(None)
+    assert no_logged_errors == []
+    assert factory.preauth_total == 0 and len(factory.rooms.get("main")) == 0

@@ -32,7 +32,7 @@ Cases, with the test that covers each (here unless a module is named):
 | 17 | Control characters, ANSI escapes, bidi overrides, invalid UTF-8, look-alikes in names (log stays clean) | test_hostile_names |
 | 18 | The same in room names (log stays clean) | test_hostile_room_names |
 | 19 | Name collisions, case-insensitive | test_name_collision_case_insensitive |
-| 20 | A member that never reads while 10 others chat | test_member_that_never_reads |
+| 20 | A member that never reads while 10 others chat | test_member_that_never_reads; the `slow` error frame: test_server_limits.py::test_member_that_stops_reading_is_dropped |
 | 21 | Disconnect in the middle of a frame (before login, as a member) | test_disconnect_mid_frame |
 | 22 | Wrong protocol version; a second hello; handshake messages out of order | test_handshake_out_of_order |
 | 23 | Handshake messages from a member (a second hello, share, confirm) | test_handshake_messages_from_member |
@@ -792,8 +792,10 @@ async def test_member_that_never_reads(serve: Start, log_lines: list[str]) -> No
             await chatter._changed(5)
         assert len(got) == 9 * sent
         assert not chatter.closed
-    # The offender's connection was aborted; what it can still read ends
-    # without the frames it missed.
+    # The offender's connection was aborted: what it can still read ends
+    # without the frames it missed. The "slow" error frame is written last
+    # (test_server_limits.py::test_member_that_stops_reading_is_dropped), but
+    # it sits behind the unread data, so the abort discards it.
     slow.transport.resumeProducing()
     await slow.gone()
     assert len([m for m in slow.frames if m.type == "msg"]) < 10 * sent

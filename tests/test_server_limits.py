@@ -186,6 +186,9 @@ def test_member_that_stops_reading_is_dropped(verifier: Any, clock: Clock) -> No
         sid, n, ct = sealer.seal("x" * 40)
         alice.send("send", sid=sid, n=n, ct=ct)
     assert aborted == [True]
+    error = bob.received()[-1]
+    assert error.type == "error" and error["code"] == "slow"
+    assert error["text"] == "disconnected: you stopped reading and too much was queued for you"
     assert bob.proto.state is State.CLOSED
     assert bob.proto not in factory.rooms.get("main")
     assert not closed(alice)
