@@ -213,22 +213,47 @@ def start_guess(factory: ChatServerFactory, port: int) -> tuple[Peer, list[Any]]
 
 
 def test_guesses_in_progress_capped_per_address(verifier: Any, clock: Clock) -> None:
+    """
+    Past C{max_guesses_per_address} shares in progress, a further share from
+    the same address waits (no refusal: it may be a member behind the same NAT)
+    and is answered, in its own reactor turn, when a check ends.
+    """
     factory = make_factory(verifier, clock, max_guesses_per_address=3, free_failures=100)
+    record = factory.addresses.get("127.0.0.1")
     guessing = [start_guess(factory, 7000 + i) for i in range(3)]
     assert all(replies[0].type == "verify" for _, replies in guessing)
-    peer, (error,) = start_guess(factory, 7010)
-    assert error["code"] == "limit" and "in progress" in error["text"]
-    assert closed(peer)
-    peer.proto.connectionLost(None)
-    # Giving up at confirmation frees the slot (and counts a failure).
+    gone, replies = start_guess(factory, 7010)
+    assert replies == [] and gone.proto.state is State.QUEUED
+    waiting, replies = start_guess(factory, 7011)
+    assert replies == [] and len(record.queued) == 2
+    # A queued connection that goes away gives up its place.
+    gone.proto.connectionLost(None)
+    assert record.guessing == 3
+    # Giving up at confirmation frees a slot (and counts a failure)...
     guessing[0][0].proto.connectionLost(None)
-    assert factory.addresses.get("127.0.0.1").failures == 1
-    _, replies = start_guess(factory, 7012)
-    assert replies[0].type == "verify"
-    assert factory.addresses.get("127.0.0.1").guessing == 3
-    for peer, _ in guessing[1:]:
+    assert record.failures == 1 and record.guessing == 3
+    # ...which the next waiting share gets, answered in a turn of its own.
+    assert waiting.received() == []
+    clock.advance(0)
+    assert [m.type for m in waiting.received()] == ["verify"]
+    assert not closed(waiting) and not record.queued
+    for peer, _ in [*guessing[1:], (waiting, None)]:
         peer.proto.connectionLost(None)
-    assert factory.addresses.get("127.0.0.1").guessing == 1
+    assert record.guessing == 0
+
+
+def test_queued_share_meets_a_penalty(verifier: Any, clock: Clock) -> None:
+    factory = make_factory(verifier, clock, max_guesses_per_address=1, free_failures=0,
+                           failure_penalty=5)
+    first, _ = start_guess(factory, 7200)
+    queued, replies = start_guess(factory, 7201)
+    assert replies == []
+    first.proto.connectionLost(None)  # a failed guess: the penalty starts
+    clock.advance(0)
+    (error,) = queued.received()
+    assert error["code"] == "penalty" and closed(queued)
+    queued.proto.connectionLost(None)
+    assert factory.addresses.get("127.0.0.1").guessing == 0
 
 
 def test_penalty_checked_again_at_the_share(verifier: Any, clock: Clock) -> None:

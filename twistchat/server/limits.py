@@ -8,7 +8,9 @@ Defaults are chosen and explained in docs/operations.md; every one of them is a
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from twistchat.ratelimit import TokenBucket
 from twistchat.wire import MAX_FRAME, MAX_FRAME_PREAUTH
@@ -66,6 +68,8 @@ class AddressRecord:
 
     preauth: int = 0
     guessing: int = 0
+    #: Connections whose share waits for a free slot (see C{guess_slot}).
+    queued: deque[Any] = field(default_factory=deque)
     failures: int = 0
     blocked_until: float = 0.0
     last_failure: float = 0.0

@@ -5,6 +5,8 @@ States and the messages each accepts (the whole transition table):
 
     HELLO    --hello-->    SHARE     (server sends params: salt and scrypt cost)
     SHARE    --share-->    CONFIRM   (server sends verify: its share and MAC)
+    SHARE    --share-->    QUEUED    (too many guesses in progress from this address)
+    QUEUED   --slot free-->  CONFIRM (server sends verify)
     CONFIRM  --confirm-->  MEMBER    (server sends welcome; room hears joined)
     MEMBER   --send | who | ping | pong-->  MEMBER
     any      --error / timeout / lost-->    CLOSED
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 class State(enum.Enum):
     HELLO = "waiting for hello"
     SHARE = "waiting for the password share"
+    QUEUED = "waiting for other password checks from this address to finish"
     CONFIRM = "waiting for key confirmation"
     MEMBER = "member"
     CLOSED = "closed"
@@ -85,6 +88,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self.joined = False
         self._attempt_counted = False
         self._guessing = False
+        self._share = b""
         self._room_name = ""
         self._spake: VerifierSession | None = None
         self._abort: IDelayedCall | None = None
@@ -244,14 +248,24 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
                 self.setTimeout(self.factory.limits.idle_timeout)
             else:
                 self.resetTimeout()
+        self._guarded(self._dispatch, frame)
+
+    def _dispatch(self, frame: bytes) -> None:
+        message = wire.decode(frame, wire.FROM_CLIENT)
+        handler = self._transitions[self.state].get(message.type)
+        if handler is None:
+            raise UnexpectedMessage(
+                f"a {message.type!r} message is not allowed while {self.state.value}"
+            )
+        handler(self, message)
+
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        """
+        Run one step of the protocol: the peer's mistakes become a refusal,
+        our own bugs a logged traceback and an C{internal} error.
+        """
         try:
-            message = wire.decode(frame, wire.FROM_CLIENT)
-            handler = self._transitions[self.state].get(message.type)
-            if handler is None:
-                raise UnexpectedMessage(
-                    f"a {message.type!r} message is not allowed while {self.state.value}"
-                )
-            handler(self, message)
+            step(*args)
         except TwistchatError as error:
             self.fail(error)
         except Exception:
@@ -294,15 +308,37 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         )
 
     def _on_share(self, message: wire.Message) -> None:
-        assert self._spake is not None
         # Answering a share lets the client test one password guess: check the
-        # penalty again (hellos may have been sent before it began) and cap the
-        # guesses one address has in progress.
-        refusal = self.factory.guess_started(self)
-        if refusal is not None:
-            raise refusal
+        # penalty again (hellos may have been sent before it began), and answer
+        # only a few shares per address at once; the others wait their turn.
+        blocked = self.factory.penalty(self.host)
+        if blocked is not None:
+            raise blocked
+        self._share = message["X"]
+        if self.factory.guess_slot(self):
+            self._answer_share()
+        else:
+            self.state = State.QUEUED
+
+    def guess_granted(self) -> None:
+        """
+        A queued share got a slot (another check from this address ended):
+        answer it in a reactor turn of its own.
+        """
         self._guessing = True
-        share_v, confirm_v = self._spake.respond(message["X"])
+        self.callLater(0, lambda: self._guarded(self._answer_share))
+
+    def _answer_share(self) -> None:
+        if self.state is State.QUEUED:
+            blocked = self.factory.penalty(self.host)
+            if blocked is not None:
+                raise blocked
+        elif self.state is not State.SHARE:
+            return  # closed while queued
+        assert self._spake is not None
+        self._guessing = True
+        share_v, confirm_v = self._spake.respond(self._share)
+        self._share = b""
         self.state = State.CONFIRM
         self.sendString(wire.encode("verify", Y=share_v, mac=confirm_v))
 
@@ -465,6 +501,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
     _transitions: dict[State, dict[str, Callable[[ChatServerProtocol, wire.Message], None]]] = {
         State.HELLO: {"hello": _on_hello},
         State.SHARE: {"share": _on_share},
+        State.QUEUED: {},
         State.CONFIRM: {"confirm": _on_confirm},
         State.MEMBER: {
             "send": _on_send,

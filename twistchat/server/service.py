@@ -97,26 +97,34 @@ class ChatServerFactory(ServerFactory):
             code="penalty",
         )
 
-    def guess_started(self, protocol: ChatServerProtocol) -> LimitExceeded | None:
+    def guess_slot(self, protocol: ChatServerProtocol) -> bool:
         """
-        Admit a password share (one guess), or return why it is refused: the
-        address is serving a penalty, or has too many guesses in progress.
+        Take one of the address's slots for a password check (a share answered
+        and not yet confirmed), or queue C{protocol} for the next free one.
+
+        @return: whether the slot was taken now; if not, the protocol's
+            C{guess_granted} is called when one frees up.
         """
-        blocked = self.penalty(protocol.host)
-        if blocked is not None:
-            return blocked
         record = self.addresses.get(protocol.host)
-        if record.guessing >= self.limits.max_guesses_per_address:
-            self.log.info("({host}) refused: {count} password handshakes in progress",
-                          host=protocol.host, count=record.guessing)
-            return LimitExceeded(
-                "too many password attempts in progress from your address", code="limit"
-            )
-        record.guessing += 1
-        return None
+        if record.guessing < self.limits.max_guesses_per_address:
+            record.guessing += 1
+            return True
+        record.queued.append(protocol)
+        self.log.info(
+            "({host}) has {count} password checks in progress: one more waits",
+            host=protocol.host, count=record.guessing,
+        )
+        return False
 
     def guess_ended(self, protocol: ChatServerProtocol) -> None:
-        self.addresses.get(protocol.host).guessing -= 1
+        record = self.addresses.get(protocol.host)
+        record.guessing -= 1
+        while record.queued:
+            waiting = record.queued.popleft()
+            if waiting.state is State.QUEUED:
+                record.guessing += 1
+                waiting.guess_granted()
+                return
 
     def logged_in(self, protocol: ChatServerProtocol) -> None:
         self._preauth_done(protocol)
