@@ -59,6 +59,13 @@ def _port(value: str) -> int:
     return port
 
 
+def _count(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"expected a whole number of messages, not {value!r}") from None
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -85,7 +92,7 @@ class Options(usage.Options):
          "PEM private key for --tls-cert (default: read it from --tls-cert)."],
         ["history", None, DEFAULT_LIMIT,
          "Sealed messages replayed to a member who joins; 0 turns history off "
-         "(nothing is stored).", int],
+         "(nothing is stored).", _count],
         ["history-days", None, 0.0,
          "Delete stored messages older than this many days (0: keep them).", float],
     ]

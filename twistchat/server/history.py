@@ -343,9 +343,11 @@ class History:
             self._retention.stop()
         d: defer.Deferred[None] = defer.Deferred()
         self._idle.append(d)
-        self._check_idle()
-        if self._flush_call is None and not self._writing:
-            self._write()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        if not self._writing:
+            self._write()  # fires d now if nothing is left to write
 
         def close(_: Any) -> None:
             self.store.close()
@@ -420,7 +422,9 @@ class History:
         if self._write_timer is not None and self._write_timer.active():
             self._write_timer.cancel()
         self._write_timer = None
-        if self._unsubmitted and self._flush_call is None:
+        if self._idle:
+            self._write()  # stopping: write what is left now
+        elif self._unsubmitted and self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self._write)
         self._check_idle()
 
