@@ -16,15 +16,27 @@ import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.logger import globalLogPublisher
 
-from twistchat import wire
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+
+from twistchat import errors, wire
+from twistchat.client import TrustOnFirstUse, connect
+from twistchat.client.api import ChatMessage
+from twistchat.crypto.kdf import make_verifier
+from twistchat.server.limits import Limits
 from twistchat.server.history import (
+    HISTORY_FILE,
     SCHEMA_VERSION,
     History,
     HistoryStore,
 )
-from twistchat.server.room import Room
+from twistchat.server.room import Room, Rooms
+from twistchat.server.service import ChatServerFactory, ChatService
+from twistchat.server.tls import server_options
+from twistchat.server.verifiers import ROOMS_DIR, load_rooms, room_path, save_verifier
 
-from .conftest import deferLater
+from .conftest import PASSWORD, Recorder, deferLater
+
+SECRET = "the eagle lands at midnight 4711"
 
 
 class Peer:
@@ -445,3 +457,289 @@ async def test_corrupt_file(tmp_path: Path, made: Any, room: Room, log_events: A
     send(setup.history, room, alice, 2)
     await until(lambda: carol.messages() == [(2, False)], clock=clock)
     assert bob.messages() == [(1, False), (2, False)]
+
+
+# --- over real loopback TLS, with the client library ----------------------------------------
+
+ROOM_PASSWORDS = {
+    "main": PASSWORD,
+    "ops": "the ops room password 31",
+    "dev": "the dev room password 47",
+}
+
+
+class HistoryRecorder(Recorder):
+    def history_unreadable(self, message: ChatMessage) -> None:
+        self._add(("unreadable", message))
+
+    def history_end(self) -> None:
+        self._add(("history-end",))
+
+    def chat(self) -> list[tuple[str, str, bool]]:
+        return [(e.sender, e.text, e.history) for e in self.events if isinstance(e, ChatMessage)]
+
+
+class HistoryServer:
+    def __init__(self, data: Path, service: ChatService, port: int) -> None:
+        self.data = data
+        self.service = service
+        self.factory = service.factory
+        self.port = port
+        self.history_file = data / HISTORY_FILE
+
+    def join(self, name: str, room: str = "main", password: str | None = None,
+             known_hosts: Path | None = None) -> Any:
+        listener = HistoryRecorder()
+        d = connect(
+            reactor, "127.0.0.1", self.port, name,
+            ROOM_PASSWORDS[room] if password is None else password,
+            room=room, listener=listener,
+            trust=TrustOnFirstUse(known_hosts or self.data / "known_hosts"),
+        )
+        return d.addCallback(lambda session: (session, listener))
+
+    async def settle(self) -> None:
+        """
+        Wait until every accepted message is written and relayed.
+        """
+        history = self.factory.history
+        await until(lambda: not history._queue and not history._writing
+                    and not history._unsubmitted)
+
+
+@pytest.fixture(scope="module")
+def room_verifiers() -> dict[str, Any]:
+    return {room: make_verifier(pw, room) for room, pw in ROOM_PASSWORDS.items()}
+
+
+@pytest_twisted.async_yield_fixture
+async def hserver(tmp_path: Path, certificate: Any, room_verifiers: dict[str, Any]) -> Any:
+    """
+    A relay with history and three rooms (main, ops, dev) from a data directory.
+    """
+    data = tmp_path / "data"
+    for room, verifier in room_verifiers.items():
+        save_verifier(room_path(data, room), verifier)
+    history = History(HistoryStore(data / HISTORY_FILE), reactor, limit=50)
+    # A high message rate, so that steady traffic in tests is never refused.
+    limits = Limits(message_rate=10000, message_burst=10000)
+    factory = ChatServerFactory(Rooms(load_rooms(data)), reactor, limits, history=history)
+    endpoint = SSL4ServerEndpoint(reactor, 0, server_options(certificate), interface="127.0.0.1")
+    service = ChatService(endpoint, factory, rooms_dir=data / ROOMS_DIR, reload_interval=3600)
+    service.startService()
+    await until(lambda: service.port is not None)
+    yield HistoryServer(data, service, service.port.getHost().port)
+    for protocol in list(factory.connections):
+        protocol.transport.abortConnection()
+    await service.stopService()
+
+
+def is_text(text: str) -> Any:
+    return lambda e: isinstance(e, ChatMessage) and e.text == text
+
+
+@pytest_twisted.ensureDeferred
+async def test_late_joiner_over_tls(hserver: HistoryServer) -> None:
+    alice, alice_events = await hserver.join("alice")
+    bob, bob_events = await hserver.join("bob")
+    for i in range(3):
+        alice.send(f"before {i}")
+    await bob_events.wait_for(is_text("before 2"))
+    bob.send("bob before")
+    await alice_events.wait_for(is_text("bob before"))
+    await hserver.settle()
+
+    carol, carol_events = await hserver.join("carol")
+    alice.send("after")
+    await carol_events.wait_for(is_text("after"))
+    assert carol_events.chat() == [
+        ("alice", "before 0", True), ("alice", "before 1", True),
+        ("alice", "before 2", True), ("bob", "bob before", True),
+        ("alice", "after", False),
+    ]
+    replayed = [e for e in carol_events.events if isinstance(e, ChatMessage) and e.history]
+    now = reactor.seconds()
+    assert all(e.time is not None and now - 60 < e.time <= now for e in replayed)
+    ends = [i for i, e in enumerate(carol_events.events) if e == ("history-end",)]
+    assert len(ends) == 1
+    assert carol_events.events.index(replayed[-1]) < ends[0]
+    # Live members never get replays.
+    assert not any(e.history for e in bob_events.events if isinstance(e, ChatMessage))
+    for session in (alice, bob, carol):
+        await session.leave()
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_during_steady_traffic(hserver: HistoryServer) -> None:
+    """
+    A member joins while another sends steadily: it gets every message exactly
+    once, replayed then live, in order.
+    """
+    alice, _ = await hserver.join("alice")
+    bob, bob_events = await hserver.join("bob")
+    total = 300
+    joining = None
+    for i in range(total):
+        alice.send(f"m{i:03d}")
+        if i == 20:
+            joining = hserver.join("carol")
+        if i % 5 == 4:
+            await deferLater(0.002)
+    assert joining is not None
+    carol, carol_events = await joining
+    await carol_events.wait_for(is_text(f"m{total - 1:03d}"))
+    await bob_events.wait_for(is_text(f"m{total - 1:03d}"))
+    assert [t for _, t, _ in bob_events.chat()] == [f"m{i:03d}" for i in range(total)]
+    chat = carol_events.chat()
+    texts = [t for _, t, _ in chat]
+    # The last 50 before she joined, replayed, then all the rest live: no gap,
+    # nothing twice, replayed before live.
+    assert texts == [f"m{i:03d}" for i in range(total)][-len(texts):]
+    replayed = [t for _, t, hist in chat if hist]
+    assert len(replayed) == 50 and chat[:50] == [("alice", t, True) for t in replayed]
+    assert not any(hist for _, _, hist in chat[50:])
+    assert texts[-1] == f"m{total - 1:03d}" and len(texts) < total
+    for session in (alice, bob, carol):
+        await session.leave()
+
+
+@pytest_twisted.ensureDeferred
+async def test_three_rooms_learn_nothing_of_each_other(hserver: HistoryServer) -> None:
+    members = {}
+    for room in ROOM_PASSWORDS:
+        members[room] = await hserver.join(f"{room}-a", room)
+    for room, (session, _) in members.items():
+        await hserver.join(f"{room}-b", room)  # presence in each room
+        session.send(f"secret of {room}")
+    await hserver.settle()
+    ops, ops_events = await hserver.join("late", "ops")
+    await ops_events.wait_for(lambda e: e == ("history-end",))
+    assert ops_events.chat() == [("ops-a", "secret of ops", True)]
+    assert sorted(m.name for m in ops.members) == ["ops-a", "ops-b"]
+    await members["ops"][1].wait_for(
+        lambda e: isinstance(e, tuple) and e[0] == "joined" and e[1].name == "late"
+    )
+    for room, (session, events) in members.items():
+        texts = [t for _, t, _ in events.chat()]
+        assert texts == [], f"{room} heard another room: {texts}"
+        joined = [e[1].name for e in events.events if isinstance(e, tuple) and e[0] == "joined"]
+        assert sorted(set(joined)) == sorted({f"{room}-b"} | ({"late"} if room == "ops" else set()))
+    # The ops password does not open dev, nor an unknown room.
+    with pytest.raises(errors.WrongPassword):
+        await hserver.join("late", "dev", password=ROOM_PASSWORDS["ops"])
+    with pytest.raises(errors.WrongPassword):
+        await hserver.join("late", "nosuchroom", password=ROOM_PASSWORDS["ops"])
+    await ops.leave()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_plaintext_or_password_in_the_files(hserver: HistoryServer) -> None:
+    alice, _ = await hserver.join("alice")
+    bob, bob_events = await hserver.join("bob")
+    secrets_sent = [f"{SECRET} number {i}" for i in range(20)]
+    for text in secrets_sent:
+        alice.send(text)
+    await bob_events.wait_for(is_text(secrets_sent[-1]))
+    await hserver.settle()
+
+    def files() -> bytes:
+        found = [p for p in hserver.data.iterdir() if p.name.startswith(HISTORY_FILE)]
+        assert hserver.history_file in found
+        return b"".join(p.read_bytes() for p in found)
+
+    open_bytes = files()  # the database, -wal and -shm while in use
+    await alice.leave()
+    await bob.leave()
+    await hserver.service.stopService()
+    closed_bytes = files()  # after the checkpoint at close
+    for blob in (open_bytes, closed_bytes):
+        for needle in [SECRET, *ROOM_PASSWORDS.values()]:
+            assert needle.encode() not in blob
+            assert needle.encode("utf-16-le") not in blob
+    db = sqlite3.connect(hserver.history_file)
+    rows = db.execute("SELECT sender, size, ct FROM messages WHERE room = 'main'").fetchall()
+    db.close()
+    assert len(rows) == 20 and {r[0] for r in rows} == {"alice"}
+    assert all(r[1] == len(r[2]) >= 16 + 32 for r in rows)
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_change_keeps_members_and_old_history_is_unreadable(
+    hserver: HistoryServer,
+) -> None:
+    alice, _ = await hserver.join("alice", "dev")
+    bob, bob_events = await hserver.join("bob", "dev")
+    alice.send("under the old password")
+    await bob_events.wait_for(is_text("under the old password"))
+    await hserver.settle()
+
+    save_verifier(room_path(hserver.data, "dev"), make_verifier("a new dev password 12", "dev"))
+    hserver.service.reloader.scan()
+    # Members already in stay, and still talk (under the key they have).
+    alice.send("still here")
+    await bob_events.wait_for(is_text("still here"))
+    with pytest.raises(errors.WrongPassword):
+        await hserver.join("carol", "dev")
+    carol, carol_events = await hserver.join("carol", "dev", password="a new dev password 12")
+    await carol_events.wait_for(lambda e: e == ("history-end",))
+    unreadable = [e[1] for e in carol_events.events if isinstance(e, tuple) and e[0] == "unreadable"]
+    assert [(m.sender, m.history) for m in unreadable] == [("alice", True), ("alice", True)]
+    assert not any(isinstance(e, tuple) and e[0] == "rejected" for e in carol_events.events)
+    for session in (alice, bob, carol):
+        await session.leave()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rooms_added_and_removed_without_restart(
+    hserver: HistoryServer, log_events: Any
+) -> None:
+    with pytest.raises(errors.WrongPassword):
+        await hserver.join("erin", "fresh", password="fresh room password 9")
+    save_verifier(room_path(hserver.data, "fresh"), make_verifier("fresh room password 9", "fresh"))
+    (hserver.data / ROOMS_DIR / "broken.json").write_text("{not json")
+    hserver.service.reloader.scan()
+    erin, erin_events = await hserver.join("erin", "fresh", password="fresh room password 9")
+    hserver.service.reloader.scan()  # nothing changed: nothing happens
+
+    room_path(hserver.data, "fresh").unlink()
+    hserver.service.reloader.scan()
+    event = await erin_events.wait_for(lambda e: isinstance(e, tuple) and e[0] == "disconnected")
+    assert event[1] == "the room was closed by the server operator"
+    assert hserver.factory.rooms.get("fresh") is None
+    assert hserver.factory.rooms.get("broken") is None
+    assert hserver.factory.rooms.get("main") is not None
+
+
+def test_reload_runs_on_the_clock(tmp_path: Path, room_verifiers: dict[str, Any],
+                                  caplog_events: list[dict[str, Any]]) -> None:
+    clock = task.Clock()
+    data = tmp_path / "data"
+    save_verifier(room_path(data, "main"), room_verifiers["main"])
+    factory = ChatServerFactory(Rooms(load_rooms(data)), clock)
+    service = ChatService(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), factory,
+                          rooms_dir=data / ROOMS_DIR, reload_interval=5)
+    service.startService()
+    try:
+        save_verifier(room_path(data, "ops"), room_verifiers["ops"])
+        (data / ROOMS_DIR / "bad.json").write_text("[]")
+        clock.advance(4.9)
+        assert factory.rooms.get("ops") is None
+        clock.advance(0.1)
+        assert factory.rooms.get("ops") is not None
+        clock.advance(5)
+        clock.advance(5)
+        skipped = [e for e in caplog_events if "skipped" in e["log_format"]]
+        assert len(skipped) == 1, "a bad file is reported once, not at every scan"
+        assert "bad.json" in skipped[0]["reason"]
+    finally:
+        service.port.stopListening()
+        service.stopService()
+    assert not service._reload.running
+
+
+@pytest.fixture
+def caplog_events() -> Iterator[list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
