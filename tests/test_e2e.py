@@ -246,3 +246,66 @@ def test_openssl_s_client_completes_tls(workdir: Path) -> None:
         assert "New, TLSv1.1" not in result.stdout
     finally:
         server.stop()
+
+
+def chat_lines(lines: list[str], sender: str) -> list[tuple[str, bool]]:
+    """
+    (text, replayed?) of each message from C{sender} a client printed.
+    """
+    found = []
+    for line in lines:
+        match = re.match(r"^(\[[-0-9: ]+\] )?\[ " + sender + r": \] (.*)$", line)
+        if match:
+            found.append((match.group(2), match.group(1) is not None))
+    return found
+
+
+def test_sigkill_loses_no_relayed_message(workdir: Path) -> None:
+    """
+    Every message a member saw before the server was killed with SIGKILL is
+    replayed, in order and once, to a member who joins after the restart.
+    """
+    password = "the history e2e password"
+    (workdir / "pw").write_text(password + "\n")
+    fast = ("--password-file", str(workdir / "pw"), "--message-rate", "1000",
+            "--message-burst", "1000", "--history", "1000")
+    server = Server(workdir, *fast)
+    alice = bob = None
+    try:
+        server.log.wait_for(r"history: .*history\.sqlite3 open")
+        bob = Client(workdir, server.port, "bob", password=password)
+        bob.out.wait_for("connected")
+        alice = Client(workdir, server.port, "alice", password=password)
+        alice.out.wait_for("connected")
+        total = 400
+        for i in range(total):
+            alice.say(f"m{i:04d} {SECRET_TEXT}")
+        bob.out.wait_for(r"\[ alice: \] m0100 ")
+        server.process.kill()  # SIGKILL, mid-stream
+        assert server.process.wait(timeout=20) == -signal.SIGKILL
+        bob.out.wait_for("Disconnected from chat server")
+        seen = [text for text, _ in chat_lines(bob.out.rest(timeout=2), "alice")]
+    finally:
+        for client in (alice, bob):
+            if client is not None and client.process.poll() is None:
+                client.process.kill()
+                client.process.wait(timeout=10)
+    assert len(seen) >= 100
+    assert seen == [f"m{i:04d} {SECRET_TEXT}" for i in range(len(seen))]
+
+    server = Server(workdir, *fast)
+    try:
+        carol = Client(workdir, server.port, "carol", password=password)
+        carol.out.wait_for("--- live ---")
+        assert carol.finish() == 0
+        lines = carol.out.rest()
+    finally:
+        assert server.stop()
+    replayed = chat_lines(lines, "alice")
+    assert all(hist for _, hist in replayed)
+    texts = [text for text, _ in replayed]
+    assert texts[: len(seen)] == seen, "a message a member saw is missing or out of place"
+    assert texts == [f"m{i:04d} {SECRET_TEXT}" for i in range(len(texts))], "order or doubles"
+    assert lines.index("--- history ---") < lines.index("--- live ---")
+    stored = read_all_bytes(server.data)
+    assert SECRET_TEXT.encode() not in stored and password.encode() not in stored
