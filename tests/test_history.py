@@ -648,6 +648,9 @@ async def test_no_plaintext_or_password_in_the_files(hserver: HistoryServer) -> 
         return b"".join(p.read_bytes() for p in found)
 
     open_bytes = files()  # the database, -wal and -shm while in use
+    for path in hserver.data.iterdir():
+        if path.name.startswith(HISTORY_FILE):
+            assert path.stat().st_mode & 0o077 == 0, f"{path.name} is readable by others"
     await alice.leave()
     await bob.leave()
     await hserver.service.stopService()

@@ -25,6 +25,7 @@ so that storing resumes by itself when it recovers.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections import deque
 from dataclasses import dataclass, field
@@ -169,7 +170,9 @@ class HistoryStore:
         return self._pool
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        # Runs in the pool's thread on every new connection.
+        # Runs in the pool's thread on every new connection. Owner-only: the
+        # -wal and -shm files SQLite makes next to it take the same mode.
+        os.chmod(self.path, 0o600)
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
