@@ -713,8 +713,9 @@ async def test_rooms_added_and_removed_without_restart(
     assert hserver.factory.rooms.get("main") is not None
 
 
-def test_reload_runs_on_the_clock(tmp_path: Path, room_verifiers: dict[str, Any],
-                                  caplog_events: list[dict[str, Any]]) -> None:
+@pytest_twisted.ensureDeferred
+async def test_reload_runs_on_the_clock(tmp_path: Path, room_verifiers: dict[str, Any],
+                                        caplog_events: list[dict[str, Any]]) -> None:
     clock = task.Clock()
     data = tmp_path / "data"
     save_verifier(room_path(data, "main"), room_verifiers["main"])
@@ -735,8 +736,7 @@ def test_reload_runs_on_the_clock(tmp_path: Path, room_verifiers: dict[str, Any]
         assert len(skipped) == 1, "a bad file is reported once, not at every scan"
         assert "bad.json" in skipped[0]["reason"]
     finally:
-        service.port.stopListening()
-        service.stopService()
+        await service.stopService()
     assert not service._reload.running
 
 
