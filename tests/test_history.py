@@ -245,6 +245,22 @@ def deque_empty() -> Any:
 
 
 @pytest_twisted.ensureDeferred
+async def test_history_bounded_in_bytes(made: Any, room: Room) -> None:
+    clock = task.Clock()
+    setup = made(clock, limit=50, max_bytes=5000)
+    alice, carol = Peer("alice"), Peer("carol")
+    room.join(alice)
+    for n in range(1, 11):
+        send(setup.history, room, alice, n, size=1024)  # about 1.5 KiB a frame
+    await until(lambda: not setup.history._queue, clock=clock)
+    room.join(carol)
+    setup.history.joined(room, carol)
+    await until(lambda: not setup.history._joiners, clock=clock)
+    assert carol.messages() == [(8, True), (9, True), (10, True)]
+    assert carol.got[-1]["text"] == "3 earlier messages replayed"
+
+
+@pytest_twisted.ensureDeferred
 async def test_join_while_writes_are_in_flight(made: Any, room: Room) -> None:
     """
     Messages accepted before the join but written after it, or written before

@@ -527,6 +527,7 @@ def test_history_defaults(tmp_path: Path) -> None:
     history = service.factory.history
     assert isinstance(history, History)
     assert history.limit == 50 and history.keep_days == 0
+    assert history.max_bytes == service.factory.limits.max_send_queue // 2
     assert history.store.path == tmp_path / "data" / "history.sqlite3"
     # Building the service opens nothing: the file appears when it starts.
     assert not history.store.path.exists()

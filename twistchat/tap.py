@@ -214,6 +214,7 @@ def makeService(options: Options) -> ChatService:
             reactor,
             limit=options["history"],
             keep_days=options["history-days"],
+            max_bytes=options.limits.max_send_queue // 2,
         )
     factory = ChatServerFactory(
         Rooms(options.verifiers), reactor, options.limits, history=history

@@ -51,6 +51,9 @@ HOLD_LIMIT = 2.0
 MAX_BACKLOG = 10000
 #: Seconds between two retention runs.
 RETENTION_INTERVAL = 3600.0
+#: Bytes of history sent to one joining member, at most (the newest messages
+#: that fit): a burst well under the slow-reader limit (Limits.max_send_queue).
+MAX_HISTORY_BYTES = 512 * 1024
 #: Seconds SQLite waits for a lock held by another process.
 BUSY_TIMEOUT = 1.0
 
@@ -295,8 +298,10 @@ class History:
         keep_days: float = 0,
         hold_limit: float = HOLD_LIMIT,
         max_backlog: int = MAX_BACKLOG,
+        max_bytes: int = MAX_HISTORY_BYTES,
     ) -> None:
         self.store = store
+        self.max_bytes = max_bytes
         self.clock = clock
         self.limit = limit
         self.keep_days = keep_days
@@ -505,11 +510,19 @@ class History:
         if not self._take_joiner(room, joiner):
             return
         member = joiner.member
-        for row in rows:
-            member.deliver(history_frame(row))
-        if rows:
+        frames: list[bytes] = []
+        size = 0
+        for row in reversed(rows):  # the newest that fit in max_bytes
+            frame = history_frame(row)
+            size += len(frame)
+            if size > self.max_bytes:
+                break
+            frames.append(frame)
+        for frame in reversed(frames):
+            member.deliver(frame)
+        if frames:
             notice = wire.encode(
-                "notice", code="history", text=f"{len(rows)} earlier messages replayed"
+                "notice", code="history", text=f"{len(frames)} earlier messages replayed"
             )
             member.deliver(len(notice).to_bytes(4, "big") + notice)
         newest = rows[-1].id if rows else 0
