@@ -21,7 +21,13 @@ from twisted.logger import Logger
 from twistchat import wire
 from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams
 from twistchat.crypto.spake2plus import ORDER, VerifierKey, encode_point, G
-from twistchat.errors import ConfigError, LimitExceeded, Refused, TwistchatError
+from twistchat.errors import (
+    ConfigError,
+    LimitExceeded,
+    Refused,
+    TwistchatError,
+    WrongPassword,
+)
 from twistchat.server.limits import AddressBook, Limits
 from twistchat.server.protocol import ChatServerProtocol, State
 from twistchat.server.room import Member, Room, Rooms
@@ -144,12 +150,14 @@ class ChatServerFactory(ServerFactory):
 
     def close_room(self, room: Room) -> None:
         """
-        Disconnect the members of a room that is no longer served.
+        Disconnect the members of a room that is no longer served, and the
+        logins to it still in progress (as a wrong password: a moment later
+        that is what they would get).
         """
         error = Refused("the room was closed by the server operator", code="room-closed")
         for protocol in list(self.connections):
             if protocol.room is room and protocol.state is not State.CLOSED:
-                protocol.fail(error, quiet=True)
+                protocol.fail(error if protocol.joined else WrongPassword(), quiet=True)
 
     def login_failed(self, protocol: ChatServerProtocol) -> None:
         """
