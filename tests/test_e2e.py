@@ -108,10 +108,12 @@ def env(home: Path, **extra: str) -> dict[str, str]:
 
 
 class Client:
-    def __init__(self, workdir: Path, port: int, *args: str, password: str | None = None) -> None:
+    def __init__(self, workdir: Path, port: int, *args: str, password: str | None = None,
+                 room: str | None = None) -> None:
         extra = {"TWISTCHAT_PASSWORD": password} if password else {}
+        options = ["--room", room] if room else []
         self.process = subprocess.Popen(
-            [str(BIN / "twistchat"), "127.0.0.1", str(port), *args],
+            [str(BIN / "twistchat"), *options, "127.0.0.1", str(port), *args],
             cwd=workdir,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -309,3 +311,54 @@ def test_sigkill_loses_no_relayed_message(workdir: Path) -> None:
     assert lines.index("--- history ---") < lines.index("--- live ---")
     stored = read_all_bytes(server.data)
     assert SECRET_TEXT.encode() not in stored and password.encode() not in stored
+
+
+def passwd(workdir: Path, room: str, password: str) -> None:
+    (workdir / f"{room}.pw").write_text(password + "\n")
+    result = subprocess.run(
+        [str(BIN / "twistchat-passwd"), "--data-dir", str(workdir / "data"), "--room", room,
+         "--password-file", str(workdir / f"{room}.pw")],
+        capture_output=True, text=True, timeout=60, env=env(workdir),
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_three_rooms_one_added_while_running(workdir: Path) -> None:
+    passwords = {"main": "main room e2e password", "ops": "ops room e2e password",
+                 "dev": "dev room e2e password"}
+    passwd(workdir, "main", passwords["main"])
+    passwd(workdir, "ops", passwords["ops"])
+    server = Server(workdir)
+    clients: list[Client] = []
+    try:
+        passwd(workdir, "dev", passwords["dev"])  # no restart
+        server.log.wait_for(r"rooms: room 'dev' added", timeout=15)
+        for room, password in passwords.items():
+            client = Client(workdir, server.port, f"{room}-a", password=password, room=room)
+            client.out.wait_for("connected")
+            client.say(f"{room} says {SECRET_TEXT}")
+            clients.append(client)
+        # A late joiner of each room reads that room's history, and only it.
+        for room, password in passwords.items():
+            late = Client(workdir, server.port, "late", password=password, room=room)
+            late.out.wait_for("--- live ---")
+            assert late.finish() == 0
+            lines = late.out.rest()
+            assert chat_lines(lines, f"{room}-a") == [(f"{room} says {SECRET_TEXT}", True)]
+            others = [f"{other}-a" for other in passwords if other != room]
+            assert not any(name in line for line in lines for name in others), lines
+        wrong = Client(workdir, server.port, "eve", password=passwords["ops"], room="dev")
+        assert wrong.finish() == 1
+        assert "Unable to connect: wrong password" in "\n".join(wrong.err.rest())
+        for client in clients:
+            assert client.finish() == 0
+            assert all(SECRET_TEXT not in line for line in client.out.rest())
+    finally:
+        for client in clients:
+            if client.process.poll() is None:
+                client.process.kill()
+                client.process.wait(timeout=10)
+        assert server.stop()
+    stored = read_all_bytes(server.data)
+    for secret in (SECRET_TEXT, *passwords.values()):
+        assert secret.encode() not in stored
