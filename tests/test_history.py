@@ -222,7 +222,7 @@ async def test_late_joiner_gets_history_then_live(made: Any, room: Room) -> None
     room.join(alice)
     for n in range(1, 6):
         send(history, room, alice, n)
-    await until(lambda: history._queue == deque_empty(), clock=clock)
+    await until(lambda: not history._queue, clock=clock)
 
     carol = Peer("carol")
     room.join(carol)
@@ -236,12 +236,6 @@ async def test_late_joiner_gets_history_then_live(made: Any, room: Room) -> None
     assert all(m["from"] == "alice" and m["sid"] == SID for m in replayed)
     assert all(isinstance(m["ts"], float) for m in replayed)
     assert not history._joiners
-
-
-def deque_empty() -> Any:
-    from collections import deque
-
-    return deque()
 
 
 @pytest_twisted.ensureDeferred

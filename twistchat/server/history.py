@@ -30,7 +30,7 @@ import sqlite3
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer, task
