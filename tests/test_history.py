@@ -606,9 +606,11 @@ async def test_history_during_steady_traffic(hserver: HistoryServer) -> None:
     # nothing twice, replayed before live.
     assert texts == [f"m{i:03d}" for i in range(total)][-len(texts):]
     replayed = [t for _, t, hist in chat if hist]
-    assert len(replayed) == 50 and chat[:50] == [("alice", t, True) for t in replayed]
-    assert not any(hist for _, _, hist in chat[50:])
-    assert texts[-1] == f"m{total - 1:03d}" and len(texts) < total
+    # How many were sent before her login completed depends on the machine.
+    assert 1 <= len(replayed) <= 50
+    assert chat[: len(replayed)] == [("alice", t, True) for t in replayed]
+    assert not any(hist for _, _, hist in chat[len(replayed):])
+    assert texts[-1] == f"m{total - 1:03d}"
     for session in (alice, bob, carol):
         await session.leave()
 
