@@ -567,3 +567,43 @@ def test_console_lines_while_reconnecting() -> None:
     assert second.sent == ["are you there?"]
     console.leave()
     assert second.transport.closing
+
+
+# --- replayed history in the stdio client ----------------------------------------------------
+
+
+def test_console_shows_history_then_live() -> None:
+    import time as _time
+
+    from twistchat.client.ui import UNREADABLE, ChatConsole
+
+    lines: list[str] = []
+    console = ChatConsole(lines.append)
+    now = _time.time()
+    yesterday = now - 86400
+    console.message_received(ChatMessage("alice", "old news", now, True))
+    console.history_unreadable(ChatMessage("bob", "", yesterday, True))
+    console.message_received(ChatMessage("alice", "older \x1b[2J", now, True))
+    console.history_end()
+    console.message_received(ChatMessage("bob", "live one"))
+    console.history_end()  # no second marker
+    hhmm = _time.strftime("%H:%M", _time.localtime(now))
+    day = _time.strftime("%Y-%m-%d %H:%M", _time.localtime(yesterday))
+    assert lines == [
+        "--- history ---",
+        f"[{hhmm}] [ alice: ] old news",
+        f"[{day}] [ bob: ] {UNREADABLE}",
+        f"[{hhmm}] [ alice: ] older \\x1b[2J",
+        "--- live ---",
+        "[ bob: ] live one",
+    ]
+
+
+def test_console_live_message_ends_history_without_notice() -> None:
+    from twistchat.client.ui import ChatConsole
+
+    lines: list[str] = []
+    console = ChatConsole(lines.append)
+    console.message_received(ChatMessage("alice", "replayed", 0.0, True))
+    console.message_received(ChatMessage("bob", "live"))
+    assert lines[0] == "--- history ---" and lines[-2:] == ["--- live ---", "[ bob: ] live"]

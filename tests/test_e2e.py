@@ -108,10 +108,12 @@ def env(home: Path, **extra: str) -> dict[str, str]:
 
 
 class Client:
-    def __init__(self, workdir: Path, port: int, *args: str, password: str | None = None) -> None:
+    def __init__(self, workdir: Path, port: int, *args: str, password: str | None = None,
+                 room: str | None = None) -> None:
         extra = {"TWISTCHAT_PASSWORD": password} if password else {}
+        options = ["--room", room] if room else []
         self.process = subprocess.Popen(
-            [str(BIN / "twistchat"), "127.0.0.1", str(port), *args],
+            [str(BIN / "twistchat"), *options, "127.0.0.1", str(port), *args],
             cwd=workdir,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -246,3 +248,117 @@ def test_openssl_s_client_completes_tls(workdir: Path) -> None:
         assert "New, TLSv1.1" not in result.stdout
     finally:
         server.stop()
+
+
+def chat_lines(lines: list[str], sender: str) -> list[tuple[str, bool]]:
+    """
+    (text, replayed?) of each message from C{sender} a client printed.
+    """
+    found = []
+    for line in lines:
+        match = re.match(r"^(\[[-0-9: ]+\] )?\[ " + sender + r": \] (.*)$", line)
+        if match:
+            found.append((match.group(2), match.group(1) is not None))
+    return found
+
+
+def test_sigkill_loses_no_relayed_message(workdir: Path) -> None:
+    """
+    Every message a member saw before the server was killed with SIGKILL is
+    replayed, in order and once, to a member who joins after the restart.
+    """
+    password = "the history e2e password"
+    (workdir / "pw").write_text(password + "\n")
+    fast = ("--password-file", str(workdir / "pw"), "--message-rate", "1000",
+            "--message-burst", "1000", "--history", "1000")
+    server = Server(workdir, *fast)
+    alice = bob = None
+    try:
+        server.log.wait_for(r"history: .*history\.sqlite3 open")
+        bob = Client(workdir, server.port, "bob", password=password)
+        bob.out.wait_for("connected")
+        alice = Client(workdir, server.port, "alice", password=password)
+        alice.out.wait_for("connected")
+        total = 400
+        for i in range(total):
+            alice.say(f"m{i:04d} {SECRET_TEXT}")
+        bob.out.wait_for(r"\[ alice: \] m0100 ")
+        server.process.kill()  # SIGKILL, mid-stream
+        assert server.process.wait(timeout=20) == -signal.SIGKILL
+        bob.out.wait_for("Disconnected from chat server")
+        seen = [text for text, _ in chat_lines(bob.out.rest(timeout=2), "alice")]
+    finally:
+        for client in (alice, bob):
+            if client is not None and client.process.poll() is None:
+                client.process.kill()
+                client.process.wait(timeout=10)
+    assert len(seen) >= 100
+    assert seen == [f"m{i:04d} {SECRET_TEXT}" for i in range(len(seen))]
+
+    server = Server(workdir, *fast)
+    try:
+        carol = Client(workdir, server.port, "carol", password=password)
+        carol.out.wait_for("--- live ---")
+        assert carol.finish() == 0
+        lines = carol.out.rest()
+    finally:
+        assert server.stop()
+    replayed = chat_lines(lines, "alice")
+    assert all(hist for _, hist in replayed)
+    texts = [text for text, _ in replayed]
+    assert texts[: len(seen)] == seen, "a message a member saw is missing or out of place"
+    assert texts == [f"m{i:04d} {SECRET_TEXT}" for i in range(len(texts))], "order or doubles"
+    assert lines.index("--- history ---") < lines.index("--- live ---")
+    stored = read_all_bytes(server.data)
+    assert SECRET_TEXT.encode() not in stored and password.encode() not in stored
+
+
+def passwd(workdir: Path, room: str, password: str) -> None:
+    (workdir / f"{room}.pw").write_text(password + "\n")
+    result = subprocess.run(
+        [str(BIN / "twistchat-passwd"), "--data-dir", str(workdir / "data"), "--room", room,
+         "--password-file", str(workdir / f"{room}.pw")],
+        capture_output=True, text=True, timeout=60, env=env(workdir),
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_three_rooms_one_added_while_running(workdir: Path) -> None:
+    passwords = {"main": "main room e2e password", "ops": "ops room e2e password",
+                 "dev": "dev room e2e password"}
+    passwd(workdir, "main", passwords["main"])
+    passwd(workdir, "ops", passwords["ops"])
+    server = Server(workdir)
+    clients: list[Client] = []
+    try:
+        passwd(workdir, "dev", passwords["dev"])  # no restart
+        server.log.wait_for(r"rooms: room 'dev' added", timeout=15)
+        for room, password in passwords.items():
+            client = Client(workdir, server.port, f"{room}-a", password=password, room=room)
+            client.out.wait_for("connected")
+            client.say(f"{room} says {SECRET_TEXT}")
+            clients.append(client)
+        # A late joiner of each room reads that room's history, and only it.
+        for room, password in passwords.items():
+            late = Client(workdir, server.port, "late", password=password, room=room)
+            late.out.wait_for("--- live ---")
+            assert late.finish() == 0
+            lines = late.out.rest()
+            assert chat_lines(lines, f"{room}-a") == [(f"{room} says {SECRET_TEXT}", True)]
+            others = [f"{other}-a" for other in passwords if other != room]
+            assert not any(name in line for line in lines for name in others), lines
+        wrong = Client(workdir, server.port, "eve", password=passwords["ops"], room="dev")
+        assert wrong.finish() == 1
+        assert "Unable to connect: wrong password" in "\n".join(wrong.err.rest())
+        for client in clients:
+            assert client.finish() == 0
+            assert all(SECRET_TEXT not in line for line in client.out.rest())
+    finally:
+        for client in clients:
+            if client.process.poll() is None:
+                client.process.kill()
+                client.process.wait(timeout=10)
+        assert server.stop()
+    stored = read_all_bytes(server.data)
+    for secret in (SECRET_TEXT, *passwords.values()):
+        assert secret.encode() not in stored

@@ -332,3 +332,23 @@ def test_closing_a_member_unregisters_its_producer(factory: ChatServerFactory) -
     alice.send("hello", v=1, room="main", name="alice")
     assert alice.received()[-1]["code"] == "unexpected-message"
     assert closed(alice) and alice.transport.producer is None
+
+
+def test_closing_a_room_disconnects_members_and_logins_in_progress(
+    factory: ChatServerFactory,
+) -> None:
+    alice = Peer(factory, 5001)
+    alice.login("alice")
+    bob = Peer(factory, 5002)
+    bob.send("hello", v=1, room="main", name="bob")
+    (params,) = bob.received()
+    assert params.type == "params"
+    room = factory.rooms.remove("main")
+    assert room is not None
+    factory.close_room(room)
+    (error,) = alice.received()
+    assert (error["code"], error["text"]) == ("room-closed", "the room was closed by the server operator")
+    (error,) = bob.received()
+    assert error["code"] == "wrong-password"
+    assert closed(alice) and closed(bob)
+    assert len(room) == 0

@@ -21,6 +21,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.python import usage
 
 from twistchat.crypto.kdf import content_key, derive_secrets, make_verifier
+from twistchat.server.history import History
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory, ChatService
 from twistchat.server.tls import CERT_FILE, KEY_FILE, create_self_signed, fingerprint
@@ -513,3 +514,54 @@ def test_data_dir_files_are_private(tmp_path: Path) -> None:
     # No leftover temporary file from the atomic write.
     assert not [p for p in (data / "rooms").iterdir() if p.name.startswith(".")]
     assert os.listdir(data / "rooms") == ["main.json"]
+
+
+# --- history and room reloading -------------------------------------------------------
+
+
+def test_history_defaults(tmp_path: Path) -> None:
+    options = parse(tmp_path / "data", "--password", PASSWORD)
+    assert options["history"] == 50
+    assert options["history-days"] == 0
+    service = makeService(options)
+    history = service.factory.history
+    assert isinstance(history, History)
+    assert history.limit == 50 and history.keep_days == 0
+    assert history.max_bytes == service.factory.limits.max_send_queue // 2
+    assert history.store.path == tmp_path / "data" / "history.sqlite3"
+    # Building the service opens nothing: the file appears when it starts.
+    assert not history.store.path.exists()
+    assert service.reloader is not None
+    assert service.reloader.folder == tmp_path / "data" / "rooms"
+
+
+def test_history_options(tmp_path: Path) -> None:
+    options = parse(tmp_path / "data", "--password", PASSWORD,
+                    "--history", "7", "--history-days", "1.5")
+    history = makeService(options).factory.history
+    assert history is not None
+    assert history.limit == 7 and history.keep_days == 1.5
+
+
+def test_history_off(tmp_path: Path) -> None:
+    options = parse(tmp_path / "data", "--password", PASSWORD, "--history", "0")
+    assert makeService(options).factory.history is None
+
+
+@pytest.mark.parametrize("option", ["--history", "--history-days"])
+def test_history_negative(tmp_path: Path, option: str) -> None:
+    with pytest.raises(usage.UsageError, match=f"{option} must not be negative"):
+        parse(tmp_path / "data", "--password", PASSWORD, option, "-1")
+
+
+@pytest.mark.parametrize("value", ["many", "1.5"])
+def test_history_not_a_count(tmp_path: Path, value: str) -> None:
+    with pytest.raises(usage.UsageError, match=f"whole number of messages, not '{value}'"):
+        parse(tmp_path / "data", "--password", PASSWORD, "--history", value)
+
+
+def test_verifier_file_rooms_not_reloaded(tmp_path: Path) -> None:
+    path = tmp_path / "room.json"
+    save_verifier(path, make_verifier(PASSWORD, "solo"))
+    service = makeService(parse(tmp_path / "data", "--verifier-file", str(path)))
+    assert service.reloader is None

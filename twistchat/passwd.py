@@ -5,8 +5,9 @@
 
 The verifier (salt, scrypt cost, w0, L) lets the server check the password with
 SPAKE2+ but not recover it, nor derive the key that seals messages. Written into
-the server's data directory (C{DIR/rooms/NAME.json}), it takes effect when the
-server next starts.
+the server's data directory (C{DIR/rooms/NAME.json}), it takes effect within
+5 seconds, with no restart: a running server adds a new room, and for a changed
+password keeps the members already in and asks new logins for the new password.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from twisted.python import usage
 from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.crypto.kdf import Verifier, make_verifier, random_password
 from twistchat.errors import ConfigError
+from twistchat.server.history import DEFAULT_LIMIT, HISTORY_FILE, History, HistoryStore
 from twistchat.server.limits import Limits
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory, ChatService
@@ -29,6 +30,7 @@ from twistchat.server.verifiers import (
     check_room,
     load_rooms,
     load_verifier,
+    ROOMS_DIR,
     room_path,
     save_verifier,
 )
@@ -59,6 +61,13 @@ def _port(value: str) -> int:
     return port
 
 
+def _count(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"expected a whole number of messages, not {value!r}") from None
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -83,6 +92,11 @@ class Options(usage.Options):
          "PEM certificate (chain) to serve instead of a self-signed one."],
         ["tls-key", None, None,
          "PEM private key for --tls-cert (default: read it from --tls-cert)."],
+        ["history", None, DEFAULT_LIMIT,
+         "Sealed messages replayed to a member who joins; 0 turns history off "
+         "(nothing is stored).", _count],
+        ["history-days", None, 0.0,
+         "Delete stored messages older than this many days (0: keep them).", float],
     ]
 
     # One option per server limit, e.g. --max-members; see docs/operations.md.
@@ -105,6 +119,9 @@ class Options(usage.Options):
         for name in LIMIT_HELP:
             if self[name.replace("_", "-")] < 0:
                 raise usage.UsageError(f"--{name.replace('_', '-')} must not be negative")
+        for name in ("history", "history-days"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must not be negative")
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
         given = [o for o in ("password", "password-file", "verifier-file")
@@ -192,7 +209,18 @@ def makeService(options: Options) -> ChatService:
     from twisted.internet import reactor
 
     certificate: ssl.PrivateCertificate = options.certificate
-    factory = ChatServerFactory(Rooms(options.verifiers), reactor, options.limits)
+    history = None
+    if options["history"] > 0:
+        history = History(
+            HistoryStore(options.data_dir / HISTORY_FILE, reactor),
+            reactor,
+            limit=options["history"],
+            keep_days=options["history-days"],
+            max_bytes=options.limits.max_send_queue // 2,
+        )
+    factory = ChatServerFactory(
+        Rooms(options.verifiers), reactor, options.limits, history=history
+    )
     endpoint = SSL4ServerEndpoint(
         reactor,
         options["port"],
@@ -204,4 +232,6 @@ def makeService(options: Options) -> ChatService:
         endpoint,
         factory,
         description=f", rooms: {rooms}; TLS certificate SHA-256 {fingerprint(certificate)}",
+        # A --verifier-file room is served alone: rooms/ is not watched then.
+        rooms_dir=None if options["verifier-file"] is not None else options.data_dir / ROOMS_DIR,
     )

@@ -50,7 +50,7 @@ from twistchat.client.keyring import Keyring
 from twistchat.client.protocol import HANDSHAKE_TIMEOUT, ChatClientProtocol, State
 from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, derive_secrets
-from twistchat.errors import ProtocolError, Rejected, TrustError, TwistchatError
+from twistchat.errors import ProtocolError, Rejected, TrustError, TwistchatError, Undecryptable
 from twistchat.ratelimit import TokenBucket
 from twistchat.tlsbinding import tls_exporter
 from twistchat.config import DEFAULT_ROOM
@@ -99,6 +99,15 @@ class ChatListener:
 
     def message_rejected(self, sender: str, reason: str) -> None:
         """A message that could not be opened, or a replay; it is not shown as chat."""
+
+    def history_unreadable(self, message: ChatMessage) -> None:
+        """
+        A replayed message that the room key does not open: it was sealed under
+        an earlier password of the room. C{message.text} is empty.
+        """
+
+    def history_end(self) -> None:
+        """The replayed history is over: what follows is live."""
 
     def notice(self, text: str) -> None:
         """A notice from the server (for example a rate warning)."""
@@ -344,8 +353,11 @@ class ChatSession:
             ChatMessage(sender, text, message.get("ts"), message.get("hist", False)),
         )
 
-    def _rejected(self, sender: str, error: Rejected) -> None:
-        self._call("message_rejected", sender, error.message)
+    def _rejected(self, sender: str, error: Rejected, message: wire.Message) -> None:
+        if message.get("hist") and isinstance(error, Undecryptable):
+            self._call("history_unreadable", ChatMessage(sender, "", message.get("ts"), True))
+        else:
+            self._call("message_rejected", sender, error.message)
 
     def _event(self, message: wire.Message) -> None:
         if message.type == "joined":
@@ -363,7 +375,10 @@ class ChatSession:
             if self._who:
                 self._who.pop(0).callback(everyone)
         elif message.type == "notice":
-            self._call("notice", message["text"])
+            if message["code"] == "history":
+                self._call("history_end")
+            else:
+                self._call("notice", message["text"])
 
     def _closed(self, error: TwistchatError | None) -> None:
         if self._flush_call is not None and self._flush_call.active():
@@ -476,9 +491,9 @@ class _Login:
         assert self.session is not None
         self.session._message(sender, text, message)
 
-    def rejected(self, sender: str, error: Rejected) -> None:
+    def rejected(self, sender: str, error: Rejected, message: wire.Message) -> None:
         assert self.session is not None
-        self.session._rejected(sender, error)
+        self.session._rejected(sender, error, message)
 
     def event(self, message: wire.Message) -> None:
         assert self.session is not None

@@ -83,6 +83,9 @@ class _Queueing(ChatListener):
     def message_rejected(self, sender: str, reason: str) -> None:
         self.events.put(("rejected", sender, reason))
 
+    def history_unreadable(self, message: ChatMessage) -> None:
+        self.events.put(("unreadable", message))
+
     def notice(self, text: str) -> None:
         self.events.put(("notice", text))
 

@@ -11,6 +11,7 @@ Two front ends share L{ChatConsole} (formatting, commands):
 
 from __future__ import annotations
 
+import time
 import unicodedata
 from typing import Any, Callable
 
@@ -51,6 +52,22 @@ def show_addr(addr: str) -> str:
     return f"({addr})"
 
 
+#: How a replayed message that the room key cannot open is shown.
+UNREADABLE = "(unreadable: sealed under an earlier room password)"
+
+
+def show_time(ts: float | None) -> str:
+    """
+    A server time as local C{[HH:MM]}, with the date when not today.
+    """
+    if ts is None:
+        return "[--:--]"
+    when = time.localtime(ts)
+    if time.strftime("%Y-%m-%d", when) == time.strftime("%Y-%m-%d"):
+        return time.strftime("[%H:%M]", when)
+    return time.strftime("[%Y-%m-%d %H:%M]", when)
+
+
 class ChatConsole(ChatListener):
     """
     Turns session events into lines of text and typed lines into actions.
@@ -61,12 +78,34 @@ class ChatConsole(ChatListener):
     def __init__(self, write: Callable[[str], None]) -> None:
         self.write = write
         self.session: ChatSession | None = None
+        self._in_history = False
         self.quit: defer.Deferred[str | None] = defer.Deferred()
 
     # --- events ---------------------------------------------------------------------
 
     def message_received(self, message: ChatMessage) -> None:
+        if message.history:
+            self._history_line(message, printable(message.text))
+            return
+        self._end_history()
         self.write(f"[ {message.sender}: ] {printable(message.text)}")
+
+    def history_unreadable(self, message: ChatMessage) -> None:
+        self._history_line(message, UNREADABLE)
+
+    def history_end(self) -> None:
+        self._end_history()
+
+    def _history_line(self, message: ChatMessage, text: str) -> None:
+        if not self._in_history:
+            self._in_history = True
+            self.write("--- history ---")
+        self.write(f"{show_time(message.time)} [ {message.sender}: ] {text}")
+
+    def _end_history(self) -> None:
+        if self._in_history:
+            self._in_history = False
+            self.write("--- live ---")
 
     def member_joined(self, member: Member) -> None:
         self.write(f"* {member.name} {show_addr(member.addr)} entered the room")

@@ -384,6 +384,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
                 burst=limits.message_burst,
             )
         )
+        self.factory.member_joined(room, self)
         self.log.info(
             "{name} ({peer}) connected to room {room!r}",
             name=self.name,
@@ -424,9 +425,11 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self.sent_bytes += len(message["ct"])
         # The sealed parts travel on as the base64 text that was just validated.
         raw = message.raw
-        self.room.broadcast(
+        self.factory.relay(
+            self.room,
+            self,
             wire.encode("msg", **{"from": self.name}, sid=raw["sid"], n=raw["n"], ct=raw["ct"]),
-            exclude=self,
+            message,
         )
 
     def _sending_too_fast(self) -> None:

@@ -64,6 +64,13 @@ class Room:
     def __len__(self) -> int:
         return len(self._members)
 
+    def rekey(self, verifier: Verifier) -> None:
+        """
+        Use a new verifier for future logins; members already in stay.
+        """
+        self.verifier = verifier
+        self.key = VerifierKey.from_verifier(verifier)
+
     def __contains__(self, member: Member) -> bool:
         return self._members.get(member.name.casefold()) is member
 
@@ -134,6 +141,12 @@ class Rooms:
 
     def get(self, name: str) -> Room | None:
         return self._rooms.get(name)
+
+    def remove(self, name: str) -> Room | None:
+        """
+        Stop hosting room C{name}; return it (its members are still in it).
+        """
+        return self._rooms.pop(name, None)
 
     def __iter__(self):
         return iter(self._rooms.values())

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -19,11 +21,24 @@ from twisted.logger import Logger
 from twistchat import wire
 from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams
 from twistchat.crypto.spake2plus import ORDER, VerifierKey, encode_point, G
-from twistchat.errors import LimitExceeded, TwistchatError
+from twistchat.errors import (
+    ConfigError,
+    LimitExceeded,
+    Refused,
+    TwistchatError,
+    WrongPassword,
+)
 from twistchat.server.limits import AddressBook, Limits
 from twistchat.server.protocol import ChatServerProtocol, State
-from twistchat.server.room import Rooms
+from twistchat.server.room import Member, Room, Rooms
 from twistchat.server.tls import tls_exporter
+from twistchat.server.verifiers import check_room, load_verifier
+
+if TYPE_CHECKING:
+    from twistchat.server.history import History
+
+#: Seconds between two scans of the data directory's rooms/ folder.
+RELOAD_INTERVAL = 5.0
 
 
 class ChatServerFactory(ServerFactory):
@@ -41,8 +56,10 @@ class ChatServerFactory(ServerFactory):
         clock: IReactorTime,
         limits: Limits = Limits(),
         channel_binding: Callable[[Any], bytes] = tls_exporter,
+        history: History | None = None,
     ) -> None:
         self.rooms = rooms
+        self.history = history
         self.clock = clock
         self.limits = limits
         self.channel_binding = channel_binding
@@ -143,6 +160,34 @@ class ChatServerFactory(ServerFactory):
             for d in waiting:
                 d.callback(None)
 
+    def relay(self, room: Room, sender: Member, frame: bytes, message: wire.Message) -> None:
+        """
+        Relay one sealed message (C{frame}, already encoded) to the room,
+        through the history store when there is one.
+        """
+        if self.history is None:
+            room.broadcast(frame, exclude=sender)
+        else:
+            self.history.relay(room, sender, frame, message)
+
+    def member_joined(self, room: Room, member: Member) -> None:
+        """
+        C{member} has been welcomed into C{room}: replay its history.
+        """
+        if self.history is not None:
+            self.history.joined(room, member)
+
+    def close_room(self, room: Room) -> None:
+        """
+        Disconnect the members of a room that is no longer served, and the
+        logins to it still in progress (as a wrong password: a moment later
+        that is what they would get).
+        """
+        error = Refused("the room was closed by the server operator", code="room-closed")
+        for protocol in list(self.connections):
+            if protocol.room is room and protocol.state is not State.CLOSED:
+                protocol.fail(error if protocol.joined else WrongPassword(), quiet=True)
+
     def login_failed(self, protocol: ChatServerProtocol) -> None:
         """
         Count a wrong password against the source address.
@@ -181,9 +226,101 @@ class ChatServerFactory(ServerFactory):
         return d
 
 
+class RoomReloader:
+    """
+    Keep the served rooms in step with the verifier files of a folder.
+
+    Each scan compares every C{NAME.json} file's size, modification time and
+    inode with the previous scan, and reads only the files that changed: a new
+    file adds a room, a changed one gives its room the new verifier (members
+    already in stay; new logins need the new password), a deleted one closes
+    its room and disconnects its members. A file that cannot be used is logged
+    once and skipped; its room keeps the verifier it had. Rooms that did not
+    come from the folder are left alone.
+    """
+
+    log = Logger()
+
+    def __init__(self, factory: ChatServerFactory, folder: Path) -> None:
+        self.factory = factory
+        self.folder = folder
+        self._seen: dict[str, tuple[int, int, int]] = {}
+
+    def scan(self) -> None:
+        try:
+            entries = list(os.scandir(self.folder))
+        except FileNotFoundError:
+            entries = []
+        except OSError as e:
+            self.log.warn("rooms: cannot read {folder}: {reason}",
+                          folder=str(self.folder), reason=e.strerror)
+            return
+        current: dict[str, tuple[int, int, int]] = {}
+        for entry in entries:
+            if not entry.name.endswith(".json") or entry.name.startswith("."):
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                continue  # removed meanwhile; the next scan sees it gone
+            current[entry.name[: -len(".json")]] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        for name, key in sorted(current.items()):
+            if self._seen.get(name) != key:
+                self._seen[name] = key
+                self._load(name)
+        for name in sorted(set(self._seen) - set(current)):
+            del self._seen[name]
+            self._remove(name)
+
+    def _load(self, name: str) -> None:
+        rooms = self.factory.rooms
+        path = self.folder / f"{name}.json"
+        try:
+            check_room(name)
+            verifier = load_verifier(path)
+            if verifier.room != name:
+                raise ConfigError(
+                    f"verifier file {path} is for room {verifier.room!r}, not {name!r}"
+                )
+        except ConfigError as e:
+            kept = " (the room keeps its previous verifier)" if rooms.get(name) else ""
+            self.log.warn("rooms: skipped: {reason}{kept}", reason=e.message, kept=kept)
+            return
+        room = rooms.get(name)
+        try:
+            if room is None:
+                rooms.add(verifier)
+            elif room.verifier != verifier:
+                room.rekey(verifier)
+            else:
+                return
+        except (TwistchatError, ValueError) as e:
+            self.log.warn("rooms: skipped {path}: {reason}", path=str(path), reason=e)
+            return
+        if room is None:
+            self.log.info("rooms: room {room!r} added", room=name)
+        else:
+            self.log.info(
+                "rooms: room {room!r} has a new verifier; its {count} members stay, "
+                "new logins need the new password",
+                room=name, count=len(room),
+            )
+
+    def _remove(self, name: str) -> None:
+        room = self.factory.rooms.remove(name)
+        if room is None:
+            return
+        self.log.info("rooms: room {room!r} removed; disconnecting its {count} members",
+                      room=name, count=len(room))
+        self.factory.close_room(room)
+
+
 class ChatService(service.Service):
     """
     Listen on an endpoint while running; on stop, close every connection.
+
+    @param rooms_dir: a folder of room verifier files to rescan every
+        C{reload_interval} seconds (None: the rooms are fixed).
     """
 
     log = Logger()
@@ -193,18 +330,29 @@ class ChatService(service.Service):
         endpoint: IStreamServerEndpoint,
         factory: ChatServerFactory,
         description: str = "",
+        rooms_dir: Path | None = None,
+        reload_interval: float = RELOAD_INTERVAL,
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.description = description
         self.port: IListeningPort | None = None
         self._listening: defer.Deferred[IListeningPort] | None = None
+        self.reloader = RoomReloader(factory, rooms_dir) if rooms_dir is not None else None
+        self.reload_interval = reload_interval
+        self._reload: task.LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()
         self._expiry = task.LoopingCall(self.factory.expire)
         self._expiry.clock = self.factory.clock
         self._expiry.start(60, now=False)
+        if self.reloader is not None:
+            self._reload = task.LoopingCall(self.reloader.scan)
+            self._reload.clock = self.factory.clock
+            self._reload.start(self.reload_interval, now=True)
+        if self.factory.history is not None:
+            self.factory.history.start()
         self._listening = self.endpoint.listen(self.factory)
         failures: list[Any] = []
         self._listening.addCallbacks(self._started, failures.append)
@@ -233,9 +381,15 @@ class ChatService(service.Service):
         super().stopService()
         if self._expiry.running:
             self._expiry.stop()
+        if self._reload is not None and self._reload.running:
+            self._reload.stop()
         self.log.info("shutting down: closing {count} connections",
                       count=len(self.factory.connections))
         port, self.port = self.port, None
         stopped = defer.maybeDeferred(port.stopListening) if port else defer.succeed(None)
         drained = self.factory.shutdown()
-        return defer.gatherResults([stopped, drained]).addCallback(lambda _: None)
+        done = defer.gatherResults([stopped, drained])
+        history = self.factory.history
+        if history is not None:
+            done.addCallback(lambda _: history.stop())
+        return done.addCallback(lambda _: None)

@@ -1,0 +1,600 @@
+"""
+History: sealed messages kept in SQLite for members who join late.
+
+Two parts:
+
+  - L{HistoryStore}: the SQLite file, reached through C{twisted.enterprise.adbapi}
+    with one connection in one thread, so operations run one at a time in the
+    order they were asked for. WAL journal, C{synchronous=NORMAL}, a
+    C{schema_version} table and numbered migrations.
+  - L{History}: the relay path. A message is I{accepted} when its row is
+    committed; only then is it relayed to the room (rows are written in batches:
+    everything accepted while the previous write was in flight goes in the next
+    transaction). A member who joins is sent the room's last N stored messages
+    before any live one, with none lost or doubled in between.
+
+What is stored is what the server relays and already sees: room, sender name,
+server time, session id, counter, ciphertext and its size. Never plaintext,
+never a key. docs/protocol.md gives the schema and the durability promise.
+
+When the store fails (locked, corrupt, disk full) or does not answer within
+C{hold_limit} seconds, messages are relayed without waiting for it, the failure
+is logged once, and the rows are still offered to the store (a bounded backlog)
+so that storing resumes by itself when it recovers.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+from twisted.enterprise import adbapi
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twistchat import wire
+from twistchat.server.room import Member, Room
+
+#: The history file's name in the data directory.
+HISTORY_FILE = "history.sqlite3"
+#: Messages sent to a member who joins, unless --history says otherwise.
+DEFAULT_LIMIT = 50
+#: Seconds a relay waits for the store before relaying without it.
+HOLD_LIMIT = 2.0
+#: Rows kept for the store while it is failing; older ones are dropped.
+MAX_BACKLOG = 10000
+#: Seconds between two retention runs.
+RETENTION_INTERVAL = 3600.0
+#: Bytes of history sent to one joining member, at most (the newest messages
+#: that fit): a burst well under the slow-reader limit (Limits.max_send_queue).
+MAX_HISTORY_BYTES = 512 * 1024
+#: Seconds SQLite waits for a lock held by another process.
+BUSY_TIMEOUT = 1.0
+
+# Schema version N is reached by running MIGRATIONS[N - 1]; never edit a
+# released migration, append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            room TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            ts REAL NOT NULL,
+            sid BLOB NOT NULL,
+            n INTEGER NOT NULL,
+            ct BLOB NOT NULL,
+            size INTEGER NOT NULL
+        )""",
+        "CREATE INDEX messages_room_id ON messages (room, id)",
+        "CREATE INDEX messages_ts ON messages (ts)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """
+    The history file cannot be used (e.g. it comes from a newer twistchat).
+    """
+
+
+class Row(NamedTuple):
+    """
+    One stored message.
+    """
+
+    id: int
+    room: str
+    sender: str
+    ts: float
+    sid: bytes
+    n: int
+    ct: bytes
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """
+    Bring the schema of C{conn}'s database up to L{SCHEMA_VERSION}.
+
+    @return: the version found before migrating (0 for a new file).
+    @raise StoreError: if the file has a newer schema than this code knows.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        found = conn.execute("SELECT version FROM schema_version").fetchone()
+        version = found[0] if found else 0
+        if found is None:
+            conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the history file has schema version {version}; this twistchat "
+                f"knows versions up to {SCHEMA_VERSION}"
+            )
+        for statements in MIGRATIONS[version:]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return version
+
+
+class HistoryStore:
+    """
+    The SQLite history file, used through an adbapi pool of one connection.
+
+    @param pragmas: extra statements run on each new connection (tests use
+        C{PRAGMA max_page_count} to make a small disk).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        path: Path,
+        reactor: Any = None,
+        pragmas: Sequence[str] = (),
+        busy_timeout: float = BUSY_TIMEOUT,
+    ) -> None:
+        self.path = path
+        self._reactor = reactor
+        self._pragmas = tuple(pragmas)
+        self._busy_timeout = busy_timeout
+        self._pool: adbapi.ConnectionPool | None = None
+
+    @property
+    def pool(self) -> adbapi.ConnectionPool:
+        """
+        The pool, made at first use (not while the service is only built).
+        """
+        if self._pool is None:
+            kwargs: dict[str, Any] = {}
+            if self._reactor is not None:
+                kwargs["cp_reactor"] = self._reactor
+            self._pool = adbapi.ConnectionPool(
+                "sqlite3",
+                str(self.path),
+                check_same_thread=False,
+                cp_min=1,
+                cp_max=1,
+                cp_noisy=False,
+                cp_openfun=self._prepare,
+                **kwargs,
+            )
+        return self._pool
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        # Runs in the pool's thread on every new connection. Owner-only: the
+        # -wal and -shm files SQLite makes next to it take the same mode.
+        os.chmod(self.path, 0o600)
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"cannot use WAL mode (journal mode is {mode})")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        for pragma in self._pragmas:
+            conn.execute(pragma)
+        migrate(conn)
+
+    def open(self) -> defer.Deferred[None]:
+        """
+        Connect and migrate now (it would otherwise happen at the first use).
+        """
+        return self.pool.runInteraction(lambda txn: None)
+
+    def append(self, rows: Sequence[tuple[str, str, float, bytes, int, bytes]]) -> defer.Deferred[list[int]]:
+        """
+        Store (room, sender, ts, sid, n, ct) rows in one transaction.
+
+        @return: a Deferred firing with their row ids, once committed.
+        """
+        return self.pool.runInteraction(_append, list(rows))
+
+    def recent(self, room: str, limit: int) -> defer.Deferred[list[Row]]:
+        """
+        The last C{limit} messages of C{room}, oldest first.
+        """
+        return self.pool.runInteraction(_recent, room, limit)
+
+    def expire(self, before: float) -> defer.Deferred[int]:
+        """
+        Delete messages stored before server time C{before}; fires with the count.
+        """
+        return self.pool.runInteraction(_expire, before)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+def _append(txn: Any, rows: list[tuple[str, str, float, bytes, int, bytes]]) -> list[int]:
+    ids = []
+    for room, sender, ts, sid, n, ct in rows:
+        txn.execute(
+            "INSERT INTO messages (room, sender, ts, sid, n, ct, size) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (room, sender, ts, sid, n, ct, len(ct)),
+        )
+        ids.append(txn.lastrowid)
+    return ids
+
+
+def _recent(txn: Any, room: str, limit: int) -> list[Row]:
+    txn.execute(
+        "SELECT id, room, sender, ts, sid, n, ct FROM messages "
+        "WHERE room = ? ORDER BY id DESC LIMIT ?",
+        (room, limit),
+    )
+    return [Row(*r) for r in reversed(txn.fetchall())]
+
+
+def _expire(txn: Any, before: float) -> int:
+    txn.execute("DELETE FROM messages WHERE ts < ?", (before,))
+    return int(txn.rowcount)
+
+
+def history_frame(row: Row) -> bytes:
+    """
+    The C{msg} frame (with its length prefix) that replays C{row}.
+    """
+    frame = wire.encode(
+        "msg", **{"from": row.sender}, sid=row.sid, n=row.n, ct=row.ct, ts=row.ts, hist=True
+    )
+    return len(frame).to_bytes(4, "big") + frame
+
+
+@dataclass(eq=False)
+class _Entry:
+    """
+    One accepted message on its way to the store and the room.
+    """
+
+    room: Room
+    sender: Member
+    frame: bytes
+    row: tuple[str, str, float, bytes, int, bytes]
+    #: Its row id, once stored.
+    id: int | None = None
+    #: Its write has finished (stored or failed).
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _Joiner:
+    """
+    A member who joined and waits for history; live messages wait with it.
+    """
+
+    member: Member
+    held: list[_Entry] = field(default_factory=list)
+    timer: IDelayedCall | None = None
+
+
+class History:
+    """
+    Stores relayed messages and replays them to members who join later.
+
+    @param limit: messages replayed to a member who joins (0: none).
+    @param keep_days: age in days after which messages are deleted (0: never).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: HistoryStore,
+        clock: IReactorTime,
+        limit: int = DEFAULT_LIMIT,
+        keep_days: float = 0,
+        hold_limit: float = HOLD_LIMIT,
+        max_backlog: int = MAX_BACKLOG,
+        max_bytes: int = MAX_HISTORY_BYTES,
+    ) -> None:
+        self.store = store
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.limit = limit
+        self.keep_days = keep_days
+        self.hold_limit = hold_limit
+        self.max_backlog = max_backlog
+        # Accepted, waiting for their write to finish before being relayed.
+        self._queue: deque[_Entry] = deque()
+        # Not yet handed to the store.
+        self._unsubmitted: deque[_Entry] = deque()
+        self._writing = False
+        self._flush_call: IDelayedCall | None = None
+        self._write_timer: IDelayedCall | None = None
+        self._idle: list[defer.Deferred[None]] = []
+        #: Why the store is not used to hold back relays, or None when healthy.
+        self.failing: str | None = None
+        #: Messages that were relayed but could not be stored.
+        self.unstored = 0
+        self._unstored_logged = 0
+        self._joiners: dict[Room, dict[Member, _Joiner]] = {}
+        self._retention: task.LoopingCall | None = None
+
+    # --- life cycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        self.store.open().addCallbacks(self._opened, self._open_failed)
+        if self.keep_days > 0:
+            self._retention = task.LoopingCall(self.expire)
+            self._retention.clock = self.clock
+            self._retention.start(RETENTION_INTERVAL, now=True)
+
+    def _opened(self, _: Any) -> None:
+        self.log.info(
+            "history: {path} open, replaying up to {limit} messages to members who join{keep}",
+            path=str(self.store.path),
+            limit=self.limit,
+            keep=f", keeping {self.keep_days:g} days" if self.keep_days else "",
+        )
+
+    def _open_failed(self, failure: Failure) -> None:
+        self._fail(f"cannot open {self.store.path}: {_reason(failure)}")
+
+    def stop(self) -> defer.Deferred[None]:
+        """
+        Write what is accepted, then close the store.
+        """
+        if self._retention is not None and self._retention.running:
+            self._retention.stop()
+        d: defer.Deferred[None] = defer.Deferred()
+        self._idle.append(d)
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        if not self._writing:
+            self._write()  # fires d now if nothing is left to write
+
+        def close(_: Any) -> None:
+            self.store.close()
+
+        return d.addCallback(close)
+
+    def _check_idle(self) -> None:
+        if self._writing or self._unsubmitted:
+            return
+        idle, self._idle = self._idle, []
+        for d in idle:
+            d.callback(None)
+
+    # --- relaying -----------------------------------------------------------------
+
+    def relay(self, room: Room, sender: Member, frame: bytes, message: wire.Message) -> None:
+        """
+        Accept one sealed message from C{sender}: store it, then relay C{frame}.
+        """
+        row = (room.name, sender.name, self.clock.seconds(),
+               message["sid"], message["n"], message["ct"])
+        entry = _Entry(room, sender, frame, row)
+        self._unsubmitted.append(entry)
+        if self.failing is not None:
+            self._trim_backlog()
+            self._deliver(entry)
+        else:
+            self._queue.append(entry)
+        if self._flush_call is None and not self._writing:
+            self._flush_call = self.clock.callLater(0, self._write)
+
+    def _trim_backlog(self) -> None:
+        while len(self._unsubmitted) > self.max_backlog:
+            self._unsubmitted.popleft()
+            self.unstored += 1
+
+    def _write(self) -> None:
+        self._flush_call = None
+        if self._writing or not self._unsubmitted:
+            self._check_idle()
+            return
+        batch = list(self._unsubmitted)
+        self._unsubmitted.clear()
+        self._writing = True
+        if self.failing is None:
+            self._write_timer = self.clock.callLater(self.hold_limit, self._write_late)
+        d = self.store.append([e.row for e in batch])
+        d.addCallbacks(self._written, self._write_failed, (batch,), None, (batch,))
+        d.addBoth(self._write_done)
+
+    def _written(self, ids: list[int], batch: list[_Entry]) -> None:
+        for entry, row_id in zip(batch, ids):
+            entry.id = row_id
+            entry.done = True
+        if self.failing is not None:
+            self.log.warn(
+                "history: storing again; {count} messages were relayed but not stored",
+                count=self.unstored,
+            )
+            self.failing = None
+            self._unstored_logged = self.unstored
+        self._release()
+
+    def _write_failed(self, failure: Failure, batch: list[_Entry]) -> None:
+        for entry in batch:
+            entry.done = True
+        self.unstored += len(batch)
+        self._fail(_reason(failure))
+
+    def _write_done(self, _: Any) -> None:
+        self._writing = False
+        if self._write_timer is not None and self._write_timer.active():
+            self._write_timer.cancel()
+        self._write_timer = None
+        if self._idle:
+            self._write()  # stopping: write what is left now
+        elif self._unsubmitted and self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._write)
+        self._check_idle()
+
+    def _write_late(self) -> None:
+        self._write_timer = None
+        self._fail(f"no answer within {self.hold_limit:g} seconds")
+
+    def _fail(self, reason: str) -> None:
+        """
+        Stop holding relays back for the store, and say so once.
+        """
+        if self.failing is None:
+            self.failing = reason
+            self.log.error(
+                "history: the store failed ({reason}); relaying live messages "
+                "without storing them until it recovers",
+                reason=reason,
+            )
+        while self._queue:
+            self._deliver(self._queue.popleft())
+
+    def _release(self) -> None:
+        while self._queue and self._queue[0].done:
+            self._deliver(self._queue.popleft())
+
+    def _deliver(self, entry: _Entry) -> None:
+        room = entry.room
+        joiners = self._joiners.get(room)
+        if not joiners:
+            room.broadcast(entry.frame, exclude=entry.sender)
+            return
+        data = len(entry.frame).to_bytes(4, "big") + entry.frame
+        for member in room.members:
+            if member is entry.sender:
+                continue
+            joiner = joiners.get(member)
+            if joiner is not None:
+                joiner.held.append(entry)
+            else:
+                member.deliver(data)
+
+    # --- late joiners -----------------------------------------------------------------
+
+    def joined(self, room: Room, member: Member) -> None:
+        """
+        C{member} has just joined C{room}: send it the room's history, then
+        live messages.
+
+        The query runs after every write asked for before it (one connection,
+        in order), so it sees every message relayed to the room before the
+        member joined. Messages relayed meanwhile are held for the member and
+        sent after the history unless the history already holds them.
+        """
+        if self.limit <= 0:
+            return
+        joiner = _Joiner(member)
+        self._joiners.setdefault(room, {})[member] = joiner
+        joiner.timer = self.clock.callLater(self.hold_limit, self._history_late, room, joiner)
+        d = self.store.recent(room.name, self.limit)
+        d.addCallbacks(self._history_ready, self._history_failed, (room, joiner), None, (room, joiner))
+
+    def _take_joiner(self, room: Room, joiner: _Joiner) -> bool:
+        joiners = self._joiners.get(room, {})
+        if joiners.get(joiner.member) is not joiner:
+            return False  # already given up on
+        del joiners[joiner.member]
+        if not joiners:
+            self._joiners.pop(room, None)
+        if joiner.timer is not None and joiner.timer.active():
+            joiner.timer.cancel()
+        joiner.timer = None
+        return joiner.member in room
+
+    def _history_ready(self, rows: list[Row], room: Room, joiner: _Joiner) -> None:
+        if not self._take_joiner(room, joiner):
+            return
+        member = joiner.member
+        frames: list[bytes] = []
+        size = 0
+        for row in reversed(rows):  # the newest that fit in max_bytes
+            frame = history_frame(row)
+            size += len(frame)
+            if size > self.max_bytes:
+                break
+            frames.append(frame)
+        for frame in reversed(frames):
+            member.deliver(frame)
+        if frames:
+            notice = wire.encode(
+                "notice", code="history", text=f"{len(frames)} earlier messages replayed"
+            )
+            member.deliver(len(notice).to_bytes(4, "big") + notice)
+        newest = rows[-1].id if rows else 0
+        shown = {row.id for row in rows}
+        for entry in joiner.held:
+            # Held entries stored before the query ran are in the history, or
+            # older than all of it; the rest are newer or were never stored.
+            if entry.id is not None and (entry.id in shown or entry.id < newest):
+                continue
+            self._send_held(member, entry)
+
+    def _history_failed(self, failure: Failure, room: Room, joiner: _Joiner) -> None:
+        self.log.warn(
+            "history: none sent to {name} in room {room!r}: {reason}",
+            name=joiner.member.name, room=room.name, reason=_reason(failure),
+        )
+        self._release_joiner(room, joiner)
+
+    def _history_late(self, room: Room, joiner: _Joiner) -> None:
+        joiner.timer = None
+        self.log.warn(
+            "history: none sent to {name} in room {room!r}: no answer within {limit:g} s",
+            name=joiner.member.name, room=room.name, limit=self.hold_limit,
+        )
+        self._release_joiner(room, joiner)
+
+    def _release_joiner(self, room: Room, joiner: _Joiner) -> None:
+        if self._take_joiner(room, joiner):
+            for entry in joiner.held:
+                self._send_held(joiner.member, entry)
+
+    @staticmethod
+    def _send_held(member: Member, entry: _Entry) -> None:
+        member.deliver(len(entry.frame).to_bytes(4, "big") + entry.frame)
+
+    # --- retention -----------------------------------------------------------------
+
+    def expire(self) -> defer.Deferred[None]:
+        """
+        Delete messages older than C{keep_days} (run periodically).
+        """
+        before = self.clock.seconds() - self.keep_days * 86400
+
+        def done(count: int) -> None:
+            if count:
+                self.log.info("history: deleted {count} messages older than {days:g} days",
+                              count=count, days=self.keep_days)
+
+        def failed(failure: Failure) -> None:
+            self.log.warn("history: retention failed: {reason}", reason=_reason(failure))
+
+        return self.store.expire(before).addCallbacks(done, failed)
+
+
+def _reason(failure: Failure) -> str:
+    """
+    A one-line reason for a store failure (no traceback: these are expected).
+    """
+    error = failure.value
+    name = type(error).__name__
+    return f"{name}: {error}" if str(error) else name
+
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "HISTORY_FILE",
+    "History",
+    "HistoryStore",
+    "MIGRATIONS",
+    "Row",
+    "SCHEMA_VERSION",
+    "StoreError",
+    "history_frame",
+    "migrate",
+]
