@@ -210,8 +210,12 @@ def test_queued_messages_respect_the_new_rate() -> None:
     second = FakeProtocol()
     connector.attempts[0].callback((second, welcome(rate=2.0), FakeHandler()))
     assert second.sent == ["m0"]
-    clock.advance(0.5)
-    clock.advance(0.5)
+    # 2 per second announced: the client keeps to 90% of it.
+    clock.advance(0.55)
+    assert second.sent == ["m0"]
+    clock.advance(0.01)
+    assert second.sent == ["m0", "m1"]
+    clock.advance(0.56)
     assert second.sent == ["m0", "m1", "m2"]
 
 

@@ -330,3 +330,29 @@ def test_requests_count_against_the_rate(verifier: Any, clock: Clock, kind: str,
     assert error.type == "error" and error["code"] == "rate"
     assert closed(bob) and not closed(alice)
     assert [m.type for m in alice.received()] == ["left"]
+
+
+def test_client_pacing_leaves_room_for_requests_and_bunching() -> None:
+    """
+    A client sending as fast as its pacing allows, with a request (a pong or a
+    who) every 5 seconds and its messages arriving in bunches of three, is
+    never over the server's rate (the server drops messages over it).
+    """
+    from twistchat.client.api import pacing
+
+    rate, burst = 10.0, 30
+    server = TokenBucket(rate, burst, 0.0)
+    client = pacing(rate, burst, 0.0)
+    now, sent, in_flight = 0.0, 0, []
+    while now < 60:
+        if client.take(now):
+            sent += 1
+            in_flight.append(now)
+        if len(in_flight) == 3:  # delivered together, late
+            for _ in in_flight:
+                assert server.take(now), f"refused at {now:.2f} s after {sent} messages"
+            in_flight = []
+        if now % 5.0 < 0.01:
+            assert server.take(now)  # a pong or a who
+        now = round(now + 0.01, 2)
+    assert sent > 0.85 * rate * 60
