@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
+from twistchat import wire
 from twistchat.crypto.seal import Sealer
 from twistchat.crypto.spake2plus import G, encode_point
 from twistchat.server.limits import AddressBook, Limits, TokenBucket
@@ -356,3 +357,12 @@ def test_client_pacing_leaves_room_for_requests_and_bunching() -> None:
             assert server.take(now)  # a pong or a who
         now = round(now + 0.01, 2)
     assert sent > 0.85 * rate * 60
+
+
+@pytest.mark.parametrize("max_frame", [4096, wire.MAX_FRAME])
+def test_welcome_announces_the_longest_text_that_fits(verifier: Any, clock: Clock,
+                                                      max_frame: int) -> None:
+    factory = make_factory(verifier, clock, max_frame=max_frame)
+    welcome = Peer(factory, 1).login("alice")[0]
+    assert welcome.type == "welcome"
+    assert welcome["max_text"] == wire.max_text_for(max_frame)

@@ -254,10 +254,24 @@ def test_corrupt_stored_verifier(tmp_path: Path) -> None:
         parse(data)
 
 
-@pytest.mark.parametrize("option", ["--max-members", "--message-rate"])
-def test_negative_limit(tmp_path: Path, option: str) -> None:
-    with pytest.raises(usage.UsageError, match="must not be negative"):
-        parse(tmp_path / "data", option, "-1", "--password", PASSWORD)
+@pytest.mark.parametrize("option", ["--max-members", "--message-rate", "--max-guesses-per-address",
+                                    "--handshake-timeout"])
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_limit_must_be_positive(tmp_path: Path, option: str, value: str) -> None:
+    with pytest.raises(usage.UsageError, match=f"{option} must be more than 0"):
+        parse(tmp_path / "data", option, value, "--password", PASSWORD)
+
+
+def test_no_free_failures(tmp_path: Path) -> None:
+    options = parse(tmp_path / "data", "--free-failures", "0", "--password", PASSWORD)
+    assert options.limits.free_failures == 0
+    with pytest.raises(usage.UsageError, match="--free-failures must not be negative"):
+        parse(tmp_path / "data", "--free-failures", "-1", "--password", PASSWORD)
+
+
+def test_max_frame_floor(tmp_path: Path) -> None:
+    with pytest.raises(usage.UsageError, match="--max-frame must be at least 1024 bytes"):
+        parse(tmp_path / "data", "--max-frame", "1023", "--password", PASSWORD)
 
 
 # --- passwords and verifiers -------------------------------------------------------

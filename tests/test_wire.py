@@ -128,3 +128,28 @@ def test_structured_garbage_decodes_or_bad_message(kind: str, fields: dict) -> N
             continue
         # whatever decodes re-encodes to something that decodes the same
         assert wire.decode(wire.encode(message.type, **message.fields), schema) == message
+
+
+@pytest.mark.parametrize("max_frame", [1024, 4096, 20000, wire.MAX_FRAME])
+def test_max_text_fits_the_frame_limit(max_frame: int) -> None:
+    """
+    The longest text allowed for a frame limit, sealed at the highest counter,
+    makes a send frame within the limit; the limit is never more than 16 KiB.
+    """
+    from twistchat.crypto.seal import MAX_COUNTER, Sealer
+
+    longest = wire.max_text_for(max_frame)
+    assert 0 < longest <= wire.MAX_TEXT_BYTES
+    sealer = Sealer(b"k" * 32, "main", "alice")
+    sealer._next = MAX_COUNTER
+    sid, n, ct = sealer.seal("é" * (longest // 2))
+    frame = wire.encode("send", sid=sid, n=n, ct=ct)
+    assert len(frame) <= max_frame
+    if longest < wire.MAX_TEXT_BYTES:
+        # Not far below what would fit: within two padding blocks.
+        assert len(frame) > max_frame - 4 * 32 * 4 // 3 - wire.messages.SEND_OVERHEAD
+
+
+def test_welcome_announces_the_text_limit_for_the_frame_limit() -> None:
+    assert wire.max_text_for(wire.MAX_FRAME) == wire.MAX_TEXT_BYTES
+    assert wire.max_text_for(4096) < wire.max_text_for(8192) < wire.MAX_TEXT_BYTES

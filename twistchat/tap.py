@@ -53,6 +53,12 @@ LIMIT_HELP = {
     "max_failure_penalty": "Longest penalty (seconds).",
 }
 
+#: Limits that may be 0 (no failed login is free); every other one must be
+#: positive, as 0 would refuse everyone or drop every connection at once.
+ZERO_ALLOWED = {"free_failures"}
+#: A member frame limit below this leaves too little room for a message.
+MIN_MAX_FRAME = 1024
+
 
 def _port(value: str) -> int:
     port = int(value)
@@ -117,8 +123,17 @@ class Options(usage.Options):
         except (TypeError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
         for name in LIMIT_HELP:
-            if self[name.replace("_", "-")] < 0:
-                raise usage.UsageError(f"--{name.replace('_', '-')} must not be negative")
+            option = name.replace("_", "-")
+            if name in ZERO_ALLOWED:
+                if self[option] < 0:
+                    raise usage.UsageError(f"--{option} must not be negative")
+            elif self[option] <= 0:
+                raise usage.UsageError(f"--{option} must be more than 0")
+        if self["max-frame"] < MIN_MAX_FRAME:
+            raise usage.UsageError(
+                f"--max-frame must be at least {MIN_MAX_FRAME} bytes, "
+                "so that a message of some length fits"
+            )
         for name in ("history", "history-days"):
             if self[name] < 0:
                 raise usage.UsageError(f"--{name} must not be negative")

@@ -379,7 +379,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
                 room=room.name,
                 addr=self.addr,
                 members=roster,
-                max_text=wire.MAX_TEXT_BYTES,
+                max_text=wire.max_text_for(limits.max_frame),
                 rate=limits.message_rate,
                 burst=limits.message_burst,
             )

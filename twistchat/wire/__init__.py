@@ -15,6 +15,7 @@ from twistchat.wire.messages import (
     Message,
     decode,
     encode,
+    max_text_for,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "Message",
     "decode",
     "encode",
+    "max_text_for",
 ]

@@ -31,6 +31,21 @@ MAX_CIPHERTEXT = MAX_TEXT_BYTES + PAD_BLOCK + 16
 #: Largest frame a member may send once authenticated (bytes): a sealed message of
 #: MAX_CIPHERTEXT bytes is about 22 KiB once base64-encoded.
 MAX_FRAME = 32768
+#: Bytes of a C{send} frame other than the base64 ciphertext, at most (the
+#: counter written out in full).
+SEND_OVERHEAD = 128
+
+
+def max_text_for(max_frame: int) -> int:
+    """
+    The largest text (UTF-8 bytes) whose C{send} frame fits in C{max_frame}
+    bytes once padded, sealed and base64-encoded; at most L{MAX_TEXT_BYTES}.
+    """
+    sealed = (max_frame - SEND_OVERHEAD) // 4 * 3
+    text = (sealed - 16 - PAD_BLOCK) // PAD_BLOCK * PAD_BLOCK
+    return max(0, min(MAX_TEXT_BYTES, text))
+
+
 #: Largest frame a client accepts from the server (member lists can be long).
 MAX_FRAME_FROM_SERVER = 1 << 20
 
