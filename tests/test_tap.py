@@ -515,7 +515,7 @@ def test_make_service_default_address(tmp_path: Path) -> None:
 
 def test_data_dir_files_are_private(tmp_path: Path) -> None:
     """
-    Of what the server writes, the key and the verifiers are owner-only.
+    Of what the server writes, the keys and the verifiers are owner-only.
     """
     data = tmp_path / "data"
     parse(data)
@@ -523,7 +523,7 @@ def test_data_dir_files_are_private(tmp_path: Path) -> None:
         if path.suffix in (".key", ".json"):
             assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
     assert sorted(p.relative_to(data).as_posix() for p in files_under(data)) == [
-        "rooms/main.json", "server.key", "server.pem",
+        "decoy.key", "rooms/main.json", "server.key", "server.pem",
     ]
     # No leftover temporary file from the atomic write.
     assert not [p for p in (data / "rooms").iterdir() if p.name.startswith(".")]
@@ -579,3 +579,27 @@ def test_verifier_file_rooms_not_reloaded(tmp_path: Path) -> None:
     save_verifier(path, make_verifier(PASSWORD, "solo"))
     service = makeService(parse(tmp_path / "data", "--verifier-file", str(path)))
     assert service.reloader is None
+
+
+def test_unknown_rooms_keep_their_salt_across_restarts(tmp_path: Path) -> None:
+    """
+    A known room's salt never changes; an unknown room's must not either, or a
+    prober could tell them apart by asking before and after a restart.
+    """
+    data = tmp_path / "data"
+    first = makeService(parse(data, "--password", PASSWORD)).factory
+    again = makeService(parse(data)).factory
+    assert first.decoy("secret-room")[0] == again.decoy("secret-room")[0]
+    assert first.decoy("secret-room")[0] != first.decoy("other-room")[0]
+    key = data / "decoy.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    other = makeService(parse(tmp_path / "elsewhere", "--password", PASSWORD)).factory
+    assert other.decoy("secret-room")[0] != first.decoy("secret-room")[0]
+
+
+def test_damaged_decoy_secret_is_a_usage_error(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "decoy.key").write_bytes(b"short")
+    with pytest.raises(usage.UsageError, match="is not a decoy secret"):
+        parse(data, "--password", PASSWORD)

@@ -28,6 +28,7 @@ from twistchat.server.service import ChatServerFactory, ChatService
 from twistchat.server.tls import fingerprint, load_certificate, server_options
 from twistchat.server.verifiers import (
     check_room,
+    decoy_secret,
     load_rooms,
     load_verifier,
     ROOMS_DIR,
@@ -150,6 +151,7 @@ class Options(usage.Options):
             self.data_dir = Path(self["data-dir"])
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.verifiers = self._verifiers()
+            self.decoy_secret = decoy_secret(self.data_dir)
             self.certificate = load_certificate(
                 self.data_dir,
                 Path(self["tls-cert"]) if self["tls-cert"] else None,
@@ -234,7 +236,8 @@ def makeService(options: Options) -> ChatService:
             max_bytes=options.limits.max_send_queue // 2,
         )
     factory = ChatServerFactory(
-        Rooms(options.verifiers), reactor, options.limits, history=history
+        Rooms(options.verifiers), reactor, options.limits, history=history,
+        decoy_secret=options.decoy_secret,
     )
     endpoint = SSL4ServerEndpoint(
         reactor,

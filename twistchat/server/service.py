@@ -57,6 +57,7 @@ class ChatServerFactory(ServerFactory):
         limits: Limits = Limits(),
         channel_binding: Callable[[Any], bytes] = tls_exporter,
         history: History | None = None,
+        decoy_secret: bytes | None = None,
     ) -> None:
         self.rooms = rooms
         self.history = history
@@ -68,9 +69,10 @@ class ChatServerFactory(ServerFactory):
         self._pending: set[ChatServerProtocol] = set()
         self.preauth_total = 0
         self.addresses = AddressBook(limits)
-        # Unknown rooms get a salt that is stable for this process and a
-        # verifier nobody knows the password of.
-        self._decoy_secret = secrets.token_bytes(32)
+        # Unknown rooms get a salt that is stable (across restarts too, given a
+        # secret kept in the data directory) and a verifier nobody knows the
+        # password of.
+        self._decoy_secret = decoy_secret or secrets.token_bytes(32)
         self._decoy_key = VerifierKey(
             secrets.randbelow(ORDER - 1) + 1,
             encode_point(G * (secrets.randbelow(ORDER - 1) + 1)),

@@ -62,6 +62,39 @@ def save_verifier(path: Path, verifier: Verifier) -> None:
     os.replace(tmp, path)
 
 
+#: The secret that derives the salts shown for unknown rooms.
+DECOY_FILE = "decoy.key"
+
+
+def decoy_secret(data_dir: Path) -> bytes:
+    """
+    The data directory's decoy secret, created (owner-only) on first use.
+
+    Unknown rooms get a salt derived from it, so that, like a real room's salt,
+    it stays the same across restarts: otherwise a prober could tell unknown
+    rooms from known ones by asking twice, across a restart.
+    """
+    path = data_dir / DECOY_FILE
+    try:
+        secret = path.read_bytes()
+    except FileNotFoundError:
+        secret = b""
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    if len(secret) == 32:
+        return secret
+    if secret:
+        raise ConfigError(f"{path} is not a decoy secret (32 bytes); remove it to make a new one")
+    secret = os.urandom(32)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+        f.flush()
+        os.fsync(f.fileno())
+    return secret
+
+
 def load_rooms(data_dir: Path) -> list[Verifier]:
     """
     Every room verifier stored in the data directory.
