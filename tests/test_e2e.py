@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterator, Sequence
 
 import pytest
 
@@ -109,9 +109,9 @@ def env(home: Path, **extra: str) -> dict[str, str]:
 
 class Client:
     def __init__(self, workdir: Path, port: int, *args: str, password: str | None = None,
-                 room: str | None = None) -> None:
+                 room: str | None = None, options: Sequence[str] = ()) -> None:
         extra = {"TWISTCHAT_PASSWORD": password} if password else {}
-        options = ["--room", room] if room else []
+        options = [*options, *(["--room", room] if room else [])]
         self.process = subprocess.Popen(
             [str(BIN / "twistchat"), *options, "127.0.0.1", str(port), *args],
             cwd=workdir,

@@ -6,39 +6,20 @@ and restart of the real ``twistd socketchat`` on the same port.
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
-from .test_e2e import BIN, Lines, Server, env
+from .test_e2e import Client, Server
 
 PASSWORD = "reconnect test password"
 
 
-class Member:
+class Member(Client):
     """
     The installed twistchat command, options first, fed lines by the test.
     """
 
     def __init__(self, workdir: Path, port: int, name: str, *options: str) -> None:
-        self.process = subprocess.Popen(
-            [str(BIN / "twistchat"), *options, "127.0.0.1", str(port), name],
-            cwd=workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-            env=env(workdir, TWISTCHAT_PASSWORD=PASSWORD),
-        )
-        assert self.process.stdout is not None and self.process.stderr is not None
-        self.out = Lines(self.process.stdout)
-        self.err = Lines(self.process.stderr)
-
-    def say(self, line: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
-
-    def finish(self) -> int:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        return self.process.wait(timeout=30)
+        super().__init__(workdir, port, name, password=PASSWORD, options=options)
 
     def kill(self) -> None:
         if self.process.poll() is None:
