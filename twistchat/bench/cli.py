@@ -84,17 +84,18 @@ class Server:
     """
 
     def __init__(self, kind: str, workdir: Path, options: list[str], password: str,
-                 profile: str | None = None) -> None:
+                 profile: str | None = None, before: str | None = None) -> None:
         self.kind = kind
         self.profiled = bool(profile) and kind == "twistchat"
         self.workdir = workdir
         self.options = options
         self.log = workdir / f"{kind}.log"
         env = dict(os.environ)
-        if kind == "twistchat":
-            twistd = Path(sys.executable).with_name("twistd")
+        if kind in ("twistchat", "before"):
+            python = Path(before or sys.executable)
+            twistd = python.with_name("twistd")
             runner = [str(twistd)] if twistd.exists() else [
-                sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+                str(python), "-c", "from twisted.scripts.twistd import run; run()"]
             cmd = runner + [
                 "-n", "--pidfile=", "--logfile", str(self.log), "socketchat",
                 "--port", "0", "--interface", "127.0.0.1",
@@ -269,17 +270,18 @@ def frame_length(kind: str, size: int) -> int:
 
 def run_one(kind: str, setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
     password = secrets.token_urlsafe(18)
-    options = server_options(setting, args.size) if kind == "twistchat" else []
+    twistchat = kind in ("twistchat", "before")
+    options = server_options(setting, args.size) if twistchat else []
     specs = member_specs(setting)
     with tempfile.TemporaryDirectory(prefix="twistchat-bench-") as tmp:
         workdir = Path(tmp)
         (workdir / "data").mkdir()
-        if kind == "twistchat":
+        if twistchat:
             prepare_rooms(workdir / "data", password, setting)
         profile = None
         if args.profile:
             profile = f"{args.profile}-{setting.scenario}-{setting.members}-{next(_profiles)}.txt"
-        server = Server(kind, workdir, options, password, profile)
+        server = Server(kind, workdir, options, password, profile, args.before)
         loads: list[LoadProcess] = []
         try:
             return _drive(kind, setting, args, server, loads, specs, password, options)
@@ -300,12 +302,13 @@ def _drive(kind: str, setting: Setting, args: argparse.Namespace, server: Server
            loads: list[LoadProcess], specs: list[list[str]], password: str,
            options: list[str]) -> dict[str, Any]:
     nloads = max(1, min(args.load_processes, len(specs) // 2 or 1))
+    load_kind = "twistchat" if kind == "before" else kind
     # Senders first in each process, then its probes; sender ids are global.
     senders = list(range(setting.senders))
     sender_sets = _split(senders, nloads)
     listeners = _split(specs[setting.senders:], nloads)
     for i in range(nloads):
-        config = {"kind": kind, "port": server.port, "password": password, "size": args.size,
+        config = {"kind": "twistchat" if kind == "before" else kind, "port": server.port, "password": password, "size": args.size,
                   "sender_ids": sender_sets[i], "lifetime": 3600}
         loads.append(LoadProcess(config))
     all_reply(loads, 60)
@@ -327,7 +330,7 @@ def _drive(kind: str, setting: Setting, args: argparse.Namespace, server: Server
     result: dict[str, Any] = {
         "scenario": setting.scenario, "server": kind, "members": setting.members,
     }
-    if kind == "twistchat":
+    if kind in ("twistchat", "before"):
         result["server_options"] = " ".join(options)
     if setting.scenario == "idle":
         time.sleep(1.0)  # let the last welcomes and presence notices settle
@@ -345,7 +348,7 @@ def _drive(kind: str, setting: Setting, args: argparse.Namespace, server: Server
     for load in loads:
         if setting.scenario == "fanout":
             load.send(cmd="fanout", start=start, end=end, window=args.window,
-                      frame_length=frame_length(kind, args.size), processes=nloads)
+                      frame_length=frame_length(load_kind, args.size), processes=nloads)
         elif setting.scenario == "latency":
             load.send(cmd="latency", start=start, end=end,
                       rate=setting.rate / nloads, probes=args.probes)
@@ -370,7 +373,7 @@ def _drive(kind: str, setting: Setting, args: argparse.Namespace, server: Server
             login_ms=round(1000 * sum(r["seconds"] for r in replies) / ok, 2),
         )
         return result
-    deliveries = sum(r["rx_bytes"] for r in replies) / frame_length(kind, args.size)
+    deliveries = sum(r["rx_bytes"] for r in replies) / frame_length(load_kind, args.size)
     result.update(
         senders=setting.senders,
         size=args.size,
@@ -437,7 +440,7 @@ def add_ratios(results: list[dict[str, Any]]) -> None:
     for r in results:
         if r["server"] != "twistchat":
             continue
-        for base in ("bare", "threaded"):
+        for base in ("bare", "threaded", "before"):
             other = index.get((r["scenario"], r["members"], r.get("rate"), base))
             if other is None:
                 continue
@@ -461,7 +464,7 @@ def table(results: list[dict[str, Any]]) -> str:
         figures = ", ".join(
             f"{m}={r[m]:g}" for m, _ in METRICS[r["scenario"]] if r.get(m) is not None
         )
-        for base in ("bare", "threaded"):
+        for base in ("bare", "threaded", "before"):
             ratios = r.get(f"vs_{base}")
             if ratios:
                 figures += f" | x{base}: " + ", ".join(f"{k}={v:g}" for k, v in ratios.items())
@@ -542,6 +545,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--probes", type=int, default=10,
                         help="latency: members per load process that time every message")
     parser.add_argument("--load-processes", type=int, default=1)
+    parser.add_argument("--before", metavar="PYTHON",
+                        help="also run the twistchat installed for this interpreter, as "
+                        "server 'before' (to measure a change against the previous code)")
     parser.add_argument("--plot", metavar="FILE.png")
     parser.add_argument("--profile", metavar="PREFIX",
                         help="run the twistchat server under py-spy; raw profiles go to "
@@ -553,6 +559,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         bad = set(getattr(args, name)) - set(allowed)
         if bad:
             parser.error(f"unknown {name}: {', '.join(sorted(bad))}")
+    if args.before:
+        args.servers.append("before")
     if args.repeat is None:
         args.repeat = MODES[args.mode]["repeat"]
     return args

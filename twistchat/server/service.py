@@ -44,6 +44,7 @@ class ChatServerFactory(ServerFactory):
     ) -> None:
         self.rooms = rooms
         self.clock = clock
+        rooms.use_clock(clock)
         self.limits = limits
         self.channel_binding = channel_binding
         self.connections: set[ChatServerProtocol] = set()
