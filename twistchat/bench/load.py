@@ -381,7 +381,7 @@ class Load:
     def quit(self) -> defer.Deferred[Any]:
         for member in self.members:
             member.transport.loseConnection()
-        return task.deferLater(self.reactor, 0.5, lambda: {})
+        return task.deferLater(self.reactor, 0.2, lambda: {})
 
 
 class Commands(LineReceiver):
