@@ -425,9 +425,16 @@ METRICS = {
 }
 
 
+SETTING_KEYS = {"members", "senders", "size", "rate", "room_size", "seconds"}
+#: Idle runs admit thousands of members each: at most this many repeats.
+IDLE_REPEAT_MAX = 3
+
+
 def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
     merged = dict(runs[0])
     for key, value in runs[0].items():
+        if key in SETTING_KEYS:
+            continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
             merged[key] = round(statistics.median(values), 3)
@@ -581,7 +588,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for setting in settings(args):
             runs: dict[str, list[dict[str, Any]]] = {k: [] for k in args.servers}
-            for _ in range(args.repeat):
+            repeat = args.repeat
+            if setting.scenario == "idle":
+                repeat = min(repeat, IDLE_REPEAT_MAX)
+            for _ in range(repeat):
                 for kind in args.servers:
                     if (kind == "threaded" and setting.scenario == "idle"
                             and setting.members > THREADED_IDLE_MAX):

@@ -390,6 +390,7 @@ class Commands(LineReceiver):
     """
 
     delimiter = b"\n"
+    MAX_LENGTH = 1 << 24  # a login command lists every member
 
     def __init__(self, load: Load) -> None:
         self.load = load
