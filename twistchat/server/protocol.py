@@ -472,8 +472,10 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
 
     def deliver(self, data: bytes) -> None:
         """
-        Queue one length-prefixed frame (from the room) for this member.
+        Queue length-prefixed frames (from the room) for this member.
         """
+        if self.state is State.CLOSED:
+            return
         if self._paused:
             self._queued += len(data)
             if self._queued > self.factory.limits.max_send_queue:

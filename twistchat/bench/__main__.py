@@ -1,0 +1,3 @@
+from twistchat.bench.cli import run
+
+run()
