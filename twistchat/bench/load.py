@@ -35,11 +35,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twistchat import wire
+from twistchat.client.keyring import Keyring
 from twistchat.client.protocol import ChatClientProtocol, State
 from twistchat.client.trust import _tofu_options
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, content_key, derive_secrets
 from twistchat.crypto.seal import Sealer
-from twistchat.server.tls import tls_exporter
+from twistchat.tlsbinding import tls_exporter
 
 #: Counters are sent as 16 digits, so every relayed frame of a run has one length.
 COUNTER_BASE = 10**15
@@ -95,7 +96,7 @@ class TwistchatMember(ChatClientProtocol):
     def __init__(self, load: Load, name: str, room: str) -> None:
         self.load = load
         self.ready: defer.Deferred[Any] = defer.Deferred()
-        super().__init__(_Ignore(self), name, room, load.password, load.derive, tls_exporter)
+        super().__init__(_Ignore(self), name, room, load.keyring(room), tls_exporter)
 
     def dataReceived(self, data: bytes) -> None:
         if self.state is State.MEMBER:
@@ -162,6 +163,7 @@ class Load:
         self.recording = False
         self.tls = _tofu_options()
         self._cache: dict[tuple[bytes, ScryptParams], PasswordSecrets] = {}
+        self._keyrings: dict[str, Keyring] = {}
         self.payload: bytes = b""
         self.member_class = TwistchatMember if self.kind == "twistchat" else RawMember
 
@@ -174,6 +176,13 @@ class Load:
         if key not in self._cache:
             self._cache[key] = derive_secrets(password, salt, params)
         return defer.succeed(self._cache[key])
+
+    def keyring(self, room: str) -> Keyring:
+        # One per room (the content key depends on the room); each derives
+        # through the process-wide scrypt cache above.
+        if room not in self._keyrings:
+            self._keyrings[room] = Keyring(self.password, room, self.derive)
+        return self._keyrings[room]
 
     def connect(self, name: str, room: str) -> defer.Deferred[Any]:
         endpoint = wrapClientTLS(
