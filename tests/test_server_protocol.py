@@ -48,8 +48,6 @@ class Peer:
         self.proto.dataReceived(struct.pack(">I", len(frame)) + frame)
 
     def received(self) -> list[wire.Message]:
-        # Rooms deliver what was broadcast at the end of the reactor turn.
-        self.proto.factory.clock.advance(0)
         data = self.transport.value()[self.offset :]
         self.offset = len(self.transport.value())
         out = []
@@ -308,43 +306,8 @@ def test_relayed_frame_encoded_once(factory: ChatServerFactory) -> None:
         original = peer.transport.write
         peer.transport.write = lambda data, w=original: (writes.append(data), w(data))  # type: ignore
     peers[0].send("send", sid=sid, n=n, ct=ct)
-    assert writes == []  # delivered at the end of the reactor turn
-    factory.clock.advance(0)
     assert len(writes) == 3
     assert writes[0] is writes[1] is writes[2]
-
-
-def test_one_write_per_member_per_turn(factory: ChatServerFactory) -> None:
-    """
-    Messages relayed in one reactor turn reach each member as one write, in
-    order, without the sender's own; a member who joins later in the turn
-    gets none of them.
-    """
-    peers = [Peer(factory, 5000 + i) for i in range(3)]
-    for i, peer in enumerate(peers):
-        peer.login(f"m{i}")
-    for peer in peers:
-        peer.received()
-    writes: dict[str, list[bytes]] = {}
-    for peer in peers:
-        original = peer.transport.write
-        writes[peer.proto.name] = log = []
-        peer.transport.write = lambda data, w=original, log=log: (log.append(data), w(data))  # type: ignore
-    for i, sender in enumerate([peers[0], peers[1], peers[0]]):
-        sealer = Sealer(sender.key, "main", sender.proto.name)
-        sid, n, ct = sealer.seal(f"text {i}")
-        sender.send("send", sid=sid, n=n, ct=ct)
-    assert [len(log) for log in writes.values()] == [0, 0, 0]
-    # Joining flushes the turn's frames first (one write each), then the
-    # welcome reaches the newcomer and its "joined" the others (a second write).
-    late = Peer(factory, 5009)
-    assert [m.type for m in late.login("late")] == ["welcome"]
-    assert [len(log) for log in writes.values()] == [2, 2, 2]
-    assert [(m.type, m.get("from", m.get("name"))) for m in peers[2].received()] == [
-        ("msg", "m0"), ("msg", "m1"), ("msg", "m0"), ("joined", "late")]
-    assert [m.get("from", m.get("name")) for m in peers[0].received()] == ["m1", "late"]
-    assert [m.get("from", m.get("name")) for m in peers[1].received()] == ["m0", "m0", "late"]
-    assert late.received() == []
 
 
 def test_shutdown_tells_everyone(factory: ChatServerFactory) -> None:

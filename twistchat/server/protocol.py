@@ -472,7 +472,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
 
     def deliver(self, data: bytes) -> None:
         """
-        Queue length-prefixed frames (from the room) for this member.
+        Queue one length-prefixed frame (from the room) for this member.
         """
         if self.state is State.CLOSED:
             return

@@ -3,19 +3,12 @@ Rooms: who is in them, presence notices, and fan-out of sealed messages.
 
 A room never sees plaintext. It receives frames already encoded once by the
 sender's connection and hands the same bytes to every other member.
-
-Given a clock (the server's reactor), a room coalesces: the frames broadcast in
-one reactor turn are delivered together at the end of the turn, as one write
-per member, so k messages to N members cost N writes (and N TLS records), not
-k x N.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Iterable, Protocol
-
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from twistchat import wire
 from twistchat.crypto.kdf import Verifier
@@ -61,17 +54,12 @@ class Room:
     One password-protected room: its verifier and its members.
     """
 
-    def __init__(self, verifier: Verifier, clock: IReactorTime | None = None) -> None:
+    def __init__(self, verifier: Verifier) -> None:
         self.name = verifier.room
         self.verifier = verifier
         self.key = VerifierKey.from_verifier(verifier)
-        #: Without a clock, every broadcast is delivered at once.
-        self.clock = clock
         # casefolded name -> member: "Alice" and "alice" cannot both be present.
         self._members: dict[str, Member] = {}
-        # Frames broadcast in this reactor turn, with the member each excludes.
-        self._batch: list[tuple[bytes, Member | None]] = []
-        self._flush_call: IDelayedCall | None = None
 
     def __len__(self) -> int:
         return len(self._members)
@@ -109,9 +97,7 @@ class Room:
         key = member.name.casefold()
         if key in self._members:
             raise NameTaken(f"the name {member.name!r} is already taken in this room")
-        # What was broadcast before this member joined is not for it.
-        self.flush()
-        self.broadcast(wire.encode("joined", name=member.name, addr=member.addr), exclude=member)
+        self.broadcast(wire.encode("joined", name=member.name, addr=member.addr))
         self._members[key] = member
 
     def leave(self, member: Member) -> None:
@@ -127,44 +113,11 @@ class Room:
         """
         Send one encoded frame to every member but C{exclude}.
 
-        The length prefix is added once; each member gets the same bytes, at
-        the end of the reactor turn if the room has a clock.
+        The length prefix is added once; each member gets the same bytes.
         """
         data = len(frame).to_bytes(4, "big") + frame
-        if self.clock is None:
-            for member in self._recipients(exclude):
-                member.deliver(data)
-            return
-        self._batch.append((data, exclude))
-        if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self.flush)
-
-    def flush(self) -> None:
-        """
-        Deliver what was broadcast since the last flush: one write per member.
-        """
-        call, self._flush_call = self._flush_call, None
-        if call is not None and call.active():
-            call.cancel()
-        batch, self._batch = self._batch, []
-        if len(batch) == 1:
-            data, exclude = batch[0]
-            for member in self._recipients(exclude):
-                member.deliver(data)
-            return
-        if not batch:
-            return
-        everything = b"".join([data for data, _ in batch])
-        senders = {exclude for _, exclude in batch if exclude is not None}
-        # A copy: a delivery may drop a member (slow consumer), and a member
-        # dropped mid-loop broadcasts its departure into the next batch.
-        for member in list(self._members.values()):
-            if member in senders:
-                own = b"".join([data for data, exclude in batch if exclude is not member])
-                if own:
-                    member.deliver(own)
-            else:
-                member.deliver(everything)
+        for member in self._recipients(exclude):
+            member.deliver(data)
 
     def _recipients(self, exclude: Member | None) -> Iterable[Member]:
         # A copy: a delivery may drop a member (slow consumer) mid-loop.
@@ -176,22 +129,13 @@ class Rooms:
     The rooms a server hosts, by name.
     """
 
-    def __init__(self, verifiers: Iterable[Verifier] = (), clock: IReactorTime | None = None) -> None:
+    def __init__(self, verifiers: Iterable[Verifier] = ()) -> None:
         self._rooms: dict[str, Room] = {}
-        self.clock = clock
         for verifier in verifiers:
             self.add(verifier)
 
-    def use_clock(self, clock: IReactorTime) -> None:
-        """
-        Coalesce each room's broadcasts per turn of C{clock} (the server's reactor).
-        """
-        self.clock = clock
-        for room in self._rooms.values():
-            room.clock = clock
-
     def add(self, verifier: Verifier) -> Room:
-        room = Room(verifier, self.clock)
+        room = Room(verifier)
         self._rooms[room.name] = room
         return room
 

@@ -62,7 +62,6 @@ class ChatServerFactory(ServerFactory):
         self.rooms = rooms
         self.history = history
         self.clock = clock
-        rooms.use_clock(clock)
         self.limits = limits
         self.channel_binding = channel_binding
         self.connections: set[ChatServerProtocol] = set()
