@@ -193,6 +193,11 @@ def test_member_that_stops_reading_is_dropped(verifier: Any, clock: Clock) -> No
     assert bob.proto.state is State.CLOSED
     assert bob.proto not in factory.rooms.get("main")
     assert not closed(alice)
+    # A frame still on its way to the dropped member (a relay loop's copy of
+    # the member list, a held history frame) is neither written nor counted.
+    written = bob.transport.value()
+    bob.proto.deliver(b"\x00\x00\x00\x02{}")
+    assert bob.transport.value() == written
 
 
 SHARE = encode_point(G * 12345)
