@@ -196,6 +196,7 @@ def test_member_that_stops_reading_is_dropped(verifier: Any, clock: Clock) -> No
     # A frame still on its way to the dropped member (a relay loop's copy of
     # the member list, a held history frame) is neither written nor counted.
     written = bob.transport.value()
+    bob.proto.resumeProducing()
     bob.proto.deliver(b"\x00\x00\x00\x02{}")
     assert bob.transport.value() == written
 
