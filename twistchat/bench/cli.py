@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import secrets
+import shlex
 import select
 import signal
 import statistics
@@ -271,7 +272,7 @@ def frame_length(kind: str, size: int) -> int:
 def run_one(kind: str, setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
     password = secrets.token_urlsafe(18)
     twistchat = kind in ("twistchat", "before")
-    options = server_options(setting, args.size) if twistchat else []
+    options = [*server_options(setting, args.size), *shlex.split(args.server_args)] if twistchat else []
     specs = member_specs(setting)
     with tempfile.TemporaryDirectory(prefix="twistchat-bench-") as tmp:
         workdir = Path(tmp)
@@ -555,6 +556,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--before", metavar="PYTHON",
                         help="also run the twistchat installed for this interpreter, as "
                         "server 'before' (to measure a change against the previous code)")
+    parser.add_argument("--server-args", default="", metavar="OPTIONS",
+                        help="more twistd socketchat options for the twistchat server, "
+                        "e.g. '--history 0' (shown in server_options)")
     parser.add_argument("--plot", metavar="FILE.png")
     parser.add_argument("--profile", metavar="PREFIX",
                         help="run the twistchat server under py-spy; raw profiles go to "
