@@ -60,6 +60,14 @@ def test_options() -> None:
         ("idle", 1000), ("idle", 10000), ("fanout", 10), ("fanout", 100), ("fanout", 1000)]
 
 
+def test_server_args_keep_the_server_on_loopback() -> None:
+    assert cli.extra_options("--history 0 --max-members=5") == [
+        "--history", "0", "--max-members=5"]
+    for text in ("--interface 0.0.0.0", "--port=7777", "-i ::", "--data-dir /"):
+        with pytest.raises(SystemExit):
+            cli.parse(["--server-args", text])
+
+
 def test_server_options_raise_only_what_the_load_needs() -> None:
     assert cli.server_options(cli.Setting("idle", 1000, room_size=100), 200) == []
     assert cli.server_options(cli.Setting("handshake", 0), 200) == []

@@ -607,3 +607,33 @@ def test_console_live_message_ends_history_without_notice() -> None:
     console.message_received(ChatMessage("alice", "replayed", 0.0, True))
     console.message_received(ChatMessage("bob", "live"))
     assert lines[0] == "--- history ---" and lines[-2:] == ["--- live ---", "[ bob: ] live"]
+
+
+def test_console_says_the_room_is_empty_once_after_a_reconnect() -> None:
+    from twistchat.client.ui import ChatConsole
+
+    from .test_client_reconnect import NO_JITTER, FakeHandler, FakeProtocol, drop, welcome
+    from .test_client_reconnect import session_on_clock
+
+    lines: list[str] = []
+    console = ChatConsole(lines.append)
+    session, clock, connector, _, first = session_on_clock(NO_JITTER, "bob", "carol")
+    session._listener = console
+    console.joined(session)
+    lines.clear()
+    drop(session, first, None)
+    clock.advance(1)
+    connector.attempts[0].callback((FakeProtocol(), welcome(), FakeHandler()))
+    assert lines[-3:] == [
+        "* bob (127.0.0.1:2000) left the room",
+        "* carol (127.0.0.1:2001) left the room",
+        "* The room is empty.",
+    ]
+    console.leave()
+
+
+def test_password_from_the_environment_is_not_kept_there(monkeypatch: Any) -> None:
+    monkeypatch.setenv("TWISTCHAT_PASSWORD", "from the environment")
+    options = parse("h", "1", "alice")
+    assert read_password(options, io.StringIO(), io.StringIO()) == "from the environment"
+    assert "TWISTCHAT_PASSWORD" not in os.environ

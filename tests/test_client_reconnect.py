@@ -52,6 +52,8 @@ def test_final_reasons() -> None:
                   errors.FingerprintChanged(), errors.VersionMismatch(),
                   errors.SaltChanged(), errors.BadMessage(), errors.FrameTooLong(),
                   errors.LimitExceeded("banned", code="penalty"),
+                  errors.Refused("the room was closed by the server operator",
+                                 code="room-closed"),
                   errors.TwistchatError("TLS failed", code="tls")):
         assert is_final(Failure(error)), error
     for error in (errors.TwistchatError("down", code="shutdown"),
@@ -196,9 +198,53 @@ def test_reconnects_with_backoff_and_reconciles_presence() -> None:
     assert not session.ended.called
     assert clock.getDelayedCalls() == []
 
-    # The next drop starts the schedule again from one second.
+    # A drop after a minute connected starts the schedule again from one second.
+    clock.advance(60)
     drop(session, second, None)
     assert events.events[-1] == ("reconnecting", 1, 1.0, "the server closed the connection")
+
+
+def test_drops_right_after_each_rejoin_keep_backing_off() -> None:
+    """
+    A server that welcomes and then drops the client (a bug on join, say) is
+    retried ever more slowly, and --reconnect-attempts still applies.
+    """
+    session, clock, connector, events, first = session_on_clock(
+        Reconnect(jitter=lambda: 0.0, max_attempts=3))
+    protocol = first
+    for attempt in (1, 2, 3):
+        drop(session, protocol, None)
+        assert events.events[-1][:3] == ("reconnecting", attempt, 2.0 ** (attempt - 1))
+        clock.advance(2.0 ** (attempt - 1))
+        protocol = FakeProtocol()
+        connector.attempts[-1].callback((protocol, welcome(), FakeHandler()))
+        clock.advance(5)
+    drop(session, protocol, None)
+    assert session.ended.called
+    assert events.events[-1][0] == "disconnected"
+    assert "gave up after 3 attempts" in events.events[-1][1]
+
+
+def test_leaving_from_the_reconnecting_callback_stops_reconnecting() -> None:
+    session, clock, connector, events, first = session_on_clock()
+    events.reconnecting = lambda *args: session.leave()  # type: ignore[method-assign]
+    drop(session, first, None)
+    assert session.ended.called
+    clock.advance(120)
+    assert connector.attempts == [] and clock.getDelayedCalls() == []
+
+
+def test_leaving_while_logging_in_again_cancels_the_login() -> None:
+    session, clock, connector, events, first = session_on_clock()
+    drop(session, first, None)
+    clock.advance(1)
+    session.leave()
+    assert session.ended.called
+    login = connector.attempts[0]
+    assert login.called  # cancelled: the connector closes what it opened
+    login.addErrback(lambda failure: failure.trap(defer.CancelledError))
+    clock.advance(120)
+    assert len(connector.attempts) == 1 and clock.getDelayedCalls() == []
 
 
 def test_queued_messages_respect_the_new_rate() -> None:

@@ -114,7 +114,12 @@ class Server:
             out = self.log.open("w")
         self.process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, cwd=workdir)
-        self.port = self._wait_port()
+        try:
+            self.port = self._wait_port()
+        except BaseException:
+            # Not started in time, or interrupted: leave nothing running.
+            self._kill()
+            raise
 
     def _wait_port(self) -> int:
         marker = "listening on port "
@@ -153,8 +158,16 @@ class Server:
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                self._kill()
+
+    def _kill(self) -> None:
+        if self.profiled:
+            try:
+                os.kill(self.pid, signal.SIGKILL)  # the server under py-spy
+            except (OSError, IndexError, ValueError):
+                pass
+        self.process.kill()
+        self.process.wait()
 
 
 class LoadProcess:
@@ -230,6 +243,19 @@ def server_options(setting: Setting, size: int) -> list[str]:
     return []
 
 
+def extra_options(text: str) -> list[str]:
+    """
+    The options of C{--server-args}; the listening address and data directory
+    stay the bench's own (loopback only).
+    """
+    options = shlex.split(text)
+    for option in options:
+        name = option.split("=", 1)[0]
+        if name in ("--interface", "-i", "--port", "-p", "--data-dir", "-d"):
+            raise BenchError(f"--server-args may not set {name}")
+    return options
+
+
 def member_specs(setting: Setting) -> list[list[str]]:
     if setting.scenario == "idle":
         size = setting.room_size
@@ -272,7 +298,7 @@ def frame_length(kind: str, size: int) -> int:
 def run_one(kind: str, setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
     password = secrets.token_urlsafe(18)
     twistchat = kind in ("twistchat", "before")
-    options = [*server_options(setting, args.size), *shlex.split(args.server_args)] if twistchat else []
+    options = [*server_options(setting, args.size), *extra_options(args.server_args)] if twistchat else []
     specs = member_specs(setting)
     with tempfile.TemporaryDirectory(prefix="twistchat-bench-") as tmp:
         workdir = Path(tmp)
@@ -564,6 +590,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="run the twistchat server under py-spy; raw profiles go to "
                         "PREFIX-SCENARIO-N-I.txt (CPU figures then include some sampling cost)")
     args = parser.parse_args(argv)
+    try:
+        extra_options(args.server_args)
+    except (BenchError, ValueError) as e:
+        parser.error(str(e))
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     args.servers = [s for s in args.servers.split(",") if s]
     for name, allowed in (("scenarios", SCENARIOS), ("servers", SERVERS)):

@@ -96,7 +96,10 @@ class TwistchatMember(ChatClientProtocol):
     def __init__(self, load: Load, name: str, room: str) -> None:
         self.load = load
         self.ready: defer.Deferred[Any] = defer.Deferred()
-        super().__init__(_Ignore(self), name, room, load.keyring(room), tls_exporter)
+        # No keepalive: past the welcome, frames bypass the client's handling
+        # (which would answer and reset it), and the server pings idle members.
+        super().__init__(_Ignore(self), name, room, load.keyring(room), tls_exporter,
+                         keepalive=None)
 
     def dataReceived(self, data: bytes) -> None:
         if self.state is State.MEMBER:

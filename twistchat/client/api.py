@@ -135,10 +135,14 @@ class ChatListener:
 FINAL_CODES = frozenset({
     "auth-failed", "wrong-password", "server-not-authenticated", "salt-changed",
     "weak-parameters", "bad-point", "name-invalid", "version", "penalty", "rate",
-    "trust", "fingerprint-changed", "tls", "config",
+    "room-closed", "trust", "fingerprint-changed", "tls", "config",
     "protocol", "bad-message", "unexpected-message", "frame-too-long",
 })
 
+
+#: A rejoined connection that drops within this many seconds does not reset the
+#: backoff: a server that welcomes and then drops us is retried ever more slowly.
+STABLE_AFTER = 60.0
 
 #: The client sends at this share of the server's rate, and keeps this many of
 #: the burst's tokens spare: the server also counts the client's pongs, pings
@@ -239,6 +243,9 @@ class ChatSession:
         #: The pending wait or login of a reconnect, while one is under way.
         self._retry: Deferred[Any] | None = None
         self.reconnecting = False
+        # When the last rejoin happened, and after how many attempts.
+        self._rejoined_at = float("-inf")
+        self._attempts = 0
         self._attach(protocol, welcome)
         #: Fires with the reason (None after leave()) when the session ends.
         self.ended: Deferred[str | None] = Deferred()
@@ -440,7 +447,9 @@ class ChatSession:
         failure is final, L{Reconnect.max_attempts} is reached or we leave.
         """
         assert self._policy is not None and self._connector is not None
-        attempt = 0
+        # Count on from the last rejoin if that connection did not last.
+        recent = self._clock.seconds() - self._rejoined_at < STABLE_AFTER
+        attempt = self._attempts if recent else 0
         while True:
             attempt += 1
             limit = self._policy.max_attempts
@@ -449,8 +458,12 @@ class ChatSession:
                 return
             delay = self._policy.delay(attempt)
             self._call("reconnecting", attempt, delay, reason)
+            if self.ended.called:
+                return  # the listener left
             try:
                 await task.deferLater(self._clock, delay, lambda: None)
+                if self.ended.called:
+                    return
                 login = self._connector.login()
                 protocol, welcome, handler = await login
             except CancelledError:
@@ -463,18 +476,27 @@ class ChatSession:
                 reason = describe(failure)
                 continue
             break
+        if self.ended.called:
+            protocol.transport.loseConnection()  # left while logging in
+            return
         self._retry = None
         self.reconnecting = False
+        self._rejoined_at = self._clock.seconds()
+        self._attempts = attempt
         before = self._members
         self._attach(protocol, welcome)
         handler.attach(self)
         self._call("reconnected")
-        after = self._members
+        # Report the changes while away one by one, as live presence would be,
+        # so that the member list a listener reads is right at each step.
+        after, self._members = self._members, dict(before)
         for name, member in before.items():
             if name not in after:
+                del self._members[name]
                 self._call("member_left", member)
         for name, member in after.items():
             if name not in before:
+                self._members[name] = member
                 self._call("member_joined", member)
         self._flush()
 

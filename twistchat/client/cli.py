@@ -106,13 +106,15 @@ def read_password(options: Options, stdin: TextIO, err: TextIO) -> str:
             raise usage.UsageError("the first line of --password-file is empty")
         return password
     if os.environ.get(PASSWORD_ENV):
-        return os.environ[PASSWORD_ENV]
+        # Not needed again, nor by anything this process starts.
+        return os.environ.pop(PASSWORD_ENV)
     if options["password"] is not None:
         err.write(
             "twistchat: warning: a password on the command line is visible to other "
             f"local users; prefer --password-file or ${PASSWORD_ENV}\n"
         )
-        return str(options["password"])
+        password, options["password"] = str(options["password"]), None
+        return password
     if stdin.isatty():
         password = getpass.getpass("Room password: ")
         if password:
