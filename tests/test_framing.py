@@ -144,3 +144,29 @@ def test_same_frames_as_twisted_however_split(bodies: list[bytes], cuts: list[in
         offset += step
         i += 1
     assert protos[0].frames == protos[1].frames == bodies
+
+
+def test_nothing_after_an_oversize_header_is_delivered_again() -> None:
+    """
+    With Twisted's own lengthLimitExceeded (which only closes), frames already
+    delivered in the same chunk are not delivered a second time by later data.
+    """
+    from twisted.internet.testing import StringTransport
+
+    from twistchat.framing import LinearInt32StringReceiver
+
+    class Receiver(LinearInt32StringReceiver):
+        MAX_LENGTH = 10
+
+        def __init__(self) -> None:
+            self.frames: list[bytes] = []
+
+        def stringReceived(self, frame: bytes) -> None:
+            self.frames.append(frame)
+
+    receiver = Receiver()
+    receiver.makeConnection(StringTransport())
+    receiver.dataReceived(b"\x00\x00\x00\x03abc" + b"\x00\x00\x00\x64")
+    receiver.dataReceived(b"x")
+    assert receiver.frames == [b"abc"]
+    assert receiver.transport.disconnecting

@@ -372,3 +372,34 @@ def test_welcome_announces_the_longest_text_that_fits(verifier: Any, clock: Cloc
     welcome = Peer(factory, 1).login("alice")[0]
     assert welcome.type == "welcome"
     assert welcome["max_text"] == wire.max_text_for(max_frame)
+
+
+def test_queued_share_that_goes_away_leaves_the_queue(verifier: Any, clock: Clock) -> None:
+    """
+    Connections that close while waiting for a guess slot are not kept: an
+    address cycling through them cannot grow its queue.
+    """
+    factory = make_factory(verifier, clock, max_guesses_per_address=1, free_failures=100)
+    record = factory.addresses.get("127.0.0.1")
+    holder, _ = start_guess(factory, 7300)
+    for i in range(50):
+        peer, replies = start_guess(factory, 7400 + i)
+        assert replies == [] and len(record.queued) == 1
+        peer.proto.connectionLost(None)
+        assert not record.queued
+    holder.proto.connectionLost(None)
+    assert record.guessing == 0
+
+
+def test_closing_a_room_does_not_count_logins_in_progress(verifier: Any, clock: Clock) -> None:
+    factory = make_factory(verifier, clock, free_failures=0)
+    guessing, replies = start_guess(factory, 7500)
+    assert replies[0].type == "verify"
+    room = factory.rooms.remove("main")
+    assert room is not None
+    factory.close_room(room)
+    (error,) = guessing.received()
+    assert error["code"] == "wrong-password" and closed(guessing)
+    guessing.proto.connectionLost(None)
+    record = factory.addresses.get("127.0.0.1")
+    assert record.failures == 0 and factory.penalty("127.0.0.1") is None

@@ -603,3 +603,9 @@ def test_damaged_decoy_secret_is_a_usage_error(tmp_path: Path) -> None:
     (data / "decoy.key").write_bytes(b"short")
     with pytest.raises(usage.UsageError, match="is not a decoy secret"):
         parse(data, "--password", PASSWORD)
+
+
+def test_history_is_capped(tmp_path: Path) -> None:
+    assert parse(tmp_path / "data", "--password", PASSWORD, "--history", "1000")["history"] == 1000
+    with pytest.raises(usage.UsageError, match="--history must be at most 1000"):
+        parse(tmp_path / "data", "--password", PASSWORD, "--history", "1001")

@@ -44,11 +44,18 @@ class LinearInt32StringReceiver(Int32StringReceiver):
             self._gathered = self._needed = 0
         super().dataReceived(data)
         rest = self._unprocessed
+        if self._compatibilityOffset:
+            # Twisted stopped at an oversize header after delivering frames,
+            # and kept the whole buffer (those frames included): nothing after
+            # an oversize header is read.
+            self._unprocessed = b""
+            return
         if self.paused or len(rest) < self.prefixLength:
             return
         (length,) = unpack(self.structFormat, rest[: self.prefixLength])
         if length > self.MAX_LENGTH:
             # lengthLimitExceeded has already been called for this prefix.
+            self._unprocessed = b""
             return
         # The rest of this frame is still to come: gather it without re-joining.
         self._chunks = [rest]

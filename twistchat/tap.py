@@ -57,6 +57,8 @@ LIMIT_HELP = {
 #: Limits that may be 0 (no failed login is free); every other one must be
 #: positive, as 0 would refuse everyone or drop every connection at once.
 ZERO_ALLOWED = {"free_failures"}
+#: Most messages a join may replay (each join reads them into memory).
+MAX_HISTORY = 1000
 #: A member frame limit below this leaves too little room for a message.
 MIN_MAX_FRAME = 1024
 
@@ -138,6 +140,9 @@ class Options(usage.Options):
         for name in ("history", "history-days"):
             if self[name] < 0:
                 raise usage.UsageError(f"--{name} must not be negative")
+        if self["history"] > MAX_HISTORY:
+            # Each join reads that many rows (up to 16 KiB each) into memory.
+            raise usage.UsageError(f"--history must be at most {MAX_HISTORY}")
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
         given = [o for o in ("password", "password-file", "verifier-file")

@@ -512,12 +512,21 @@ class History:
         member = joiner.member
         frames: list[bytes] = []
         size = 0
-        for row in reversed(rows):  # the newest that fit in max_bytes
-            frame = history_frame(row)
-            size += len(frame)
-            if size > self.max_bytes:
-                break
-            frames.append(frame)
+        try:
+            for row in reversed(rows):  # the newest that fit in max_bytes
+                frame = history_frame(row)
+                size += len(frame)
+                if size > self.max_bytes:
+                    break
+                frames.append(frame)
+        except Exception as e:
+            # A row the store gave back that cannot be sent (a damaged or
+            # hand-edited file): no history, but the held live messages go on.
+            self.log.warn(
+                "history: none sent to {name} in room {room!r}: a stored row is invalid ({reason})",
+                name=member.name, room=room.name, reason=str(e) or type(e).__name__,
+            )
+            rows, frames = [], []
         for frame in reversed(frames):
             member.deliver(frame)
         if frames:

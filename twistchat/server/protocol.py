@@ -30,6 +30,7 @@ from twistchat import wire
 from twistchat.crypto.spake2plus import VerifierSession, context
 from twistchat.errors import (
     LimitExceeded,
+    Refused,
     RoomFull,
     TwistchatError,
     UnexpectedMessage,
@@ -393,9 +394,26 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         )
 
     def _guess_ended(self) -> None:
+        if self.state is State.QUEUED:
+            # Closing while waiting for a slot: give up the place in the queue.
+            self.factory.guess_unqueued(self)
+        self._share = b""
         if self._guessing:
             self._guessing = False
             self.factory.guess_ended(self)
+
+    def room_closed(self) -> None:
+        """
+        The operator removed this connection's room: members are told so;
+        logins in progress fail as a wrong password would a moment later, but
+        are not counted against their address (the room went, not a guess).
+        """
+        if self.joined:
+            self.fail(Refused("the room was closed by the server operator", code="room-closed"),
+                      quiet=True)
+        else:
+            self._attempt_counted = True
+            self.fail(WrongPassword(), quiet=True)
 
     def _login_failed(self, reason: str) -> None:
         """

@@ -24,9 +24,7 @@ from twistchat.crypto.spake2plus import ORDER, VerifierKey, encode_point, G
 from twistchat.errors import (
     ConfigError,
     LimitExceeded,
-    Refused,
     TwistchatError,
-    WrongPassword,
 )
 from twistchat.server.limits import AddressBook, Limits
 from twistchat.server.protocol import ChatServerProtocol, State
@@ -135,6 +133,12 @@ class ChatServerFactory(ServerFactory):
         )
         return False
 
+    def guess_unqueued(self, protocol: ChatServerProtocol) -> None:
+        try:
+            self.addresses.get(protocol.host).queued.remove(protocol)
+        except ValueError:
+            pass  # already given its slot
+
     def guess_ended(self, protocol: ChatServerProtocol) -> None:
         record = self.addresses.get(protocol.host)
         record.guessing -= 1
@@ -185,10 +189,9 @@ class ChatServerFactory(ServerFactory):
         logins to it still in progress (as a wrong password: a moment later
         that is what they would get).
         """
-        error = Refused("the room was closed by the server operator", code="room-closed")
         for protocol in list(self.connections):
             if protocol.room is room and protocol.state is not State.CLOSED:
-                protocol.fail(error if protocol.joined else WrongPassword(), quiet=True)
+                protocol.room_closed()
 
     def login_failed(self, protocol: ChatServerProtocol) -> None:
         """
