@@ -561,8 +561,8 @@ def test_console_lines_while_reconnecting() -> None:
         "! Not connected: reconnecting",
         f"* Reconnect attempt 1 failed: {refused}. Retrying in 2.0 s (attempt 2)...",
         "* Reconnected: back in room 'main'; sending 1 queued message(s).",
-        "* bob (127.0.0.1:2000) left the room",
         "* carol (127.0.0.1:2000) entered the room",
+        "* bob (127.0.0.1:2000) left the room",
     ]
     assert second.sent == ["are you there?"]
     console.leave()

@@ -191,7 +191,7 @@ def test_reconnects_with_backoff_and_reconciles_presence() -> None:
     assert handler.session is session
     assert not session.reconnecting and session.connected
     after = events.events[2:]
-    assert after == [("reconnected",), ("left", "carol"), ("joined", "dave")]
+    assert after == [("reconnected",), ("joined", "dave"), ("left", "carol")]
     assert [m.name for m in session.members] == ["bob", "dave"]
     assert second.sent == ["typed while away 1", "typed while away 2"]
     assert session.pending == 0

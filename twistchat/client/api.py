@@ -488,16 +488,17 @@ class ChatSession:
         handler.attach(self)
         self._call("reconnected")
         # Report the changes while away one by one, as live presence would be,
-        # so that the member list a listener reads is right at each step.
+        # so that the member list a listener reads is right at each step:
+        # arrivals first, so the room never looks empty in between.
         after, self._members = self._members, dict(before)
-        for name, member in before.items():
-            if name not in after:
-                del self._members[name]
-                self._call("member_left", member)
         for name, member in after.items():
             if name not in before:
                 self._members[name] = member
                 self._call("member_joined", member)
+        for name, member in before.items():
+            if name not in after:
+                del self._members[name]
+                self._call("member_left", member)
         self._flush()
 
 
