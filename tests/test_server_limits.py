@@ -403,3 +403,42 @@ def test_closing_a_room_does_not_count_logins_in_progress(verifier: Any, clock: 
     guessing.proto.connectionLost(None)
     record = factory.addresses.get("127.0.0.1")
     assert record.failures == 0 and factory.penalty("127.0.0.1") is None
+
+
+@pytest.mark.parametrize("host, key", [
+    ("127.0.0.1", "127.0.0.1"),
+    ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2::9", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::9", "2001:db8:1:3::/64"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),
+    ("fe80::1%eth0", "fe80::/64"),
+])
+def test_limits_count_ipv6_peers_by_their_64(host: str, key: str) -> None:
+    from twistchat.server.limits import source
+
+    assert source(host) == key
+
+
+def test_penalty_covers_the_whole_ipv6_64(verifier: Any, clock: Clock) -> None:
+    """
+    Failed logins from one address of a /64 penalise every address in it: a
+    guesser cannot take a fresh address for each guess.
+    """
+    from twisted.internet.address import IPv6Address
+    from twisted.internet.testing import StringTransport
+
+    factory = make_factory(verifier, clock, free_failures=0, failure_penalty=5)
+
+    def connect(host: str) -> tuple[Any, StringTransport]:
+        transport = StringTransport(peerAddress=IPv6Address("TCP", host, 4000))
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(transport)
+        return proto, transport
+
+    guesser, _ = connect("2001:db8:1:2::1")
+    assert guesser.host == "2001:db8:1:2::/64"
+    factory.login_failed(guesser)
+    _, neighbour = connect("2001:db8:1:2::ffff")
+    assert b'"code":"penalty"' in neighbour.value()
+    _, elsewhere = connect("2001:db8:9::1")
+    assert b"penalty" not in elsewhere.value()

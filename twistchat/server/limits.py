@@ -8,6 +8,7 @@ Defaults are chosen and explained in docs/operations.md; every one of them is a
 
 from __future__ import annotations
 
+import ipaddress
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,25 @@ from twistchat.wire import MAX_FRAME, MAX_FRAME_PREAUTH
 
 #: TokenBucket lives in twistchat.ratelimit (the client uses it too); it stays
 #: importable from here.
-__all__ = ["AddressBook", "AddressRecord", "Limits", "TokenBucket"]
+__all__ = ["AddressBook", "AddressRecord", "Limits", "TokenBucket", "source"]
+
+
+def source(host: str) -> str:
+    """
+    The key per-address limits and penalties are kept under: the IPv4
+    address, or the /64 of an IPv6 address (one subscriber is usually given a
+    whole /64, so counting single IPv6 addresses would let a guesser multiply
+    its attempts by 2**64). An IPv4-mapped IPv6 address counts as its IPv4.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+        if isinstance(address, ipaddress.IPv6Address):
+            if address.ipv4_mapped is not None:
+                return str(address.ipv4_mapped)
+            return str(ipaddress.IPv6Network((int(address), 64), strict=False))
+        return str(address)
+    except ValueError:
+        return host  # not an IP address (e.g. a UNIX socket in tests)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from twistchat.errors import (
     WrongPassword,
 )
 from twistchat.framing import LinearInt32StringReceiver
-from twistchat.server.limits import TokenBucket
+from twistchat.server.limits import TokenBucket, source
 from twistchat.server.room import Room, check_name
 
 if TYPE_CHECKING:
@@ -112,7 +112,8 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         limits = self.factory.limits
         self.MAX_LENGTH = limits.max_frame_preauth
         peer = self.transport.getPeer()
-        self.host = getattr(peer, "host", str(peer))
+        # Per-address limits count IPv6 peers by their /64 (see limits.source).
+        self.host = source(getattr(peer, "host", str(peer)))
         self._peer, self.addr = format_address(peer)
         self.setTimeout(limits.handshake_timeout)
         refusal = self.factory.connection_made(self)
