@@ -51,7 +51,6 @@ def test_final_reasons() -> None:
     for error in (errors.WrongPassword(), errors.ServerNotAuthenticated(),
                   errors.FingerprintChanged(), errors.VersionMismatch(),
                   errors.SaltChanged(), errors.BadMessage(), errors.FrameTooLong(),
-                  errors.LimitExceeded("banned", code="penalty"),
                   errors.Refused("the room was closed by the server operator",
                                  code="room-closed"),
                   errors.TwistchatError("TLS failed", code="tls")):
@@ -64,6 +63,10 @@ def test_final_reasons() -> None:
     # A name still held by our own previous connection may free up.
     assert not is_final(Failure(errors.NameTaken()), reconnecting=True)
     assert is_final(Failure(errors.NameTaken()), reconnecting=False)
+    # So may a penalty on our address (someone else behind the same NAT).
+    penalty = errors.LimitExceeded("try again in 5 seconds", code="penalty")
+    assert not is_final(Failure(penalty), reconnecting=True)
+    assert is_final(Failure(penalty), reconnecting=False)
 
 
 # --- a session across dropped connections, on a Clock -------------------------------

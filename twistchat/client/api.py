@@ -134,11 +134,17 @@ class ChatListener:
 #: server broke the protocol.
 FINAL_CODES = frozenset({
     "auth-failed", "wrong-password", "server-not-authenticated", "salt-changed",
-    "weak-parameters", "bad-point", "name-invalid", "version", "penalty", "rate",
+    "weak-parameters", "bad-point", "name-invalid", "version", "rate",
     "room-closed", "trust", "fingerprint-changed", "tls", "config",
     "protocol", "bad-message", "unexpected-message", "frame-too-long",
 })
 
+
+#: Refusals that pass with time, retried while reconnecting (never at the first
+#: login): our own previous connection may still hold the name until its ping
+#: timeout; an address penalty (earned by someone else behind the same NAT,
+#: since we logged in before) ends, and refusals at connect are not counted.
+RETRY_WHILE_RECONNECTING = frozenset({"name-taken", "penalty"})
 
 #: A rejoined connection that drops within this many seconds does not reset the
 #: backoff: a server that welcomes and then drops us is retried ever more slowly.
@@ -165,13 +171,13 @@ def is_final(failure: Failure, reconnecting: bool = True) -> bool:
 
     Connection errors (refused, timed out, reset), C{closed}, C{timeout},
     C{shutdown}, C{slow}, C{busy}, C{limit}, C{room-full} and C{internal} may
-    pass. So may C{name-taken} on a reconnect: the server may still hold our
-    previous connection until it times out.
+    pass. So may C{name-taken} and C{penalty} on a reconnect (see
+    L{RETRY_WHILE_RECONNECTING}).
     """
     error = failure.value
     if not isinstance(error, TwistchatError):
         return False
-    if error.code == "name-taken":
+    if error.code in RETRY_WHILE_RECONNECTING:
         return not reconnecting
     return error.code in FINAL_CODES
 
