@@ -294,7 +294,7 @@ class Load:
                 for _ in range(count):
                     marks["sent"] += 1
                     body = b"%s%d%s" % (prefix, COUNTER_BASE + marks["sent"], suffix)
-                    frames.append(len(body).to_bytes(4, "big") + body)
+                    frames.append(wire.prefixed(body))
                 if frames:
                     member.transport.writeSequence(frames)
 
@@ -336,7 +336,7 @@ class Load:
             for _ in range(max(0, min(due, 10000))):
                 body = b"%s%d%s" % (prefix, COUNTER_BASE + now_us(), suffix)
                 member = senders[marks["sent"] % len(senders)]
-                member.transport.write(len(body).to_bytes(4, "big") + body)
+                member.transport.write(wire.prefixed(body))
                 marks["sent"] += 1
 
         def begin() -> None:

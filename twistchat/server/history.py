@@ -247,10 +247,9 @@ def history_frame(row: Row) -> bytes:
     """
     The C{msg} frame (with its length prefix) that replays C{row}.
     """
-    frame = wire.encode(
+    return wire.prefixed(wire.encode(
         "msg", **{"from": row.sender}, sid=row.sid, n=row.n, ct=row.ct, ts=row.ts, hist=True
-    )
-    return len(frame).to_bytes(4, "big") + frame
+    ))
 
 
 @dataclass(eq=False)
@@ -261,7 +260,8 @@ class _Entry:
 
     room: Room
     sender: Member
-    frame: bytes
+    #: The C{msg} frame, length prefix included, as every recipient gets it.
+    data: bytes
     row: tuple[str, str, float, bytes, int, bytes]
     #: Its row id, once stored.
     id: int | None = None
@@ -377,7 +377,7 @@ class History:
         """
         row = (room.name, sender.name, self.clock.seconds(),
                message["sid"], message["n"], message["ct"])
-        entry = _Entry(room, sender, frame, row)
+        entry = _Entry(room, sender, wire.prefixed(frame), row)
         self._unsubmitted.append(entry)
         if self.failing is not None:
             self._trim_backlog()
@@ -462,9 +462,8 @@ class History:
         room = entry.room
         joiners = self._joiners.get(room)
         if not joiners:
-            room.broadcast(entry.frame, exclude=entry.sender)
+            room.send(entry.data, exclude=entry.sender)
             return
-        data = len(entry.frame).to_bytes(4, "big") + entry.frame
         for member in room.members:
             if member is entry.sender:
                 continue
@@ -472,7 +471,7 @@ class History:
             if joiner is not None:
                 joiner.held.append(entry)
             else:
-                member.deliver(data)
+                member.deliver(entry.data)
 
     # --- late joiners -----------------------------------------------------------------
 
@@ -533,7 +532,7 @@ class History:
             notice = wire.encode(
                 "notice", code="history", text=f"{len(frames)} earlier messages replayed"
             )
-            member.deliver(len(notice).to_bytes(4, "big") + notice)
+            member.deliver(wire.prefixed(notice))
         newest = rows[-1].id if rows else 0
         shown = {row.id for row in rows}
         for entry in joiner.held:
@@ -541,7 +540,7 @@ class History:
             # older than all of it; the rest are newer or were never stored.
             if entry.id is not None and (entry.id in shown or entry.id < newest):
                 continue
-            self._send_held(member, entry)
+            member.deliver(entry.data)
 
     def _history_failed(self, failure: Failure, room: Room, joiner: _Joiner) -> None:
         self.log.warn(
@@ -561,11 +560,7 @@ class History:
     def _release_joiner(self, room: Room, joiner: _Joiner) -> None:
         if self._take_joiner(room, joiner):
             for entry in joiner.held:
-                self._send_held(joiner.member, entry)
-
-    @staticmethod
-    def _send_held(member: Member, entry: _Entry) -> None:
-        member.deliver(len(entry.frame).to_bytes(4, "big") + entry.frame)
+                joiner.member.deliver(entry.data)
 
     # --- retention -----------------------------------------------------------------
 

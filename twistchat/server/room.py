@@ -115,7 +115,12 @@ class Room:
 
         The length prefix is added once; each member gets the same bytes.
         """
-        data = len(frame).to_bytes(4, "big") + frame
+        self.send(wire.prefixed(frame), exclude)
+
+    def send(self, data: bytes, exclude: Member | None = None) -> None:
+        """
+        Send one already length-prefixed frame to every member but C{exclude}.
+        """
         for member in self._recipients(exclude):
             member.deliver(data)
 

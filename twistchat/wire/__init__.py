@@ -16,6 +16,7 @@ from twistchat.wire.messages import (
     decode,
     encode,
     max_text_for,
+    prefixed,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "decode",
     "encode",
     "max_text_for",
+    "prefixed",
 ]

@@ -283,6 +283,13 @@ def _jsonable(value: Any) -> Any:
 _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
+def prefixed(body: bytes) -> bytes:
+    """
+    C{body} as one frame on the wire: its 4-byte big-endian length, then it.
+    """
+    return len(body).to_bytes(4, "big") + body
+
+
 def encode(kind: str, **fields: Any) -> bytes:
     """
     Encode one message; C{bytes} values become base64 text.
