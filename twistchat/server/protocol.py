@@ -435,11 +435,9 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
     # --- membership -------------------------------------------------------------
 
     def _on_send(self, message: wire.Message) -> None:
-        assert self.room is not None and self._bucket is not None
-        if not self._bucket.take(self.factory.clock.seconds()):
-            self._sending_too_fast()
+        assert self.room is not None
+        if not self._within_rate():
             return
-        self._too_fast = 0
         self.sent_messages += 1
         self.sent_bytes += len(message["ct"])
         # The sealed parts travel on as the base64 text that was just validated.
@@ -467,8 +465,9 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
 
     def _within_rate(self) -> bool:
         """
-        Take a token for a request (who, ping, pong), as for a message: each gets
-        an answer or costs a decode, so a flood of them is held to the same rate.
+        Take a token for a message or a request (who, ping, pong): a request
+        gets an answer or costs a decode, so a flood of them is held to the
+        same rate. Past the rate: a notice, then a disconnect.
         """
         assert self._bucket is not None
         if self._bucket.take(self.factory.clock.seconds()):
