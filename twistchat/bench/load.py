@@ -37,7 +37,7 @@ from zope.interface import implementer
 from twistchat import wire
 from twistchat.client.keyring import Keyring
 from twistchat.client.protocol import ChatClientProtocol, State
-from twistchat.client.trust import _tofu_options
+from twistchat.client.trust import tofu_options
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, content_key, derive_secrets
 from twistchat.crypto.seal import Sealer
 from twistchat.tlsbinding import tls_exporter
@@ -164,7 +164,7 @@ class Load:
         self.rx_bytes = 0
         self.latencies = array("d")
         self.recording = False
-        self.tls = _tofu_options()
+        self.tls = tofu_options()
         self._cache: dict[tuple[bytes, ScryptParams], PasswordSecrets] = {}
         self._keyrings: dict[str, Keyring] = {}
         self.payload: bytes = b""

@@ -54,7 +54,7 @@ class TrustOnFirstUse:
 
     def connection_creator(self, host: str, port: int) -> IOpenSSLClientConnectionCreator:
         self.host = f"{host}:{port}"
-        return _tofu_options()
+        return tofu_options()
 
     def _load(self) -> dict[str, str]:
         try:
@@ -110,9 +110,12 @@ class TrustOnFirstUse:
             raise ConfigError(f"cannot write known-hosts file {self.path}: {e}") from None
 
 
-def _tofu_options() -> ssl.CertificateOptions:
-    # No chain verification: the fingerprint check in TrustOnFirstUse.check
-    # replaces it. TLS 1.2 at least, as on the server.
+def tofu_options() -> ssl.CertificateOptions:
+    """
+    Client TLS options without chain verification, for a caller that checks
+    the certificate itself (L{TrustOnFirstUse.check} pins its fingerprint).
+    TLS 1.2 at least, as on the server.
+    """
     return ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
 
 
@@ -165,4 +168,5 @@ __all__ = [
     "TrustOnFirstUse",
     "default_known_hosts",
     "peer_fingerprint",
+    "tofu_options",
 ]
