@@ -121,13 +121,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
             self.fail(refusal)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self.state is State.CONFIRM:
-            # The client saw our key confirmation and went away: its password
-            # did not match (an attacker learns that much per attempt).
-            self._login_failed("wrong password (the client gave up at key confirmation)")
-        self._guess_ended()
-        self.state = State.CLOSED
-        self.setTimeout(None)
+        self._closed("wrong password (the client gave up at key confirmation)")
         if self._abort is not None and self._abort.active():
             self._abort.cancel()
         self._abort = None
@@ -216,13 +210,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         if self.joined and self.room is not None:
             # Leave now, so nobody relays to a closing connection.
             self.room.leave(self)
-        if self.state is State.CONFIRM:
-            # The client has seen our key confirmation, so it could test one
-            # password guess against it: that counts as a failed attempt.
-            self._login_failed("wrong password (key confirmation not completed)")
-        self._guess_ended()
-        self.state = State.CLOSED
-        self.setTimeout(None)
+        self._closed("wrong password (key confirmation not completed)")
         if self.joined:
             # TLS sends its close alert only once no producer is registered:
             # without this, every member closed by the server hung until the
@@ -231,6 +219,20 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self.transport.loseConnection()
         if self._abort is None:
             self._abort = self.callLater(self.factory.limits.close_grace, self._abort_now)
+
+    def _closed(self, unconfirmed: str) -> None:
+        """
+        Leave whatever state the connection was in for CLOSED: give up a
+        password-check slot or queue place, stop the timer, and count a
+        handshake the client abandoned after our key confirmation (it has seen
+        it, so it could test one guess against it) as a failed attempt,
+        logged with C{unconfirmed}.
+        """
+        if self.state is State.CONFIRM:
+            self._login_failed(unconfirmed)
+        self._guess_ended()
+        self.state = State.CLOSED
+        self.setTimeout(None)
 
     def _abort_now(self) -> None:
         if self._abort is not None and self._abort.active():
