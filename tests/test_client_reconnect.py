@@ -27,7 +27,7 @@ from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
 from twistchat.server.tls import server_options
 
-from .conftest import PASSWORD, Recorder, deferLater
+from .conftest import PASSWORD, Recorder
 
 NO_JITTER = Reconnect(jitter=lambda: 0.0)
 

@@ -29,7 +29,7 @@ from twistchat.client.api import Reconnect, connect, describe
 from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
 from twistchat.client.ui import ChatConsole, LineInput, install_terminal
 from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
-from twistchat.errors import ConfigError, TwistchatError
+from twistchat.errors import ConfigError
 
 
 class Options(usage.Options):

@@ -38,7 +38,8 @@ from twistchat.errors import (
     WrongPassword,
 )
 from twistchat.framing import LinearInt32StringReceiver
-from twistchat.server.limits import TokenBucket, source
+from twistchat.ratelimit import TokenBucket
+from twistchat.server.limits import source
 from twistchat.server.room import Room, check_name
 
 if TYPE_CHECKING:

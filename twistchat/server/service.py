@@ -29,7 +29,7 @@ from twistchat.errors import (
 from twistchat.server.limits import AddressBook, Limits
 from twistchat.server.protocol import ChatServerProtocol, State
 from twistchat.server.room import Member, Room, Rooms
-from twistchat.server.tls import tls_exporter
+from twistchat.tlsbinding import tls_exporter
 from twistchat.server.verifiers import check_room, load_verifier
 
 if TYPE_CHECKING:
