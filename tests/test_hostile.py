@@ -626,6 +626,8 @@ async def test_replayed_handshake_fails(server: Any, known_hosts: Path) -> None:
     error = await replay.refused()
     assert error["code"] == "wrong-password"
     assert len(server.rooms.get("main")) == 2
+    await room.bob_events.wait_for(
+        lambda e: isinstance(e, tuple) and e[0] == "joined" and e[1].name == "carol", timeout=5)
     joined = [e for e in room.bob_events.events if isinstance(e, tuple) and e[0] == "joined"]
     assert [e[1].name for e in joined] == ["carol"]
     await room.still_chat()
@@ -695,6 +697,9 @@ async def test_server_only_types_refused(server: Any, known_hosts: Path) -> None
         error = await mallory.refused()
         assert error["code"] == "bad-message"
         assert error["text"] == f"unknown message type {kind!r}"
+    # Each offender joined and left: wait for the last leave bob is told of,
+    # then check he was told of every one, in order.
+    await room.saw_leave(f"mallory{len(frames) - 1}")
     left = [e[1].name for e in room.bob_events.events if isinstance(e, tuple) and e[0] == "left"]
     assert left == [f"mallory{i}" for i in range(len(frames))]
     await room.still_chat()

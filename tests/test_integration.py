@@ -286,3 +286,23 @@ async def test_connection_refused_and_timeout(known_hosts: Path) -> None:
                           PASSWORD, trust=TrustOnFirstUse(known_hosts), timeout=0.5)
     finally:
         silent.close()
+
+
+def _nodelay(tls: Any) -> int:
+    # The TLS wrapper's handle is the OpenSSL connection; the socket is below.
+    sock = tls.transport.getHandle()
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tcp_nodelay_on_both_ends(server: Any, known_hosts: Path) -> None:
+    """
+    Nagle's algorithm is off on the server's accepted connections and on the
+    client's: a small frame written while an earlier one is unacknowledged is
+    not held back for the peer's delayed ACK (about 40 ms on Linux).
+    """
+    alice, _ = await join(server, "alice", known_hosts)
+    [accepted] = server.factory.connections
+    assert _nodelay(accepted.transport) != 0
+    assert _nodelay(alice._protocol.transport) != 0
+    await alice.leave()

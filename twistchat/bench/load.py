@@ -40,6 +40,7 @@ from twistchat.client.protocol import ChatClientProtocol, State
 from twistchat.client.trust import tofu_options
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, content_key, derive_secrets
 from twistchat.crypto.seal import Sealer
+from twistchat.framing import no_delay
 from twistchat.tlsbinding import tls_exporter
 
 #: Counters are sent as 16 digits, so every relayed frame of a run has one length.
@@ -130,6 +131,9 @@ class RawMember(Int32StringReceiver):
         self.load = load
         self.name = name
         self.ready: defer.Deferred[Any] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        no_delay(self.transport)  # as the real client does
 
     def handshakeCompleted(self) -> None:
         self.ready.callback(self)

@@ -47,7 +47,7 @@ from twistchat.errors import (
     UnexpectedMessage,
     from_code,
 )
-from twistchat.framing import LinearInt32StringReceiver
+from twistchat.framing import LinearInt32StringReceiver, no_delay
 
 
 class State(enum.Enum):
@@ -137,6 +137,7 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
 
     def connectionMade(self) -> None:
         # Under TLS this runs when TCP is up: the deadline covers TLS and login.
+        no_delay(self.transport)
         self.setTimeout(self._timeout)
 
     def timeoutConnection(self) -> None:

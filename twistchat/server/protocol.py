@@ -37,7 +37,7 @@ from twistchat.errors import (
     VersionMismatch,
     WrongPassword,
 )
-from twistchat.framing import LinearInt32StringReceiver
+from twistchat.framing import LinearInt32StringReceiver, no_delay
 from twistchat.ratelimit import TokenBucket
 from twistchat.server.limits import source
 from twistchat.server.room import Room, check_name
@@ -110,6 +110,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         return self.factory.clock.callLater(period, func)
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         limits = self.factory.limits
         self.MAX_LENGTH = limits.max_frame_preauth
         peer = self.transport.getPeer()

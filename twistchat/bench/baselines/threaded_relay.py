@@ -100,6 +100,8 @@ def main() -> None:
     relay = Relay()
     while True:
         raw, _ = listener.accept()
+        # As twistchat does: no Nagle delay on small frames.
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         threading.Thread(target=relay.serve, args=(context, raw), daemon=True).start()
 
 
