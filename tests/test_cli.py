@@ -572,6 +572,49 @@ def test_console_lines_while_reconnecting() -> None:
 # --- replayed history in the stdio client ----------------------------------------------------
 
 
+def test_console_says_when_the_connection_keeps_dropping() -> None:
+    """
+    The long wait of a flapping connection is explained; an ordinary outage's
+    first wait is not.
+    """
+    from twistchat.client.api import STABLE_AFTER
+    from twistchat.client.ui import ChatConsole
+
+    from .test_client_reconnect import NO_JITTER, FakeHandler, FakeProtocol, drop, welcome
+    from .test_client_reconnect import session_on_clock
+
+    lines: list[str] = []
+    console = ChatConsole(lines.append)
+    session, clock, connector, _, protocol = session_on_clock(NO_JITTER)
+    session._listener = console
+    console.joined(session)
+    for flaps in range(3):
+        drop(session, protocol, None)
+        clock.advance(2.0 ** flaps)
+        protocol = FakeProtocol()
+        connector.attempts[-1].callback((protocol, welcome(), FakeHandler()))
+        clock.advance(STABLE_AFTER / 2)
+    lines.clear()
+    drop(session, protocol, None)
+    clock.advance(8)
+    connector.attempts[-1].errback(Failure(ConnectionRefusedError()))
+    refused = describe(Failure(ConnectionRefusedError()))
+    assert lines == [
+        "* Connection lost: the server closed the connection. "
+        "Reconnecting in 8.0 s (attempt 1; the connection keeps dropping)...",
+        f"* Reconnect attempt 1 failed: {refused}. "
+        "Retrying in 16.0 s (attempt 2; the connection keeps dropping)...",
+    ]
+    clock.advance(16)
+    connector.attempts[-1].callback((FakeProtocol(), welcome(), FakeHandler()))
+    clock.advance(STABLE_AFTER * 10)
+    lines.clear()
+    drop(session, session._protocol, None)  # type: ignore[arg-type]
+    assert lines == ["* Connection lost: the server closed the connection. "
+                     "Reconnecting in 1.0 s (attempt 1)..."]
+    console.leave()
+
+
 def test_console_shows_history_then_live() -> None:
     import time as _time
 

@@ -19,7 +19,14 @@ from twisted.python.failure import Failure
 
 from twistchat import errors, wire
 from twistchat.client import TrustOnFirstUse, connect
-from twistchat.client.api import ChatMessage, ChatSession, Member, Reconnect, is_final
+from twistchat.client.api import (
+    STABLE_AFTER,
+    ChatMessage,
+    ChatSession,
+    Member,
+    Reconnect,
+    is_final,
+)
 from twistchat.client.keyring import Keyring
 from twistchat.client.protocol import State
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams
@@ -210,22 +217,84 @@ def test_reconnects_with_backoff_and_reconciles_presence() -> None:
 def test_drops_right_after_each_rejoin_keep_backing_off() -> None:
     """
     A server that welcomes and then drops the client (a bug on join, say) is
-    retried ever more slowly, and --reconnect-attempts still applies.
+    retried ever more slowly, each outage still numbered from attempt 1, and
+    --reconnect-attempts still applies: each rejoined connection that dropped
+    within STABLE_AFTER seconds counts as a failed attempt.
     """
     session, clock, connector, events, first = session_on_clock(
         Reconnect(jitter=lambda: 0.0, max_attempts=3))
     protocol = first
-    for attempt in (1, 2, 3):
+    for flaps in (0, 1, 2):
         drop(session, protocol, None)
-        assert events.events[-1][:3] == ("reconnecting", attempt, 2.0 ** (attempt - 1))
-        clock.advance(2.0 ** (attempt - 1))
+        assert session.flapping == flaps
+        assert events.events[-1][:3] == ("reconnecting", 1, 2.0 ** flaps)
+        clock.advance(2.0 ** flaps)
         protocol = FakeProtocol()
         connector.attempts[-1].callback((protocol, welcome(), FakeHandler()))
-        clock.advance(5)
+        clock.advance(STABLE_AFTER - 1)
     drop(session, protocol, None)
     assert session.ended.called
     assert events.events[-1][0] == "disconnected"
     assert "gave up after 3 attempts" in events.events[-1][1]
+    assert "the connection keeps dropping" in events.events[-1][1]
+
+
+def rejoin(session: ChatSession, clock: task.Clock, connector: ScriptedConnector,
+           events: Events, failures: int) -> FakeProtocol:
+    """
+    After a drop: let C{failures} attempts be refused, then the next one rejoin.
+    """
+    for _ in range(failures):
+        clock.advance(events.events[-1][2])
+        connector.attempts[-1].errback(Failure(ConnectionRefusedError()))
+    clock.advance(events.events[-1][2])
+    protocol = FakeProtocol()
+    connector.attempts[-1].callback((protocol, welcome(), FakeHandler()))
+    return protocol
+
+
+def test_each_outage_numbers_its_attempts_from_one() -> None:
+    """
+    A server restarted twice a little while apart: the second outage is not a
+    continuation of the first; it starts at attempt 1 and one second, and so
+    does a third a few minutes later.
+    """
+    session, clock, connector, events, first = session_on_clock()
+    drop(session, first, errors.TwistchatError("the server is shutting down", code="shutdown"))
+    second = rejoin(session, clock, connector, events, failures=3)
+    assert [e[1:3] for e in events.events if e[0] == "reconnecting"] == [
+        (1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0)]
+    clock.advance(30)
+    events.events.clear()
+    drop(session, second, errors.TwistchatError("the server is shutting down", code="shutdown"))
+    assert events.events == [("reconnecting", 1, 1.0, "the server is shutting down")]
+    assert session.flapping == 0
+    third = rejoin(session, clock, connector, events, failures=1)
+    assert events.events[1][:3] == ("reconnecting", 2, 2.0)
+    clock.advance(180)
+    events.events.clear()
+    drop(session, third, None)
+    assert events.events == [("reconnecting", 1, 1.0, "the server closed the connection")]
+
+
+def test_a_flapping_connection_backs_off_until_one_lasts() -> None:
+    session, clock, connector, events, first = session_on_clock()
+    drop(session, first, None)
+    protocol = rejoin(session, clock, connector, events, failures=0)
+    delays = []
+    for _ in range(4):
+        clock.advance(STABLE_AFTER - 0.5)  # welcomed, then dropped again
+        drop(session, protocol, None)
+        assert events.events[-1][:2] == ("reconnecting", 1)
+        delays.append(events.events[-1][2])
+        protocol = rejoin(session, clock, connector, events, failures=0)
+    assert delays == [2.0, 4.0, 8.0, 16.0]
+    assert session.flapping == 4
+    # A connection that lasted ends the flapping.
+    clock.advance(STABLE_AFTER)
+    drop(session, protocol, None)
+    assert events.events[-1][:3] == ("reconnecting", 1, 1.0)
+    assert session.flapping == 0
 
 
 def test_leaving_from_the_reconnecting_callback_stops_reconnecting() -> None:

@@ -116,7 +116,10 @@ class ChatListener:
         """
         The connection was lost (C{attempt} 1) or reconnect attempt
         C{attempt - 1} failed, because of C{reason}; attempt C{attempt} starts in
-        C{delay} seconds. Only with C{reconnect}.
+        C{delay} seconds. Only with C{reconnect}. Each outage numbers its
+        attempts from 1. When L{ChatSession.flapping} is above 0 the connection
+        keeps dropping soon after each rejoin, and that is why C{delay} is
+        longer than the outage's attempt number alone would make it.
         """
 
     def reconnected(self) -> None:
@@ -146,9 +149,12 @@ FINAL_CODES = frozenset({
 #: since we logged in before) ends, and refusals at connect are not counted.
 RETRY_WHILE_RECONNECTING = frozenset({"name-taken", "penalty"})
 
-#: A rejoined connection that drops within this many seconds does not reset the
-#: backoff: a server that welcomes and then drops us is retried ever more slowly.
-STABLE_AFTER = 60.0
+#: A rejoined connection that drops sooner than this many seconds is flapping:
+#: it counts as a failed attempt, so a server that welcomes and then drops us
+#: is retried ever more slowly (and L{Reconnect.max_attempts} still applies).
+#: A connection that lasted longer ends the flapping: the next outage starts
+#: again from the first delay.
+STABLE_AFTER = 10.0
 
 #: The client sends at this share of the server's rate, and keeps this many of
 #: the burst's tokens spare: the server also counts the client's pongs, pings
@@ -210,7 +216,8 @@ class Reconnect:
     back at once.
 
     @ivar max_attempts: give up after this many failed attempts in a row (None:
-        never give up).
+        never give up); a rejoined connection that drops within
+        L{STABLE_AFTER} seconds counts as a failed attempt.
     @ivar max_queued: messages kept while disconnected; more are refused.
     """
 
@@ -249,9 +256,11 @@ class ChatSession:
         #: The pending wait or login of a reconnect, while one is under way.
         self._retry: Deferred[Any] | None = None
         self.reconnecting = False
-        # When the last rejoin happened, and after how many attempts.
+        # When the last rejoin happened.
         self._rejoined_at = float("-inf")
-        self._attempts = 0
+        #: Rejoined connections in a row that dropped within L{STABLE_AFTER}
+        #: seconds: each counts as a failed attempt of the outages after it.
+        self.flapping = 0
         self._attach(protocol, welcome)
         #: Fires with the reason (None after leave()) when the session ends.
         self.ended: Deferred[str | None] = Deferred()
@@ -453,16 +462,22 @@ class ChatSession:
         failure is final, L{Reconnect.max_attempts} is reached or we leave.
         """
         assert self._policy is not None and self._connector is not None
-        # Count on from the last rejoin if that connection did not last.
-        recent = self._clock.seconds() - self._rejoined_at < STABLE_AFTER
-        attempt = self._attempts if recent else 0
+        # Each outage numbers its attempts from 1; a rejoined connection that
+        # did not last counts as one more failed attempt for the delay and the
+        # limit, so a flapping connection backs off.
+        if self._clock.seconds() - self._rejoined_at < STABLE_AFTER:
+            self.flapping += 1
+        else:
+            self.flapping = 0
+        attempt = 0
         while True:
             attempt += 1
             limit = self._policy.max_attempts
-            if limit is not None and attempt > limit:
-                self._end(f"{reason} (gave up after {limit} attempts to reconnect)")
+            if limit is not None and self.flapping + attempt > limit:
+                self._end(f"{reason} (gave up after {limit} attempts to reconnect"
+                          f"{'; the connection keeps dropping' if self.flapping else ''})")
                 return
-            delay = self._policy.delay(attempt)
+            delay = self._policy.delay(self.flapping + attempt)
             self._call("reconnecting", attempt, delay, reason)
             if self.ended.called:
                 return  # the listener left
@@ -488,7 +503,6 @@ class ChatSession:
         self._retry = None
         self.reconnecting = False
         self._rejoined_at = self._clock.seconds()
-        self._attempts = attempt
         before = self._members
         self._attach(protocol, welcome)
         handler.attach(self)

@@ -122,12 +122,15 @@ class ChatConsole(ChatListener):
         self.write(f"! Server: {printable(text)}")
 
     def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        # Say why the wait is longer than the attempt number makes it.
+        flapping = self.session is not None and self.session.flapping > 0
+        why = "; the connection keeps dropping" if flapping else ""
         if attempt == 1:
             self.write(f"* Connection lost: {printable(reason)}. "
-                       f"Reconnecting in {delay:.1f} s (attempt 1)...")
+                       f"Reconnecting in {delay:.1f} s (attempt 1{why})...")
         else:
             self.write(f"* Reconnect attempt {attempt - 1} failed: {printable(reason)}. "
-                       f"Retrying in {delay:.1f} s (attempt {attempt})...")
+                       f"Retrying in {delay:.1f} s (attempt {attempt}{why})...")
 
     def reconnected(self) -> None:
         assert self.session is not None
