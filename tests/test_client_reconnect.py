@@ -92,14 +92,19 @@ class FakeProtocol:
     Stands in for a logged-in ChatClientProtocol: records what is sent.
     """
 
+    made = 0
+
     def __init__(self) -> None:
         self.state = State.MEMBER
         self.sent: list[str] = []
         self.transport = FakeTransport()
+        FakeProtocol.made += 1
+        self.sid = FakeProtocol.made.to_bytes(16, "big")  # one sender session each
 
-    def send_text(self, text: str) -> None:
+    def send_text(self, text: str) -> tuple[bytes, int]:
         assert self.state is State.MEMBER
         self.sent.append(text)
+        return self.sid, len(self.sent)
 
     def send_message(self, kind: str, **fields: Any) -> None:
         pass
@@ -566,3 +571,116 @@ async def test_real_reconnect_across_a_relay_restart(
     assert alice_events.events[-1] == ("disconnected", None)
     # Pinned once, at the first login; the reconnect found the pin.
     assert len(known_hosts.read_text().splitlines()) == 1
+
+
+# --- history replayed at a rejoin ---------------------------------------------------
+
+
+def history_message(sender: str, n: int, text_id: bytes = b"s" * 16, hist: bool = True
+                    ) -> wire.Message:
+    fields: dict[str, Any] = {"from": sender, "sid": text_id, "n": n, "ct": b"x" * 32}
+    if hist:
+        fields.update(ts=1000.0 + n, hist=True)
+    return wire.Message("msg", fields)
+
+
+def test_a_replay_at_a_rejoin_delivers_only_what_was_missed() -> None:
+    """
+    On a Clock, the session as the protocol drives it: what the listener has
+    seen (or the session sent) is not delivered again from a replay; a live
+    message that repeats one is reported as a replay; memory is bounded.
+    """
+    session, clock, connector, events, first = session_on_clock(NO_JITTER, "bob")
+    session._message("bob", "one", history_message("bob", 1))
+    session._message("bob", "two", history_message("bob", 2, hist=False))
+    session.send("mine")
+    assert first.sent == ["mine"]
+    drop(session, first, None)
+    clock.advance(1)
+    connector.attempts[0].callback((FakeProtocol(), welcome("bob"), FakeHandler()))
+    for n, text in ((1, "one"), (2, "two"), (3, "three")):
+        session._message("bob", text, history_message("bob", n))
+    session._message("alice", "mine", history_message("alice", 1, first.sid))
+    got = [(e.text, e.history) for e in events.events if isinstance(e, ChatMessage)]
+    assert got == [("one", True), ("two", False), ("three", True)]
+    session._message("bob", "two", history_message("bob", 2, hist=False))
+    assert events.events[-1] == ("rejected", "bob", errors.Replayed().message)
+
+
+def test_remembered_messages_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from twistchat.client import api
+
+    monkeypatch.setattr(api, "REMEMBERED", 3)
+    session, clock, connector, events, first = session_on_clock(NO_JITTER, "bob")
+    for n in range(1, 6):
+        session._message("bob", str(n), history_message("bob", n))
+    assert len(session._seen) == 3
+    session._message("bob", "1", history_message("bob", 1))  # forgotten: shown again
+    session._message("bob", "5", history_message("bob", 5))
+    assert [e.text for e in events.events if isinstance(e, ChatMessage)] == [
+        "1", "2", "3", "4", "5", "1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_rejoin_shows_only_the_history_missed(
+    certificate: Any, verifier: Any, known_hosts: Path, tmp_path: Path
+) -> None:
+    """
+    Over TLS with the real history store: alice's connection is cut by the
+    server; she reconnects and the server replays the room's history. She
+    is shown bob's message from while she was away, once, and nothing she had
+    already seen or sent herself.
+    """
+    from twistchat.server.history import History, HistoryStore
+
+    history = History(HistoryStore(tmp_path / "history.sqlite3", reactor), reactor)
+    history.start()
+    factory = ChatServerFactory(Rooms([verifier]), reactor, history=history)
+    listening = await SSL4ServerEndpoint(
+        reactor, 0, server_options(certificate), interface="127.0.0.1").listen(factory)
+    port = listening.getHost().port
+    alice_events, bob_events = Events(), Events()
+    schedule = Reconnect(initial_delay=0.2, max_delay=1.0, jitter=lambda: 0.0)
+    alice = await connect(reactor, "127.0.0.1", port, "alice", PASSWORD,
+                          listener=alice_events, trust=TrustOnFirstUse(known_hosts),
+                          timeout=10, reconnect=schedule)
+    bob = await connect(reactor, "127.0.0.1", port, "bob", PASSWORD,
+                        listener=bob_events, trust=TrustOnFirstUse(known_hosts), timeout=10)
+
+    def texts(events: Events) -> list[tuple[str, bool]]:
+        return [(e.text, e.history) for e in events.events if isinstance(e, ChatMessage)]
+
+    try:
+        await alice_events.wait_for(lambda e: e == ("joined", "bob"))
+        bob.send("before 1")
+        bob.send("before 2")
+        alice.send("from alice")
+        await alice_events.wait_for(
+            lambda e: isinstance(e, ChatMessage) and e.text == "before 2")
+        await bob_events.wait_for(
+            lambda e: isinstance(e, ChatMessage) and e.text == "from alice")
+        for connection in list(factory.connections):
+            if connection.name == "alice":
+                connection.transport.abortConnection()
+        await alice_events.wait_for(lambda e: isinstance(e, tuple) and e[0] == "reconnecting")
+        bob.send("while away")
+        await alice_events.wait_for(lambda e: e == ("reconnected",), timeout=10)
+        await alice_events.wait_for(
+            lambda e: isinstance(e, ChatMessage) and e.text == "while away")
+        bob.send("after")
+        await alice_events.wait_for(lambda e: isinstance(e, ChatMessage) and e.text == "after")
+        seen = texts(alice_events)
+        assert seen[:2] == [("before 1", False), ("before 2", False)]
+        # "while away" was stored while alice was gone: replayed (or, if the
+        # rejoin won the race, live), once.
+        assert [t for t, _ in seen] == ["before 1", "before 2", "while away", "after"]
+        assert seen[-1] == ("after", False)
+    except BaseException:
+        print("alice", alice_events.events, "\nbob", bob_events.events)
+        raise
+    finally:
+        await alice.leave()
+        await bob.leave()
+        await defer.maybeDeferred(listening.stopListening)
+        await factory.shutdown()
+        await history.stop()

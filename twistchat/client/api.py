@@ -50,7 +50,14 @@ from twistchat.client.keyring import Keyring
 from twistchat.client.protocol import HANDSHAKE_TIMEOUT, ChatClientProtocol, State
 from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, derive_secrets
-from twistchat.errors import ProtocolError, Rejected, TrustError, TwistchatError, Undecryptable
+from twistchat.errors import (
+    ProtocolError,
+    Rejected,
+    Replayed,
+    TrustError,
+    TwistchatError,
+    Undecryptable,
+)
 from twistchat.ratelimit import TokenBucket
 from twistchat.tlsbinding import tls_exporter
 from twistchat.config import DEFAULT_ROOM
@@ -72,7 +79,9 @@ class Member:
 class ChatMessage:
     """
     A message opened with the room key. C{time} is the server's time for
-    history; live messages have None.
+    history; live messages have None. C{history} is true for a message the
+    server replayed from its history when we joined (or rejoined) rather than
+    relayed as it was sent.
     """
 
     sender: str
@@ -89,7 +98,17 @@ class ChatListener:
     """
 
     def message_received(self, message: ChatMessage) -> None:
-        """A member's message, opened and checked."""
+        """
+        A member's message, opened and checked; each message once.
+
+        At the login the server replays the room's recent history (marked
+        C{message.history}), then L{history_end}, then live messages. It
+        replays its history again at every rejoin after a reconnect: there
+        the session passes on only the replayed messages it has not already
+        delivered (or sent itself), that is, what was said while it was away,
+        and L{history_end} follows as usual. (It remembers the last
+        L{REMEMBERED} messages for that.)
+        """
 
     def member_joined(self, member: Member) -> None:
         """Someone entered the room (or, after a reconnect, entered while we were away)."""
@@ -155,6 +174,11 @@ RETRY_WHILE_RECONNECTING = frozenset({"name-taken", "penalty"})
 #: A connection that lasted longer ends the flapping: the next outage starts
 #: again from the first delay.
 STABLE_AFTER = 10.0
+
+#: How many messages (sender, session id, counter) a session remembers having
+#: delivered to its listener or sent itself, so that the history the server
+#: replays at each rejoin shows only what was missed.
+REMEMBERED = 4096
 
 #: The client sends at this share of the server's rate, and keeps this many of
 #: the burst's tokens spare: the server also counts the client's pongs, pings
@@ -261,6 +285,8 @@ class ChatSession:
         #: Rejoined connections in a row that dropped within L{STABLE_AFTER}
         #: seconds: each counts as a failed attempt of the outages after it.
         self.flapping = 0
+        # What was delivered to the listener or sent, oldest first (bounded).
+        self._seen: dict[tuple[str, bytes, int], None] = {}
         self._attach(protocol, welcome)
         #: Fires with the reason (None after leave()) when the session ends.
         self.ended: Deferred[str | None] = Deferred()
@@ -335,7 +361,8 @@ class ChatSession:
             if self._bucket is not None and not self._bucket.take(self._clock.seconds()):
                 self._flush_call = self._clock.callLater(1 / self._bucket.rate, self._flush)
                 return
-            self._protocol.send_text(self._outbox.popleft())
+            sid, n = self._protocol.send_text(self._outbox.popleft())
+            self._first_time((self.name, sid, n))
         if self._leaving and self.connected:
             self._protocol.transport.loseConnection()
 
@@ -384,7 +411,25 @@ class ChatSession:
         except Exception:
             log.failure("listener {method} raised", method=method)
 
+    def _first_time(self, key: tuple[str, bytes, int]) -> bool:
+        """
+        Remember a message as delivered or sent; whether it was new.
+        """
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > REMEMBERED:
+            del self._seen[next(iter(self._seen))]
+        return True
+
     def _message(self, sender: str, text: str, message: wire.Message) -> None:
+        if not self._first_time((sender, bytes(message["sid"]), message["n"])):
+            # History replayed at a rejoin repeats what we already have; a
+            # live message must never repeat (each connection's opener only
+            # catches repeats within that connection).
+            if not message.get("hist"):
+                self._call("message_rejected", sender, Replayed().message)
+            return
         self._call(
             "message_received",
             ChatMessage(sender, text, message.get("ts"), message.get("hist", False)),
@@ -392,7 +437,8 @@ class ChatSession:
 
     def _rejected(self, sender: str, error: Rejected, message: wire.Message) -> None:
         if message.get("hist") and isinstance(error, Undecryptable):
-            self._call("history_unreadable", ChatMessage(sender, "", message.get("ts"), True))
+            if self._first_time((sender, bytes(message["sid"]), message["n"])):
+                self._call("history_unreadable", ChatMessage(sender, "", message.get("ts"), True))
         else:
             self._call("message_rejected", sender, error.message)
 

@@ -310,9 +310,11 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
 
     # --- outgoing -----------------------------------------------------------------
 
-    def send_text(self, text: str) -> None:
+    def send_text(self, text: str) -> tuple[bytes, int]:
         """
         Seal C{text} and send it to the room.
+
+        @return: the message's session id and counter.
 
         @raise ValueError: if it is longer than the protocol allows.
         """
@@ -320,6 +322,7 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
             raise ProtocolError("not connected to a room")
         sid, n, ciphertext = self._sealer.seal(text)
         self.sendString(wire.encode("send", sid=sid, n=n, ct=ciphertext))
+        return sid, n
 
     def send_message(self, kind: str, **fields: Any) -> None:
         self.sendString(wire.encode(kind, **fields))
