@@ -26,9 +26,9 @@ from twisted.internet.error import (
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from twistchat import errors
+from twistchat import errors, wire
 from twistchat.client import TrustOnFirstUse, connect
-from twistchat.client.api import ChatMessage, Member
+from twistchat.client.api import ChatListener, ChatMessage, Member, Reconnect
 from twistchat.client.cli import Options, describe, read_password
 
 from . import conftest
@@ -613,6 +613,78 @@ def test_console_says_when_the_connection_keeps_dropping() -> None:
     assert lines == ["* Connection lost: the server closed the connection. "
                      "Reconnecting in 1.0 s (attempt 1)..."]
     console.leave()
+
+
+def test_a_rate_notice_is_reported_as_not_delivered() -> None:
+    """
+    The server's rate notice means a message was not relayed: the console
+    reports it where undelivered lines go (stderr when piped) and counts it,
+    which makes a piped client's exit status 3. A listener that does not
+    handle it gets the notice as before.
+    """
+    from twistchat.client.ui import ChatConsole
+
+    from .test_client_reconnect import NO_JITTER, session_on_clock
+
+    notice = wire.Message("notice", {
+        "code": "rate", "text": "too fast: messages are not relayed above 10 per second"})
+    lines: list[str] = []
+    warnings: list[str] = []
+    console = ChatConsole(lines.append)
+    console.warn = warnings.append
+    session, clock, connector, events, first = session_on_clock(NO_JITTER, "bob")
+    session._listener = console
+    console.joined(session)
+    lines.clear()
+    session._event(notice)
+    assert warnings == [
+        "! Not sent: refused by the server: too fast: messages are not relayed above "
+        "10 per second"]
+    assert lines == [] and console.undelivered == 1
+    session._event(wire.Message("notice", {"code": "other", "text": "hello"}))
+    assert lines == ["! Server: hello"] and console.undelivered == 1
+
+    class Notices(ChatListener):
+        def __init__(self) -> None:
+            self.notices: list[str] = []
+
+        def notice(self, text: str) -> None:
+            self.notices.append(text)
+
+    plain = Notices()
+    session._listener = plain
+    session._event(notice)
+    assert plain.notices == [notice["text"]]
+
+
+def test_lines_the_client_refuses_are_counted_and_reported() -> None:
+    from twistchat.client.ui import ChatConsole, LineInput
+
+    from .test_client_reconnect import NO_JITTER, drop, session_on_clock
+
+    lines: list[str] = []
+    warnings: list[str] = []
+    console = ChatConsole(lines.append)
+    console.warn = warnings.append
+    session, clock, connector, events, first = session_on_clock(
+        Reconnect(max_queued=1, jitter=lambda: 0.0), "bob")
+    session._listener = console
+    console.joined(session)
+    console.line_typed("x" * (session.max_text + 1))
+    LineInput(console).lineLengthExceeded(b"y" * 10)
+    drop(session, first, None)
+    console.line_typed("queued")
+    console.line_typed("one too many")
+    assert warnings == [
+        f"! Not sent: message longer than {session.max_text} bytes",
+        "! Not sent: line too long",
+        "! Not sent: not connected, and 1 messages already wait to be sent",
+    ]
+    assert console.undelivered == 3
+    console.leave()
+    assert session.unsent == 1
+    console.line_typed("after leaving: ignored")
+    assert console.undelivered == 3
 
 
 def test_console_shows_history_then_live() -> None:

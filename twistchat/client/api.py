@@ -129,7 +129,16 @@ class ChatListener:
         """The replayed history is over: what follows is live."""
 
     def notice(self, text: str) -> None:
-        """A notice from the server (for example a rate warning)."""
+        """A notice from the server."""
+
+    def message_refused(self, reason: str) -> None:
+        """
+        The server refused to relay at least one message this session sent
+        (it says so for sending too fast); C{reason} is its notice. The server
+        does not say which message, nor how many more it drops before it
+        disconnects us. By default the notice goes to L{notice}.
+        """
+        self.notice(reason)
 
     def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
         """
@@ -280,6 +289,8 @@ class ChatSession:
         #: The pending wait or login of a reconnect, while one is under way.
         self._retry: Deferred[Any] | None = None
         self.reconnecting = False
+        #: Queued messages dropped, not sent, when the session ended.
+        self.unsent = 0
         # When the last rejoin happened.
         self._rejoined_at = float("-inf")
         #: Rejoined connections in a row that dropped within L{STABLE_AFTER}
@@ -460,6 +471,8 @@ class ChatSession:
         elif message.type == "notice":
             if message["code"] == "history":
                 self._call("history_end")
+            elif message["code"] == "rate":
+                self._call("message_refused", message["text"])
             else:
                 self._call("notice", message["text"])
 
@@ -485,6 +498,7 @@ class ChatSession:
     def _end(self, reason: str | None) -> None:
         self.reconnecting = False
         if self._outbox:
+            self.unsent = len(self._outbox)
             unsent = f"{len(self._outbox)} queued message(s) were not sent"
             reason = unsent if reason is None else f"{reason}; {unsent}"
             self._outbox.clear()

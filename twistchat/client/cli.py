@@ -9,8 +9,14 @@ environment variable, the command line, or a prompt, in that order.
 
 Exit status: 0 after leaving the room (C{/quit} or end of input), 1 when the
 connection fails or the server ends the session (with C{--reconnect}: for a
-final reason, or after C{--reconnect-attempts} failed attempts), 2 for unusable
-options.
+final reason, or after C{--reconnect-attempts} failed attempts; also when
+leaving while reconnecting drops queued lines), 2 for unusable options, and 3
+when stdin is not a terminal and the client left the room, but knows that some
+lines were not delivered: refused by the client (too long; not connected and
+the queue full) or by the server (a rate notice). Each such line is reported
+on stderr as it happens (C{! Not sent: ...}). The server does not acknowledge
+messages, so a line written to a connection that then dropped is not known to
+be lost.
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
 from twistchat.client.ui import ChatConsole, LineInput, install_terminal
 from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.errors import ConfigError
+
+
+#: Exit status of a piped client that left the room knowing that some lines
+#: were not delivered.
+UNDELIVERED = 3
 
 
 class Options(usage.Options):
@@ -179,15 +190,21 @@ async def main(reactor: Any, argv: list[str]) -> int:
     else:
         from twisted.internet import stdio
 
+        console.warn = say(err)
         stdio.StandardIO(LineInput(console))
     try:
         reason = await console.quit
     finally:
         if restore is not None:
             restore()
+    if session.unsent and restore is None:
+        err.write(f"! Not sent: {session.unsent} queued line(s): the session ended\n")
+        err.flush()
     if reason is not None:
         return 1
     write("Left the room.")
+    if console.undelivered and restore is None:
+        return UNDELIVERED
     return 0
 
 

@@ -73,10 +73,18 @@ class ChatConsole(ChatListener):
     Turns session events into lines of text and typed lines into actions.
 
     @param write: shows one line (without newline).
+    @ivar warn: where a line that was not delivered is reported (stderr for
+        piped input); None: with the other lines, through C{write}.
+    @ivar undelivered: lines typed that were refused, by this client or by the
+        server (at least that many: a server's rate notice counts one).
     """
 
     def __init__(self, write: Callable[[str], None]) -> None:
         self.write = write
+        self.warn: Callable[[str], None] | None = None
+        self.undelivered = 0
+        # After /quit (or end of input), lines still read are not messages.
+        self._leaving = False
         self.session: ChatSession | None = None
         self._in_history = False
         self.quit: defer.Deferred[str | None] = defer.Deferred()
@@ -121,6 +129,16 @@ class ChatConsole(ChatListener):
     def notice(self, text: str) -> None:
         self.write(f"! Server: {printable(text)}")
 
+    def message_refused(self, reason: str) -> None:
+        self.not_sent(f"refused by the server: {printable(reason)}")
+
+    def not_sent(self, reason: str) -> None:
+        """
+        Report a line that was not delivered, and count it.
+        """
+        self.undelivered += 1
+        (self.warn or self.write)(f"! Not sent: {reason}")
+
     def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
         # Say why the wait is longer than the attempt number makes it.
         flapping = self.session is not None and self.session.flapping > 0
@@ -163,7 +181,7 @@ class ChatConsole(ChatListener):
 
     def line_typed(self, line: str) -> None:
         line = line.rstrip("\r\n")
-        if not line.strip() or self.session is None:
+        if not line.strip() or self.session is None or self._leaving:
             return
         if line.startswith("/"):
             self.command(line)
@@ -171,9 +189,9 @@ class ChatConsole(ChatListener):
         try:
             self.session.send(line)
         except ValueError as e:
-            self.write(f"! Not sent: {e}")
+            self.not_sent(str(e))
         except ProtocolError as e:
-            self.write(f"! Not sent: {e.message}")
+            self.not_sent(e.message)
         else:
             if self.session.reconnecting:
                 self.write(f"* Not connected: queued, to be sent after reconnecting "
@@ -201,6 +219,7 @@ class ChatConsole(ChatListener):
         """
         Leave the room; the quit Deferred fires when the connection is closed.
         """
+        self._leaving = True
         if self.session is not None and not self.session.ended.called:
             self.session.leave()
         elif not self.quit.called:
@@ -222,7 +241,7 @@ class LineInput(LineReceiver):
         self.console.line_typed(line.decode("utf-8", "replace"))
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self.console.write("! Not sent: line too long")
+        self.console.not_sent("line too long")
         return None
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]

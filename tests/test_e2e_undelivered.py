@@ -1,0 +1,50 @@
+"""
+End to end: a piped ``twistchat`` whose input holds a line it cannot send
+reports it on stderr and ends with exit status 3, after sending the rest.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .test_e2e import Client, Server
+
+
+def test_a_too_long_piped_line_is_reported_and_ends_with_status_3(tmp_path: Path) -> None:
+    server = Server(tmp_path)
+    try:
+        password = server.log.wait_for(r"^\s+([a-z0-9]{5}(?:-[a-z0-9]{5})+)\s*$").group(1)
+        bob = Client(tmp_path, server.port, "bob", password=password)
+        bob.out.wait_for("connected — you can start sending messages")
+        sender = Client(tmp_path, server.port, "seqbot", password=password)
+        sender.out.wait_for("connected — you can start sending messages")
+        sender.say("before the long line")
+        sender.say("x" * 20000)
+        sender.say("after the long line")
+        assert sender.finish() == 3
+        errors = sender.err.rest()
+        assert errors == ["! Not sent: message longer than 16384 bytes"], errors
+        assert "Left the room." in sender.out.rest()
+        bob.out.wait_for(re.escape("[ seqbot: ] before the long line"))
+        bob.out.wait_for(re.escape("[ seqbot: ] after the long line"))
+        bob.out.wait_for(r"\* seqbot \(127\.0\.0\.1:\d+\) left the room")
+        assert not any("xxxx" in line for line in bob.out.seen)
+        assert bob.finish() == 0
+    finally:
+        server.stop()
+
+
+def test_a_clean_piped_run_still_ends_with_status_0(tmp_path: Path) -> None:
+    server = Server(tmp_path)
+    try:
+        password = server.log.wait_for(r"^\s+([a-z0-9]{5}(?:-[a-z0-9]{5})+)\s*$").group(1)
+        sender = Client(tmp_path, server.port, "seqbot", password=password)
+        sender.out.wait_for("connected — you can start sending messages")
+        sender.say("just one line")
+        sender.say("/quit")
+        sender.say("read after /quit: not a message, not counted")
+        assert sender.finish() == 0
+        assert sender.err.rest() == []
+    finally:
+        server.stop()
