@@ -48,3 +48,26 @@ def test_a_clean_piped_run_still_ends_with_status_0(tmp_path: Path) -> None:
         assert sender.err.rest() == []
     finally:
         server.stop()
+
+
+def test_leaving_while_reconnecting_reports_the_dropped_queue(tmp_path: Path) -> None:
+    """
+    End of input while the server is down: the queued line is dropped, stderr
+    says so, and the status is 1 (the connection had failed).
+    """
+    from .test_e2e_reconnect import Member, start
+
+    server = start(tmp_path)
+    alice = Member(tmp_path, server.port, "alice", "--reconnect")
+    try:
+        alice.out.wait_for("connected — you can start sending messages")
+        assert server.stop()
+        alice.out.wait_for(r"^\* Connection lost: the server is shutting down\.")
+        alice.say("typed while the server was down")
+        alice.out.wait_for(r"^\* Not connected: queued")
+        assert alice.finish() == 1
+        assert alice.err.rest() == ["! Not sent: 1 queued line(s): the session ended"]
+        alice.out.wait_for("Disconnected from chat server: 1 queued message")
+    finally:
+        alice.kill()
+        server.stop()
