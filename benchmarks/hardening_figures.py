@@ -204,7 +204,7 @@ def guess(args: argparse.Namespace, workdir: Path) -> None:
                 raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
                 with context.wrap_socket(raw) as tls:
                     send, receive = _frame_io(tls)
-                    send("hello", v=1, room="main", name="guesser")
+                    send("hello", v=wire.PROTOCOL_VERSION, room="main", name="guesser")
                     answer = receive()
                     if answer is not None and answer.type == "params":
                         send("share", X=share)

@@ -94,8 +94,10 @@ class FakeProtocol:
 
     made = 0
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "alice", room: str = "main") -> None:
         self.state = State.MEMBER
+        self.name = name
+        self.room = room
         self.sent: list[str] = []
         self.transport = FakeTransport()
         FakeProtocol.made += 1

@@ -59,7 +59,7 @@ from twistchat.errors import (
     Undecryptable,
 )
 from twistchat.ratelimit import TokenBucket
-from twistchat.tlsbinding import tls_exporter
+from twistchat.tlsbinding import client_binding
 from twistchat.config import DEFAULT_ROOM
 
 log = Logger()
@@ -310,8 +310,10 @@ class ChatSession:
         self._bucket = (
             pacing(rate, welcome.get("burst", 1), self._clock.seconds()) if rate else None
         )
-        self.name: str = welcome["name"]
-        self.room: str = welcome["room"]
+        # The name and room the password handshake proved (the protocol
+        # refuses a welcome naming others): never what the server says.
+        self.name: str = protocol.name
+        self.room: str = protocol.room
         #: Our address as the server sees it.
         self.address: str = welcome["addr"]
         self.max_text: int = welcome.get("max_text", wire.MAX_TEXT_BYTES)
@@ -661,7 +663,7 @@ class _Connector:
                 self.name,
                 self.room,
                 self.keyring,
-                tls_exporter,
+                client_binding,
                 self.trust.check,
                 self.reactor,
                 self.timeout,

@@ -8,7 +8,9 @@ States and the messages each accepts (the whole transition table):
     PARAMS    --params-->   DERIVING  (keys from the keyring: scrypt runs in a
                                        thread the first time; then sends share)
     VERIFY    --verify-->   WELCOME   (server proved it knows the room; sends confirm)
-    WELCOME   --welcome-->  MEMBER    (the login Deferred fires)
+    WELCOME   --welcome-->  MEMBER    (the login Deferred fires; a welcome that
+                                       names another name or room than the ones
+                                       proved is refused as a protocol error)
     MEMBER    --msg | joined | left | members | notice | ping | pong-->  MEMBER
     MEMBER    --server silent for KEEPALIVE[0] s-->  MEMBER (sends ping)
     MEMBER    --and silent for KEEPALIVE[1] s more-->  CLOSED (aborted, "timeout")
@@ -265,10 +267,19 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
 
     def _on_welcome(self, message: wire.Message) -> None:
         assert self._keys is not None
+        if message["name"] != self.name or message["room"] != self.room:
+            # The name and room are the identities the password handshake
+            # proved. A server that welcomes us under another name would have
+            # us seal under it, and our words shown as someone else's.
+            raise ProtocolError(
+                f"the server welcomed us as {message['name']!r} in room "
+                f"{message['room']!r}, not as {self.name!r} in room {self.room!r} "
+                "as we logged in: it may be trying to pass our messages off as "
+                "someone else's"
+            )
         key = self._keys.content_key
         self._keys = None
         self.setTimeout(None if self._keepalive is None else self._keepalive[0])
-        self.name = message["name"]
         self._sealer = Sealer(key, self.room, self.name)
         self._opener = Opener(key, self.room)
         self.state = State.MEMBER

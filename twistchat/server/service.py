@@ -29,7 +29,7 @@ from twistchat.errors import (
 from twistchat.server.limits import AddressBook, Limits
 from twistchat.server.protocol import ChatServerProtocol, State
 from twistchat.server.room import Member, Room, Rooms
-from twistchat.tlsbinding import tls_exporter
+from twistchat.tlsbinding import server_binding
 from twistchat.server.verifiers import check_room, load_verifier
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class ChatServerFactory(ServerFactory):
         rooms: Rooms,
         clock: IReactorTime,
         limits: Limits = Limits(),
-        channel_binding: Callable[[Any], bytes] = tls_exporter,
+        channel_binding: Callable[[Any], bytes] = server_binding,
         history: History | None = None,
         decoy_secret: bytes | None = None,
     ) -> None:
