@@ -1,13 +1,5 @@
 """
-``twistchat-passwd``: set a room's password by writing its verifier.
-
-    twistchat-passwd [--room NAME] [--data-dir DIR | --output FILE] [--password-file FILE]
-
-The verifier (salt, scrypt cost, w0, L) lets the server check the password with
-SPAKE2+ but not recover it, nor derive the key that seals messages. Written into
-the server's data directory (C{DIR/rooms/NAME.json}), it takes effect within
-5 seconds, with no restart: a running server adds a new room, and for a changed
-password keeps the members already in and asks new logins for the new password.
+``twistchat-passwd``: set a room's password by writing its verifier (see L{HELP}).
 """
 
 from __future__ import annotations
@@ -25,10 +17,23 @@ from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.errors import ConfigError, TwistchatError
 from twistchat.server.verifiers import check_room, room_path, save_verifier
 
+#: The command's help text (a constant, not the docstring: it survives python -OO).
+HELP = """
+``twistchat-passwd``: set a room's password by writing its verifier.
+
+    twistchat-passwd [--room NAME] [--data-dir DIR | --output FILE] [--password-file FILE]
+
+The verifier (salt, scrypt cost, w0, L) lets the server check the password with
+SPAKE2+ but not recover it, nor derive the key that seals messages. Written into
+the server's data directory (C{DIR/rooms/NAME.json}), it takes effect within
+5 seconds, with no restart: a running server adds a new room, and for a changed
+password keeps the members already in and asks new logins for the new password.
+"""
+
 
 class Options(usage.Options):
     synopsis = "[options]"
-    longdesc = __doc__
+    longdesc = HELP
     optParameters = [
         ["room", "r", DEFAULT_ROOM, "Room whose password to set."],
         ["data-dir", "d", "twistchat-data", "The server's data directory."],
