@@ -1,13 +1,5 @@
 """
-``twistchat-passwd``: set a room's password by writing its verifier.
-
-    twistchat-passwd [--room NAME] [--data-dir DIR | --output FILE] [--password-file FILE]
-
-The verifier (salt, scrypt cost, w0, L) lets the server check the password with
-SPAKE2+ but not recover it, nor derive the key that seals messages. Written into
-the server's data directory (C{DIR/rooms/NAME.json}), it takes effect within
-5 seconds, with no restart: a running server adds a new room, and for a changed
-password keeps the members already in and asks new logins for the new password.
+``twistchat-passwd``: set a room's password by writing its verifier (help text: L{Options}).
 """
 
 from __future__ import annotations

@@ -41,9 +41,12 @@ from twistchat.crypto.seal import Opener, Sealer
 from twistchat.crypto.spake2plus import Prover, context
 from twistchat.errors import (
     BadPoint,
+    ConnectionClosed,
     FrameTooLong,
     ProtocolError,
     Rejected,
+    Timeout,
+    TLSFailed,
     TrustError,
     TwistchatError,
     UnexpectedMessage,
@@ -150,14 +153,11 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
                 self.sendString(wire.encode("ping"))
                 self.setTimeout(answer)
                 return
-            self._abandon(TwistchatError(
-                f"no answer from the server to a ping within {answer:g} seconds",
-                code="timeout",
+            self._abandon(Timeout(
+                f"no answer from the server to a ping within {answer:g} seconds"
             ))
             return
-        self._abandon(TwistchatError(
-            f"no answer from the server within {self._timeout:g} seconds", code="timeout"
-        ))
+        self._abandon(Timeout(f"no answer from the server within {self._timeout:g} seconds"))
 
     def handshakeCompleted(self) -> None:
         """
@@ -180,8 +180,8 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self._keys = None
         self._prover = None
         if (self._unprocessed or self._needed) and self._error is None:
-            self._error = TwistchatError(
-                "the server closed the connection in the middle of a frame", code="closed"
+            self._error = ConnectionClosed(
+                "the server closed the connection in the middle of a frame"
             )
         if was is State.MEMBER:
             self.handler.closed(self._error)
@@ -350,7 +350,7 @@ def _identity(mismatch: Any) -> str:
 
 def _lost_reason(reason: Failure | None) -> TwistchatError:
     if reason is None:
-        return TwistchatError("connection closed", code="closed")
+        return ConnectionClosed()
     if reason.check(VerificationError):
         # service_identity refused the host name (--ca). (OpenSSL no longer
         # shows the refused certificate here, so its names cannot be listed.)
@@ -363,7 +363,5 @@ def _lost_reason(reason: Failure | None) -> TwistchatError:
             "(certificate verify failed)"
         )
     if "SSL" in reason.type.__name__ or "ssl" in text.lower():
-        return TwistchatError(f"TLS failed: {text}", code="tls")
-    return TwistchatError(
-        f"the server closed the connection during the handshake ({text})", code="closed"
-    )
+        return TLSFailed(f"TLS failed: {text}")
+    return ConnectionClosed(f"the server closed the connection during the handshake ({text})")

@@ -22,8 +22,11 @@ from twistchat import wire
 from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams
 from twistchat.crypto.spake2plus import ORDER, VerifierKey, encode_point, G
 from twistchat.errors import (
+    Busy,
     ConfigError,
     LimitExceeded,
+    Penalised,
+    ServerShutdown,
     TwistchatError,
 )
 from twistchat.server.limits import AddressBook, Limits
@@ -92,26 +95,25 @@ class ChatServerFactory(ServerFactory):
         if record.preauth >= self.limits.max_preauth_per_address:
             self.log.info("({host}) refused: {count} connections not logged in",
                           host=protocol.host, count=record.preauth)
-            return LimitExceeded("too many connections from your address", code="limit")
+            return LimitExceeded("too many connections from your address")
         if self.preauth_total >= self.limits.max_preauth_total:
             self.log.info("refused a connection: {count} connections not logged in",
                           count=self.preauth_total)
-            return LimitExceeded("the server is busy: try again later", code="busy")
+            return Busy()
         record.preauth += 1
         self.preauth_total += 1
         self._pending.add(protocol)
         return None
 
-    def penalty(self, host: str) -> LimitExceeded | None:
+    def penalty(self, host: str) -> Penalised | None:
         """
         The refusal for an address serving a failed-login penalty, if it is.
         """
         wait = self.addresses.penalty_left(host, self.clock.seconds())
         if wait <= 0:
             return None
-        return LimitExceeded(
-            f"too many failed logins from your address: try again in {wait:.0f} seconds",
-            code="penalty",
+        return Penalised(
+            f"too many failed logins from your address: try again in {wait:.0f} seconds"
         )
 
     def guess_slot(self, protocol: ChatServerProtocol) -> bool:
@@ -215,7 +217,8 @@ class ChatServerFactory(ServerFactory):
         @return: fires when every connection has closed (each is aborted after
             the close grace period if its peer does not finish closing).
         """
-        frame = wire.encode("error", code="shutdown", text="the server is shutting down")
+        shutdown = ServerShutdown()
+        frame = wire.encode("error", code=shutdown.code, text=shutdown.message)
         for protocol in list(self.connections):
             if protocol.state is not State.CLOSED:
                 protocol.sendString(frame)
