@@ -243,7 +243,7 @@ for code, cls in errors.CODES.items():
     check(error.message == cls.default_message and error.message != "", code)
     check(errors.from_code(code, "").message == cls.default_message, code)
 from twistchat import passwd
-check("twistchat-passwd" in passwd.Options().getUsage(), "twistchat-passwd help")
+check("twistchat-passwd" in str(passwd.Options()) and "verifier" in str(passwd.Options()), "twistchat-passwd help")
 print(len(names), len(errors.CODES))
 """
 
