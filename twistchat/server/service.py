@@ -166,15 +166,50 @@ class ChatServerFactory(ServerFactory):
             for d in waiting:
                 d.callback(None)
 
+    # A room's events (messages, joins, leaves, its closing) reach every member
+    # in the order they were received here. Without history everything goes
+    # out at once, so that order is kept by itself; with history a message
+    # waits for its commit, and the events after it wait behind it (History).
+
     def relay(self, room: Room, sender: Member, frame: bytes, message: wire.Message) -> None:
         """
         Relay one sealed message (C{frame}, already encoded) to the room,
         through the history store when there is one.
+
+        A room that is no longer served (closed, its members about to be
+        told) takes no more messages: they are dropped, not stored.
         """
+        if self.rooms.get(room.name) is not room:
+            return
         if self.history is None:
             room.broadcast(frame, exclude=sender)
         else:
             self.history.relay(room, sender, frame, message)
+
+    def join(self, room: Room, member: Member) -> None:
+        """
+        Add C{member} to C{room} and tell the others, in order with the
+        room's other events.
+
+        @raise NameTaken: if another member already uses that name.
+        """
+        self._announce(room, member, room.join(member))
+
+    def leave(self, room: Room, member: Member) -> None:
+        """
+        Remove C{member} from C{room}, if it is in it, and tell the others
+        (after the messages it sent). In a room no longer served nobody is
+        told: everyone in it is told the room closed instead.
+        """
+        frame = room.leave(member)
+        if frame is not None and self.rooms.get(room.name) is room:
+            self._announce(room, member, frame)
+
+    def _announce(self, room: Room, member: Member, frame: bytes) -> None:
+        if self.history is None:
+            room.broadcast(frame, exclude=member)
+        else:
+            self.history.announce(room, member, frame)
 
     def member_joined(self, room: Room, member: Member) -> None:
         """
@@ -188,10 +223,22 @@ class ChatServerFactory(ServerFactory):
         Disconnect the members of a room that is no longer served, and the
         logins to it still in progress (as a wrong password: a moment later
         that is what they would get).
+
+        Logins in progress are refused at once; members are told the room
+        was closed after the messages the room received before.
         """
+        members: list[ChatServerProtocol] = []
         for protocol in list(self.connections):
             if protocol.room is room and protocol.state is not State.CLOSED:
+                if protocol.joined:
+                    members.append(protocol)
+                else:
+                    protocol.room_closed()
+        if self.history is None:
+            for protocol in members:
                 protocol.room_closed()
+        else:
+            self.history.then(room, _room_closed)
 
     def login_failed(self, protocol: ChatServerProtocol) -> None:
         """
@@ -229,6 +276,12 @@ class ChatServerFactory(ServerFactory):
         else:
             self._drained.append(d)
         return d
+
+
+def _room_closed(member: Member) -> None:
+    # The members of a factory's rooms are its connections.
+    if isinstance(member, ChatServerProtocol):
+        member.room_closed()
 
 
 class RoomReloader:
