@@ -1,6 +1,10 @@
 """
 The server factory (shared state of all connections) and the service that
 listens with TLS and shuts down cleanly.
+
+A server that cannot start (its port is in use, a file is unusable) raises
+L{CannotStart}: twistd then ends with exit status 1 and one line on stderr
+naming the problem, without a traceback.
 """
 
 from __future__ import annotations
@@ -9,14 +13,17 @@ import hashlib
 import hmac
 import os
 import secrets
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 from twisted.application import service
 from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twistchat import wire
 from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams
@@ -37,6 +44,35 @@ if TYPE_CHECKING:
 
 #: Seconds between two scans of the data directory's rooms/ folder.
 RELOAD_INTERVAL = 5.0
+
+
+class CannotStart(SystemExit, Exception):
+    """
+    The server cannot start for a reason outside its options (a port in use,
+    a missing or unusable file): the process ends with exit status 1 and one
+    line naming the problem.
+
+    Python ends the process on a C{SystemExit} by printing its message alone:
+    no traceback. It is also an C{Exception}, so that when it comes from
+    starting the service, twistd's runner handles it as it does any failure
+    there: it removes its pid file and, when it runs as a daemon, passes the
+    reason to the parent process waiting for the daemon to start (which
+    prints it and exits 1; it would otherwise wait forever). twistd's usage
+    text is for a C{usage.UsageError}, that is mistakes in the options.
+    """
+
+    def __init__(self, message: str, reported: bool = False) -> None:
+        """
+        @param reported: the line has already been written where it belongs:
+            end with status 1 and print nothing more.
+        """
+        #: The reason, on one line.
+        self.message = " ".join(message.split())
+        #: The line shown.
+        self.line = f"twistd socketchat: {self.message}"
+        super().__init__(self.message if reported else self.line)
+        if reported:
+            self.code = 1
 
 
 class ChatServerFactory(ServerFactory):
@@ -379,6 +415,9 @@ class ChatService(service.Service):
 
     @param rooms_dir: a folder of room verifier files to rescan every
         C{reload_interval} seconds (None: the rooms are fixed).
+    @param err: where a failure to start is reported, as one line: the
+        standard error the service was built with (twistd sends the process's
+        own to its log once it starts the service).
     """
 
     log = Logger()
@@ -390,8 +429,10 @@ class ChatService(service.Service):
         description: str = "",
         rooms_dir: Path | None = None,
         reload_interval: float = RELOAD_INTERVAL,
+        err: IO[str] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.err = sys.stderr if err is None else err
         self.factory = factory
         self.description = description
         self.port: IListeningPort | None = None
@@ -401,6 +442,21 @@ class ChatService(service.Service):
         self._reload: task.LoopingCall | None = None
 
     def startService(self) -> None:
+        """
+        Listen, then start the periodic tasks and the history.
+
+        @raise CannotStart: if the endpoint cannot listen (e.g. the port is in
+            use); nothing else has been started then. The reason is also
+            logged, for a daemon whose standard error goes nowhere.
+        """
+        self._listening = self.endpoint.listen(self.factory)
+        # TCP and SSL endpoints fail at once, in a Deferred that has already
+        # fired; catch that here (as twisted.application.internet's
+        # StreamServerEndpointService does) so twistd hears of it at start.
+        failed: list[Failure] = []
+        self._listening.addCallbacks(self._started, failed.append)
+        if failed:
+            self._cannot_start(failed[0])
         super().startService()
         self._expiry = task.LoopingCall(self.factory.expire)
         self._expiry.clock = self.factory.clock
@@ -411,12 +467,33 @@ class ChatService(service.Service):
             self._reload.start(self.reload_interval, now=True)
         if self.factory.history is not None:
             self.factory.history.start()
-        self._listening = self.endpoint.listen(self.factory)
-        failures: list[Any] = []
-        self._listening.addCallbacks(self._started, failures.append)
-        if failures:
-            # twistd turns an exception here into a clean exit with an error.
-            failures[0].raiseException()
+
+    def _cannot_start(self, failure: Failure) -> None:
+        """
+        Report a failure to listen as one line and end the process.
+
+        @raise CannotStart: always; its line is written to C{err} here, and
+            logged, and the exception carries no message of its own: by now
+            Python's standard error leads to the log.
+        """
+        error = failure.value
+        if isinstance(error, CannotListenError):
+            # Short: a daemon's parent shows only the first 100 bytes or so.
+            if not error.interface:
+                where = f"port {error.port}"
+            elif ":" in error.interface:
+                where = f"[{error.interface}]:{error.port}"
+            else:
+                where = f"{error.interface}:{error.port}"
+            reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+            message = f"cannot listen on {where}: {reason}"
+        else:
+            message = f"cannot listen: {error}"
+        stop = CannotStart(message, reported=True)
+        self.log.error("{line}", line=stop.line)
+        self.err.write(stop.line + "\n")
+        self.err.flush()
+        raise stop
 
     def _started(self, port: IListeningPort) -> IListeningPort:
         self.port = port
