@@ -284,8 +284,12 @@ class _Entry:
     ready: bool = False
 
     def recipients(self) -> list[Member]:
-        members = self.room.members if self.audience is None else self.audience
-        return [m for m in members if m is not self.sender]
+        """
+        Who gets it now: never its sender, nor a member who left meanwhile.
+        """
+        if self.audience is None:
+            return [m for m in self.room.members if m is not self.sender]
+        return [m for m in self.audience if m in self.room]
 
     def give(self, member: Member) -> None:
         if self.data is not None:
@@ -526,8 +530,6 @@ class History:
         room = entry.room
         joiners = self._joiners.get(room, {})
         for member in entry.recipients():
-            if member not in room:
-                continue  # left (or was dropped) meanwhile
             joiner = joiners.get(member)
             if joiner is not None:
                 joiner.held.append(entry)
