@@ -133,7 +133,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self._abort = None
         self._spake = None
         if self.joined and self.room is not None:
-            self.room.leave(self)
+            self.factory.leave(self.room, self)
             self.log.info(
                 "{name} ({peer}) disconnected from room {room!r} "
                 "after {count} messages, {size} bytes",
@@ -208,7 +208,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         """
         if self.joined and self.room is not None:
             # Leave now, so nobody relays to a closing connection.
-            self.room.leave(self)
+            self.factory.leave(self.room, self)
         self._closed("wrong password (key confirmation not completed)")
         if self.joined:
             # TLS sends its close alert only once no producer is registered:
@@ -365,7 +365,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         if len(room) >= limits.max_members:
             raise RoomFull(f"the room is full ({limits.max_members} members)")
         roster = room.roster()
-        room.join(self)  # NameTaken propagates as a refusal
+        self.factory.join(room, self)  # NameTaken propagates as a refusal
         self.joined = True
         self.state = State.MEMBER
         self.factory.logged_in(self)
