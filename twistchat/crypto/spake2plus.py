@@ -40,7 +40,7 @@ import hmac
 import secrets
 from typing import NamedTuple, Protocol
 
-from Crypto.PublicKey._point import EccPoint
+from Crypto.PublicKey.ECC import EccPoint
 
 from twistchat.errors import BadPoint, ServerNotAuthenticated, WrongPassword
 
