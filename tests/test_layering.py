@@ -258,3 +258,31 @@ def test_shared_sizes_are_crypto_s() -> None:
                  "MAC_BYTES", "MAX_TEXT_BYTES", "MAX_CIPHERTEXT", "SESSION_ID_BYTES"]:
         assert f"\n{name} =" not in source, f"wire defines {name} again"
 
+
+def test_no_private_modules_or_names_of_dependencies() -> None:
+    """
+    twistchat reaches its dependencies (Twisted, pycryptodome, pyOpenSSL, ...) only
+    through their public modules and names: no C{Crypto.PublicKey._point}, no
+    C{from twisted.x import _y}. Twisted's receiver's private buffer
+    (C{_unprocessed}, C{_compatibilityOffset}) is not touched either.
+    """
+    offenders = []
+    for name, path in _modules().items():
+        source = path.read_text("utf-8")
+        for node in ast.walk(ast.parse(source, str(path))):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                if node.module.split(".")[0] in ("twistchat", "__future__"):
+                    continue
+                private = [p for p in node.module.split(".") if p.startswith("_")]
+                private += [a.name for a in node.names if a.name.startswith("_")]
+                if private:
+                    offenders.append(f"{name}: from {node.module} import {private}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if any(p.startswith("_") for p in alias.name.split(".")[1:]):
+                        offenders.append(f"{name}: import {alias.name}")
+            elif isinstance(node, ast.Attribute) and node.attr in (
+                "_unprocessed", "_compatibilityOffset"
+            ):
+                offenders.append(f"{name}: .{node.attr}")
+    assert offenders == []
