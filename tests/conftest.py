@@ -16,7 +16,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.logger import globalLogPublisher
 
 from twistchat.client.api import ChatListener, ChatMessage, Member
-from twistchat.crypto.kdf import make_verifier
+from twistchat.crypto.verifier import make_verifier
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
 from twistchat.server.tls import load_certificate, server_options

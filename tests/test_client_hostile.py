@@ -516,7 +516,7 @@ def test_trickled_large_frame_costs_linear_time() -> None:
     for i in range(0, len(small), 7):
         client.dataReceived(small[i:i + 7])
     assert [m.get("text") for m in seen[1:]] == ["one", "two"]
-    assert client._chunks == [] and client._unprocessed == b""
+    assert not client.hasPartialFrame()
 
 
 # --- property: nothing a server sends escapes the client protocol -------------------

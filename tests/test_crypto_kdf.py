@@ -1,6 +1,7 @@
 """
 Tests for twistchat.crypto.kdf: scrypt (RFC 7914 vectors), parameter bounds, secret
-derivation, content keys, the verifier file format and random passwords.
+derivation, content keys and random passwords; and for twistchat.crypto.verifier, the
+verifier derived from them and its file format.
 """
 
 from __future__ import annotations
@@ -21,15 +22,14 @@ from twistchat.crypto.kdf import (
     DEFAULT_PARAMS,
     MIN_PARAMS,
     ScryptParams,
-    Verifier,
     check_params,
     content_key,
     derive_secrets,
     hkdf_sha256,
-    make_verifier,
     random_password,
 )
 from twistchat.crypto.spake2plus import G, ORDER, decode_point, encode_point
+from twistchat.crypto.verifier import Verifier, make_verifier
 from twistchat.errors import ConfigError, WeakParameters
 
 VECTORS = Path(__file__).resolve().parent / "vectors"

@@ -14,7 +14,8 @@ import pytest
 from Crypto.PublicKey import ECC
 
 from twistchat.crypto import spake2plus as s
-from twistchat.crypto.kdf import ScryptParams, derive_secrets, make_verifier
+from twistchat.crypto.kdf import ScryptParams, derive_secrets
+from twistchat.crypto.verifier import make_verifier
 from twistchat.errors import BadPoint, ServerNotAuthenticated, WrongPassword
 
 VECTORS = Path(__file__).resolve().parent / "vectors"

@@ -1,7 +1,8 @@
 """
 The linear-time framing receiver: same frames and limits as Twisted's
 Int32StringReceiver, and a trickled frame costs work proportional to its size.
-Work is counted (bytes the base class copies into its buffer), never timed.
+Work is counted (bytes our framer copies; bytes Twisted's receiver copies into its
+buffer), never timed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import Int32StringReceiver, IntNStringReceiver
 
-from twistchat.framing import LinearInt32StringReceiver
+from twistchat.errors import FrameTooLong
+from twistchat.framing import Int32Framer, LinearInt32StringReceiver
 
 
 class Collect:
@@ -71,11 +73,18 @@ def copied(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 
 
 def trickle(cls: type, size: int, counter: list[int]) -> int:
+    """
+    Feed one frame of C{size} bytes a byte at a time; return the bytes copied:
+    counted by our framer for L{Linear}, by C{counter} for Twisted's receiver.
+    """
     proto = make(cls)
     counter[0] = 0
     for byte in framed(b"x" * size):
         proto.dataReceived(bytes([byte]))
     assert proto.frames == [b"x" * size]
+    if isinstance(proto, LinearInt32StringReceiver):
+        assert counter[0] == 0  # none of Twisted's parsing runs
+        return proto.framer.copied
     return counter[0]
 
 
@@ -104,9 +113,10 @@ def test_oversize_prefix_refused_before_buffering() -> None:
     proto.dataReceived(struct.pack(">I", 101)[:2])
     proto.dataReceived(struct.pack(">I", 101)[2:] + b"y" * 50)
     assert proto.too_long == [101]
-    assert proto._unprocessed == b"" and proto._needed == 0
+    assert not proto.hasPartialFrame() and proto.framer.buffered == 0
     proto.dataReceived(b"z" * 1000)
     assert proto.frames == []
+    assert not proto.hasPartialFrame() and proto.framer.refused == 101
 
 
 def test_limit_raised_between_frames_applies_to_next() -> None:
@@ -170,3 +180,111 @@ def test_nothing_after_an_oversize_header_is_delivered_again() -> None:
     receiver.dataReceived(b"x")
     assert receiver.frames == [b"abc"]
     assert receiver.transport.disconnecting
+
+
+# --- the framer on its own, and the receiver's public interface ---------------------
+
+
+def test_framer_without_io() -> None:
+    framer = Int32Framer()
+    assert framer.next_frame(10) is None
+    framer.feed(framed(b"abc", b"")[:5])
+    assert framer.buffered == 5
+    assert framer.next_frame(10) is None and framer.buffered == 5
+    framer.feed(framed(b"abc", b"")[5:] + framed(b"de")[:2])
+    assert framer.next_frame(10) == b"abc"
+    assert framer.next_frame(10) == b""
+    assert framer.next_frame(10) is None and framer.buffered == 2
+    framer.discard()
+    assert framer.buffered == 0
+    framer.feed(framed(b"x" * 11))
+    with pytest.raises(FrameTooLong):
+        framer.next_frame(10)
+    assert framer.refused == 11 and framer.buffered == 0
+    framer.feed(framed(b"y"))
+    assert framer.next_frame(100) is None and framer.buffered == 0
+
+
+def test_many_frames_in_one_chunk_cost_linear_work() -> None:
+    """
+    Frames cut out of one large chunk cost their own size each, not the rest of
+    the chunk (a slice of the remainder per frame would be quadratic).
+    """
+    proto = make(Linear)
+    bodies = [b"m" * (i % 7) for i in range(20000)]
+    data = framed(*bodies)
+    proto.dataReceived(data)
+    assert proto.frames == bodies
+    assert proto.framer.copied <= len(data)
+
+
+def test_partial_frame_and_discard() -> None:
+    proto = make(Linear)
+    assert not proto.hasPartialFrame()
+    proto.dataReceived(framed(b"whole") + framed(b"partial")[:3])
+    assert proto.frames == [b"whole"] and proto.hasPartialFrame()
+    proto.dataReceived(framed(b"partial")[3:6])
+    assert proto.hasPartialFrame()
+    proto.discardBuffer()
+    assert not proto.hasPartialFrame()
+    proto.dataReceived(framed(b"next"))
+    assert proto.frames == [b"whole", b"next"] and not proto.hasPartialFrame()
+
+
+@pytest.mark.parametrize("base", [Linear, Stock])
+def test_pausing_holds_frames_until_resumed(base: type) -> None:
+    """
+    As with Twisted's receiver: while C{paused}, frames stay buffered; a call
+    with no data after clearing it delivers them.
+    """
+
+    class Pausing(base):  # type: ignore[valid-type,misc]
+        def stringReceived(self, frame: bytes) -> None:
+            super().stringReceived(frame)
+            self.paused = frame == b"stop"
+
+    proto = make(Pausing)
+    proto.dataReceived(framed(b"one", b"stop", b"two", b"three"))
+    assert proto.frames == [b"one", b"stop"]
+    proto.dataReceived(framed(b"four"))
+    assert proto.frames == [b"one", b"stop"]
+    if base is Linear:
+        assert proto.hasPartialFrame()
+    proto.paused = False
+    proto.dataReceived(b"")
+    assert proto.frames == [b"one", b"stop", b"two", b"three", b"four"]
+    if base is Linear:
+        assert not proto.hasPartialFrame()
+
+
+def test_send_string_writes_what_twisted_writes() -> None:
+    ours, theirs = make(Linear), make(Stock)
+    for proto in (ours, theirs):
+        proto.sendString(b"")
+        proto.sendString(b"hello")
+        proto.sendString(b"z" * 70000)
+    assert ours.transport.value() == theirs.transport.value() == framed(
+        b"", b"hello", b"z" * 70000
+    )
+
+
+def test_limit_exceeded_in_the_middle_of_a_chunk() -> None:
+    """
+    Frames before an oversize header in the same chunk are delivered; the oversize
+    one, and whatever follows it, are not; the default closes the connection.
+    """
+
+    class Plain(LinearInt32StringReceiver):
+        MAX_LENGTH = 5
+
+        def __init__(self) -> None:
+            self.frames: list[bytes] = []
+
+        def stringReceived(self, frame: bytes) -> None:
+            self.frames.append(frame)
+
+    proto = Plain()
+    proto.makeConnection(StringTransport())
+    proto.dataReceived(framed(b"ok", b"toolong", b"later"))
+    assert proto.frames == [b"ok"] and proto.transport.disconnecting
+    assert not proto.hasPartialFrame()

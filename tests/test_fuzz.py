@@ -35,7 +35,8 @@ from twisted.internet.testing import StringTransport
 from twistchat import wire
 from twistchat.client.keyring import Keyring, RoomKeys
 from twistchat.client.protocol import ChatClientProtocol, State
-from twistchat.crypto.kdf import DEFAULT_PARAMS, Verifier
+from twistchat.crypto.kdf import DEFAULT_PARAMS
+from twistchat.crypto.verifier import Verifier
 from twistchat.crypto.seal import Opener, Sealer
 from twistchat.crypto.spake2plus import (
     G,

@@ -21,7 +21,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twistchat import errors, wire
 from twistchat.client import TrustOnFirstUse, connect
 from twistchat.client.api import ChatMessage
-from twistchat.crypto.kdf import make_verifier
+from twistchat.crypto.verifier import make_verifier
 from twistchat.server.limits import Limits
 from twistchat.server.history import (
     HISTORY_FILE,

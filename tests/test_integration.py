@@ -19,7 +19,7 @@ from twisted.internet.ssl import CertificateOptions
 from twistchat import errors
 from twistchat.client import TrustOnFirstUse, connect
 from twistchat.client.api import ChatMessage
-from twistchat.crypto.kdf import make_verifier
+from twistchat.crypto.verifier import make_verifier
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
 from twistchat.server.tls import create_self_signed, load_certificate, server_options

@@ -17,7 +17,8 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 
 from twistchat import errors
 from twistchat.client import ChatListener, TrustOnFirstUse, connect
-from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams, Verifier, make_verifier
+from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams
+from twistchat.crypto.verifier import Verifier, make_verifier
 from twistchat.passwd import main
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory

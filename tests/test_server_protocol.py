@@ -245,7 +245,7 @@ def test_oversize_length_prefix_refused_before_buffering(factory: ChatServerFact
     (error,) = peer.received()
     assert error["code"] == "frame-too-long"
     assert closed(peer)
-    assert len(peer.proto._unprocessed) == 0
+    assert not peer.proto.hasPartialFrame()
 
 
 def test_member_frame_limit_is_larger_than_preauth(factory: ChatServerFactory) -> None:

@@ -20,7 +20,8 @@ from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.python import usage
 
-from twistchat.crypto.kdf import content_key, derive_secrets, make_verifier
+from twistchat.crypto.kdf import content_key, derive_secrets
+from twistchat.crypto.verifier import make_verifier
 from twistchat.server.history import History
 from twistchat.server.room import Rooms
 from twistchat.server.service import CannotStart, ChatServerFactory, ChatService

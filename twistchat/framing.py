@@ -1,23 +1,36 @@
 """
 Int32 length-prefixed framing that costs linear time however a frame is split.
 
-Twisted's L{Int32StringReceiver} joins its whole buffer with each new chunk, so a
-frame of N bytes arriving one byte at a time copies about N*N/2 bytes: a
-256 KiB frame trickled that way blocks the reactor for seconds. This receiver
-keeps Twisted's parsing, limits and callbacks, and only changes how the rest of
-an incomplete frame is gathered: once a frame's length prefix has arrived (and
-passed the C{MAX_LENGTH} check), further chunks are appended to a list until
-the announced length is there, and joined once.
+Each frame on the wire is a 4-byte big-endian length, then that many bytes (as with
+Twisted's L{twisted.protocols.basic.Int32StringReceiver}). Two parts:
+
+  - L{Int32Framer}, a parser free of I/O: feed it bytes as they arrive, ask it for
+    the next complete frame. It keeps the chunks it was fed and copies each byte a
+    bounded number of times, so a frame of N bytes trickled one byte at a time costs
+    O(N), not the O(N*N) of re-joining a buffer with every chunk (which is what
+    Twisted's receiver does: a 256 KiB frame trickled that way blocks the reactor for
+    seconds). A frame whose prefix announces more than the limit is refused when the
+    prefix arrives, before any of it is kept, and the framer then reads nothing more.
+  - L{LinearInt32StringReceiver}, the L{Protocol} that wraps a framer with
+    Twisted's receiver's interface: C{MAX_LENGTH}, C{stringReceived},
+    C{lengthLimitExceeded}, C{sendString}, C{paused}; and public questions about
+    its buffer (L{LinearInt32StringReceiver.hasPartialFrame},
+    L{LinearInt32StringReceiver.discardBuffer}).
 """
 
 from __future__ import annotations
 
-from struct import unpack
-
+from collections import deque
+from struct import Struct
 from typing import Any
 
 from twisted.internet.interfaces import ITCPTransport
-from twisted.protocols.basic import Int32StringReceiver
+from twisted.internet.protocol import Protocol
+from twisted.protocols.basic import StringTooLongError
+
+from twistchat.errors import FrameTooLong
+
+_PREFIX = Struct(">I")
 
 
 def no_delay(transport: Any) -> None:
@@ -34,51 +47,233 @@ def no_delay(transport: Any) -> None:
         transport.setTcpNoDelay(True)
 
 
-class LinearInt32StringReceiver(Int32StringReceiver):
+class Int32Framer:
     """
-    An L{Int32StringReceiver} whose incomplete frames are gathered in linear time.
+    Splits a byte stream into Int32 length-prefixed frames; no I/O.
 
-    C{MAX_LENGTH}, C{lengthLimitExceeded}, C{stringReceived} and pausing behave
-    as in Twisted: a frame announcing more than C{MAX_LENGTH} bytes is refused
-    when its prefix arrives, before any of it is buffered.
+    L{feed} it what arrives, then call L{next_frame} until it returns C{None}.
+
+    @ivar copied: bytes this framer has copied so far (joining chunks, cutting frames
+        out of them). It stays within a small multiple of the bytes fed, however they
+        were split; tests count it instead of timing.
+    @ivar refused: the length announced by the frame that made this framer stop
+        (see L{next_frame}), or C{None} while it reads.
     """
 
-    #: Chunks of the incomplete frame being gathered (its prefix first).
-    _chunks: list[bytes]
-    #: Bytes in C{_chunks}; and the prefix plus body size the frame announced
-    #: (0 while no frame is being gathered).
-    _gathered = 0
-    _needed = 0
+    #: Bytes of a frame's length prefix.
+    PREFIX_BYTES = _PREFIX.size
+
+    def __init__(self) -> None:
+        self._chunks: deque[bytes] = deque()
+        #: Bytes of C{_chunks[0]} already returned.
+        self._offset = 0
+        #: Bytes held and not yet returned.
+        self._held = 0
+        #: The body length the current frame's prefix announced, once it has been read.
+        self._length: int | None = None
+        self.copied = 0
+        self.refused: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<Int32Framer buffered={self._held} refused={self.refused}>"
+
+    @property
+    def buffered(self) -> int:
+        """
+        Bytes received and not yet returned as frames, the prefix of a frame being
+        gathered included.
+        """
+        return self._held + (self.PREFIX_BYTES if self._length is not None else 0)
+
+    def feed(self, data: bytes) -> None:
+        """
+        Keep C{data} (without copying it) until L{next_frame} returns it. Ignored once
+        the framer has refused a frame.
+        """
+        if data and self.refused is None:
+            self._chunks.append(data)
+            self._held += len(data)
+
+    def discard(self) -> None:
+        """
+        Forget every byte held; the next byte fed starts a new frame.
+        """
+        self._chunks.clear()
+        self._offset = self._held = 0
+        self._length = None
+
+    def next_frame(self, max_length: int) -> bytes | None:
+        """
+        The next complete frame's body, or C{None} when it has not all arrived yet
+        (or the framer has refused a frame).
+
+        C{max_length} applies to the frame whose prefix is read by this call, so a
+        limit changed between frames applies from the next one.
+
+        @raise FrameTooLong: the next frame's prefix announces more than
+            C{max_length} bytes. The framer forgets what it holds, records the length
+            in L{refused}, and from then on ignores what it is fed.
+        """
+        if self._length is None:
+            if self.refused is not None or self._held < self.PREFIX_BYTES:
+                return None
+            length = self._read_prefix()
+            if length > max_length:
+                self.discard()
+                self.refused = length
+                raise FrameTooLong(
+                    f"a frame of {length} bytes is over the limit of {max_length} bytes"
+                )
+            self._length = length
+        if self._held < self._length:
+            return None
+        frame = self._take(self._length)
+        self._length = None
+        return frame
+
+    def _read_prefix(self) -> int:
+        """
+        Remove a length prefix from the held bytes (at least that many) and return
+        its value; read in place when it lies within one chunk.
+        """
+        first = self._chunks[0]
+        start = self._offset
+        end = start + self.PREFIX_BYTES
+        if len(first) < end:
+            value: int = _PREFIX.unpack(self._take(self.PREFIX_BYTES))[0]
+            return value
+        value = _PREFIX.unpack_from(first, start)[0]
+        self._held -= self.PREFIX_BYTES
+        if end == len(first):
+            self._chunks.popleft()
+            self._offset = 0
+        else:
+            self._offset = end
+        return value
+
+    def _take(self, size: int) -> bytes:
+        """
+        Remove and return the first C{size} held bytes (C{size <= self._held}),
+        copying each of them once at most.
+        """
+        if not size:
+            return b""
+        self._held -= size
+        first = self._chunks[0]
+        start = self._offset
+        if start == 0 and len(first) == size:
+            self._chunks.popleft()
+            return first
+        if len(first) - start >= size:
+            end = start + size
+            if end == len(first):
+                self._chunks.popleft()
+                self._offset = 0
+            else:
+                self._offset = end
+            self.copied += size
+            return first[start:end]
+        pieces: list[Any] = [memoryview(first)[start:]]
+        self._chunks.popleft()
+        self._offset = 0
+        wanted = size - (len(first) - start)
+        while wanted:
+            chunk = self._chunks[0]
+            if len(chunk) <= wanted:
+                pieces.append(chunk)
+                self._chunks.popleft()
+                wanted -= len(chunk)
+            else:
+                pieces.append(memoryview(chunk)[:wanted])
+                self._offset = wanted
+                wanted = 0
+        self.copied += size
+        return b"".join(pieces)
+
+
+class LinearInt32StringReceiver(Protocol):
+    """
+    A protocol of Int32 length-prefixed frames, gathered in linear time by an
+    L{Int32Framer}, with the interface of Twisted's C{Int32StringReceiver}.
+
+    Frames are delivered to L{stringReceived} one at a time. A frame announcing more
+    than C{MAX_LENGTH} bytes (read when its prefix arrives, so a subclass may change
+    the limit between frames) is refused before any of it is kept: the buffer is
+    dropped, L{lengthLimitExceeded} is called, and nothing received afterwards is
+    read. While C{paused} is true no frame is delivered; after clearing it, call
+    C{dataReceived(b"")} to deliver the frames held meanwhile.
+    """
+
+    #: Largest frame body accepted, in bytes (Twisted's default).
+    MAX_LENGTH = 99999
+    #: Set to stop delivering frames (checked between frames).
+    paused = False
+
+    _framer: Int32Framer | None = None
+
+    @property
+    def framer(self) -> Int32Framer:
+        """
+        This connection's L{Int32Framer} (made on first use).
+        """
+        if self._framer is None:
+            self._framer = Int32Framer()
+        return self._framer
 
     def dataReceived(self, data: bytes) -> None:
-        if self._needed:
-            self._chunks.append(data)
-            self._gathered += len(data)
-            if self._gathered < self._needed:
+        framer = self.framer
+        framer.feed(data)
+        while not self.paused:
+            try:
+                frame = framer.next_frame(self.MAX_LENGTH)
+            except FrameTooLong:
+                assert framer.refused is not None
+                self.lengthLimitExceeded(framer.refused)
                 return
-            data = b"".join(self._chunks)
-            self._chunks = []
-            self._gathered = self._needed = 0
-        super().dataReceived(data)
-        rest = self._unprocessed
-        if self._compatibilityOffset:
-            # Twisted stopped at an oversize header after delivering frames,
-            # and kept the whole buffer (those frames included): nothing after
-            # an oversize header is read.
-            self._unprocessed = b""
-            return
-        if self.paused or len(rest) < self.prefixLength:
-            return
-        (length,) = unpack(self.structFormat, rest[: self.prefixLength])
-        if length > self.MAX_LENGTH:
-            # lengthLimitExceeded has already been called for this prefix.
-            self._unprocessed = b""
-            return
-        # The rest of this frame is still to come: gather it without re-joining.
-        self._chunks = [rest]
-        self._gathered = len(rest)
-        self._needed = self.prefixLength + length
-        self._unprocessed = b""
+            if frame is None:
+                return
+            self.stringReceived(frame)
+
+    def stringReceived(self, string: bytes) -> None:
+        """
+        Override this: one complete frame's body (the prefix removed) arrived.
+        """
+        raise NotImplementedError
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        """
+        A frame announced C{length} bytes, more than C{MAX_LENGTH}. The buffer has
+        been dropped and nothing more will be read; by default the connection is
+        closed. Override this to say why first.
+        """
+        self.transport.loseConnection()
+
+    def sendString(self, string: bytes) -> None:
+        """
+        Write C{string} as one frame: its 4-byte big-endian length, then it.
+
+        @raise StringTooLongError: C{string} is 2^32 bytes or longer.
+        """
+        if len(string) >= 1 << (8 * Int32Framer.PREFIX_BYTES):
+            raise StringTooLongError(
+                f"a frame of {len(string)} bytes cannot be sent: the limit is 2**32 - 1"
+            )
+        self.transport.write(_PREFIX.pack(len(string)) + string)
+
+    def hasPartialFrame(self) -> bool:
+        """
+        Whether bytes have arrived that were not delivered as frames: the peer is in
+        the middle of a frame (or, while C{paused}, whole frames are held).
+        """
+        return self._framer is not None and self._framer.buffered > 0
+
+    def discardBuffer(self) -> None:
+        """
+        Forget the bytes received and not yet delivered; the next bytes received
+        start a new frame.
+        """
+        if self._framer is not None:
+            self._framer.discard()
 
 
-__all__ = ["LinearInt32StringReceiver", "no_delay"]
+__all__ = ["Int32Framer", "LinearInt32StringReceiver", "no_delay"]

@@ -13,7 +13,8 @@ from pathlib import Path
 from twisted.python import usage
 
 from twistchat import __version__
-from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams, check_params, make_verifier
+from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams, check_params
+from twistchat.crypto.verifier import make_verifier
 from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.errors import ConfigError, TwistchatError
 from twistchat.server.verifiers import check_room, room_path, save_verifier

@@ -22,7 +22,8 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.python import usage
 
 from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
-from twistchat.crypto.kdf import Verifier, make_verifier, random_password
+from twistchat.crypto.kdf import random_password
+from twistchat.crypto.verifier import Verifier, make_verifier
 from twistchat.errors import ConfigError
 from twistchat.server.history import DEFAULT_LIMIT, HISTORY_FILE, History, HistoryStore
 from twistchat.server.limits import Limits

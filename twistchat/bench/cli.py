@@ -268,7 +268,7 @@ def prepare_rooms(data: Path, password: str, setting: Setting) -> None:
     Write the room verifiers the twistchat server loads (one salt for all, so a
     load process runs scrypt once).
     """
-    from twistchat.crypto.kdf import make_verifier
+    from twistchat.crypto.verifier import make_verifier
     from twistchat.server.verifiers import room_path, save_verifier
 
     data.mkdir(parents=True, exist_ok=True)

@@ -179,7 +179,7 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self.setTimeout(None)
         self._keys = None
         self._prover = None
-        if (self._unprocessed or self._needed) and self._error is None:
+        if self.hasPartialFrame() and self._error is None:
             self._error = ConnectionClosed(
                 "the server closed the connection in the middle of a frame"
             )
@@ -190,7 +190,7 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
             self.handler.login_failed(Failure(error))
 
     def lengthLimitExceeded(self, length: int) -> None:
-        self._unprocessed = b""
+        self.discardBuffer()
         self._abandon(FrameTooLong(f"the server sent a frame of {length} bytes"))
 
     def _abandon(self, error: TwistchatError) -> None:

@@ -13,8 +13,10 @@ One key per purpose, all from one scrypt run over the room password
                                     -> HKDF(session id) -> per-sender-session
                                        AES-256-GCM subkey (L{seal})
 
-  - L{kdf}: scrypt with parameter bounds (L{kdf.check_params}), HKDF, the server's
-    stored L{kdf.Verifier} and its JSON file format, random room passwords.
+  - L{kdf}: scrypt with parameter bounds (L{kdf.check_params}), HKDF, random room
+    passwords.
+  - L{verifier}: the server's stored L{verifier.Verifier}, derived from a password by
+    L{verifier.make_verifier}, and its JSON file format.
   - L{spake2plus}: RFC 9383 SPAKE2+-P256-SHA256-HKDF-SHA256-HMAC-SHA256, checked
     against the RFC's test vector. The client is the L{spake2plus.Prover}; the
     server holds a L{spake2plus.VerifierKey} per room and runs a
@@ -23,7 +25,12 @@ One key per purpose, all from one scrypt run over the room password
   - L{seal}: AES-256-GCM sealing (L{seal.Sealer}) and opening with replay detection
     (L{seal.Opener}).
 
-The server only ever sees a L{kdf.Verifier} / L{spake2plus.VerifierKey} (salt,
+Sizes the wire format shares with the cryptography (session id, GCM tag, padding block,
+largest text and ciphertext, counter range, point and MAC lengths, salt range) are
+defined here, in L{seal}, L{spake2plus} and L{kdf}; L{twistchat.wire} imports them.
+Nothing in this package imports from the wire format, the server or the client.
+
+The server only ever sees a L{verifier.Verifier} / L{spake2plus.VerifierKey} (salt,
 parameters, w0, L): enough to check a login, not enough to derive w1, the content
 secret or any content key without guessing the password.
 """
@@ -33,12 +40,10 @@ from twistchat.crypto.kdf import (
     MIN_PARAMS,
     PasswordSecrets,
     ScryptParams,
-    Verifier,
     check_params,
     content_key,
     derive_secrets,
     hkdf_sha256,
-    make_verifier,
     random_password,
 )
 from twistchat.crypto.seal import Opener, Sealer, associated_data
@@ -52,6 +57,7 @@ from twistchat.crypto.spake2plus import (
     decode_point,
     encode_point,
 )
+from twistchat.crypto.verifier import Verifier, make_verifier
 
 __all__ = [
     "DEFAULT_PARAMS",

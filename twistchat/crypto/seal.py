@@ -32,13 +32,15 @@ from Crypto.Cipher import AES
 
 from twistchat.crypto.kdf import hkdf_sha256
 from twistchat.errors import Replayed, Undecryptable
-from twistchat.wire.messages import MAX_TEXT_BYTES, PAD_BLOCK
 
 __all__ = [
     "KEY_BYTES",
+    "MAX_CIPHERTEXT",
     "MAX_COUNTER",
     "MAX_SESSIONS",
+    "MAX_TEXT_BYTES",
     "Opener",
+    "PAD_BLOCK",
     "SID_BYTES",
     "Sealer",
     "TAG_BYTES",
@@ -48,12 +50,21 @@ __all__ = [
     "unpad",
 ]
 
+# The wire schema (twistchat.wire.messages) checks sizes against these constants.
 KEY_BYTES = 32
+#: Bytes of a sender session id.
 SID_BYTES = 16
+#: Bytes of the GCM tag appended to every ciphertext.
 TAG_BYTES = 16
 NONCE_BYTES = 12
 #: Largest message counter; a session that reaches it must be replaced.
 MAX_COUNTER = 2**63 - 1
+#: Largest plaintext a member may seal in one message (UTF-8 bytes).
+MAX_TEXT_BYTES = 16384
+#: Plaintexts are padded to a multiple of this many bytes before sealing.
+PAD_BLOCK = 32
+#: Largest sealed payload: the padded text plus the GCM tag.
+MAX_CIPHERTEXT = MAX_TEXT_BYTES + PAD_BLOCK + TAG_BYTES
 #: Sender sessions an L{Opener} remembers (least recently used evicted first).
 MAX_SESSIONS = 4096
 
@@ -171,7 +182,7 @@ class Sealer:
         Seal the next message.
 
         @return: (sid, n, ciphertext with the 16-byte tag appended).
-        @raise ValueError: the text's UTF-8 encoding is longer than MAX_TEXT_BYTES or
+        @raise ValueError: the text's UTF-8 encoding is longer than L{MAX_TEXT_BYTES} or
             it cannot be encoded (lone surrogates).
         @raise OverflowError: the session has used up its counters.
         """

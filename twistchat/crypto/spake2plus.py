@@ -27,10 +27,10 @@ Points are encoded uncompressed (SEC1: 0x04 || X || Y, 65 bytes) and decoded str
 (L{decode_point}); P-256 has cofactor h = 1, so a valid point has prime order and the
 only small-subgroup element to reject is the point at infinity.
 
-The elliptic-curve arithmetic is pycryptodome's C implementation (L{EccPoint}); one
-scalar multiplication by an arbitrary point costs about 0.3 ms, by the generator about
-0.06 ms. The verifier precomputes w0*M and w0*N once per room (L{VerifierKey}), leaving
-three multiplications per login.
+The elliptic-curve arithmetic is pycryptodome's C implementation, through its public
+L{Crypto.PublicKey.ECC.EccPoint}; one scalar multiplication by an arbitrary point costs
+about 0.3 ms, by the generator about 0.06 ms. The verifier precomputes w0*M and w0*N
+once per room (L{VerifierKey}), leaving three multiplications per login.
 """
 
 from __future__ import annotations
@@ -38,14 +38,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
-from Crypto.PublicKey._point import EccPoint
+from Crypto.PublicKey.ECC import EccPoint
 
 from twistchat.errors import BadPoint, ServerNotAuthenticated, WrongPassword
-
-if TYPE_CHECKING:  # pragma: no cover
-    from twistchat.crypto.kdf import Verifier
 
 __all__ = [
     "CONTEXT_PREFIX",
@@ -53,8 +50,10 @@ __all__ = [
     "EXPORTER_LENGTH",
     "G",
     "M",
+    "MAC_BYTES",
     "N",
     "ORDER",
+    "POINT_BYTES",
     "Keys",
     "Prover",
     "VerifierKey",
@@ -79,10 +78,12 @@ ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296
 _GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
 _COORD = 32
+#: Bytes of an encoded point (shareP, shareV, L): uncompressed SEC1.
 POINT_BYTES = 1 + 2 * _COORD
 SCALAR_BYTES = 32
 HASH_BYTES = 32
-MAC_BYTES = 32
+#: Bytes of a key confirmation MAC (HMAC-SHA256).
+MAC_BYTES = HASH_BYTES
 
 #: The generator.
 G = EccPoint(_GX, _GY, _CURVE)
@@ -397,6 +398,19 @@ class Prover:
 # --- the verifier (server) ---------------------------------------------------------------
 
 
+class StoredVerifier(Protocol):
+    """
+    What L{VerifierKey.from_verifier} reads from a stored verifier (such as a
+    L{twistchat.crypto.verifier.Verifier}): w0 and the encoded point L.
+    """
+
+    @property
+    def w0(self) -> int: ...
+
+    @property
+    def L(self) -> bytes: ...
+
+
 class VerifierKey:
     """
     A room's verifier prepared for logins: w0, L, and the precomputed w0*M and w0*N,
@@ -417,9 +431,12 @@ class VerifierKey:
         self._w0N = N * self._w0
 
     @classmethod
-    def from_verifier(cls, verifier: Verifier) -> VerifierKey:
+    def from_verifier(cls, verifier: StoredVerifier) -> VerifierKey:
         """
-        Prepare a stored L{twistchat.crypto.kdf.Verifier}.
+        Prepare a stored verifier (a L{twistchat.crypto.verifier.Verifier}).
+
+        @raise BadPoint: its L is not a valid point.
+        @raise ValueError: its w0 is not in [0, ORDER).
         """
         return cls(verifier.w0, verifier.L)
 

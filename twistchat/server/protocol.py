@@ -171,7 +171,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
 
     def lengthLimitExceeded(self, length: int) -> None:
         if self.state is State.CLOSED:
-            self._unprocessed = b""
+            self.discardBuffer()
             return
         self.log.info(
             "({peer}) sent a frame of {length} bytes, over the limit of {limit}",
@@ -180,7 +180,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
             limit=self.MAX_LENGTH,
         )
         # Forget the buffered bytes: nothing after an oversize header is read.
-        self._unprocessed = b""
+        self.discardBuffer()
         self.fail(
             FrameTooLong(f"frame of {length} bytes exceeds the limit of {self.MAX_LENGTH} bytes"),
             quiet=True,

@@ -16,7 +16,7 @@ import re
 from typing import Iterable, Protocol
 
 from twistchat import wire
-from twistchat.crypto.kdf import Verifier
+from twistchat.crypto.verifier import Verifier
 from twistchat.crypto.spake2plus import VerifierKey
 from twistchat.errors import NameInvalid, NameTaken
 

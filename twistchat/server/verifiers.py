@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from twistchat.crypto.kdf import Verifier
+from twistchat.crypto.verifier import Verifier
 from twistchat.errors import ConfigError
 
 ROOMS_DIR = "rooms"

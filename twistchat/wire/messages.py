@@ -16,7 +16,21 @@ import json
 import unicodedata
 from typing import Any, Callable, Mapping, NamedTuple
 
+from twistchat.crypto.kdf import MAX_SALT_BYTES, MIN_SALT_BYTES
+from twistchat.crypto.seal import (
+    MAX_CIPHERTEXT,
+    MAX_COUNTER,
+    MAX_TEXT_BYTES,
+    PAD_BLOCK,
+    SID_BYTES,
+    TAG_BYTES,
+)
+from twistchat.crypto.spake2plus import MAC_BYTES, POINT_BYTES
 from twistchat.errors import BadMessage
+
+# Sizes fixed by the cryptography (session id, tag, points, MACs, counters, padding,
+# the largest text and ciphertext, salts) are defined in twistchat.crypto and only
+# checked here.
 
 #: Version 2: the SPAKE2+ context binds the server certificate's SHA-256 as well
 #: as the TLS exporter, and only TLS 1.3 is spoken. Sealed messages are as in
@@ -25,12 +39,6 @@ PROTOCOL_VERSION = 2
 
 #: Largest frame a client may send before it has authenticated (bytes).
 MAX_FRAME_PREAUTH = 4096
-#: Largest plaintext a member may seal in one message (UTF-8 bytes).
-MAX_TEXT_BYTES = 16384
-#: Plaintexts are padded to a multiple of this many bytes before sealing.
-PAD_BLOCK = 32
-#: Largest sealed payload: the padded text plus the 16-byte GCM tag.
-MAX_CIPHERTEXT = MAX_TEXT_BYTES + PAD_BLOCK + 16
 #: Largest frame a member may send once authenticated (bytes): a sealed message of
 #: MAX_CIPHERTEXT bytes is about 22 KiB once base64-encoded.
 MAX_FRAME = 32768
@@ -45,7 +53,7 @@ def max_text_for(max_frame: int) -> int:
     bytes once padded, sealed and base64-encoded; at most L{MAX_TEXT_BYTES}.
     """
     sealed = (max_frame - SEND_OVERHEAD) // 4 * 3
-    text = (sealed - 16 - PAD_BLOCK) // PAD_BLOCK * PAD_BLOCK
+    text = (sealed - TAG_BYTES - PAD_BLOCK) // PAD_BLOCK * PAD_BLOCK
     return max(0, min(MAX_TEXT_BYTES, text))
 
 
@@ -56,10 +64,6 @@ MAX_NAME = 32
 MAX_ROOM = 64
 MAX_TEXT_FIELD = 1024
 MAX_MEMBERS_LISTED = 10000
-SESSION_ID_BYTES = 16
-POINT_BYTES = 65
-MAC_BYTES = 32
-MAX_COUNTER = (1 << 63) - 1
 
 
 class Message(NamedTuple):
@@ -179,9 +183,9 @@ Schema = Mapping[str, tuple[Mapping[str, Kind], Mapping[str, Kind]]]
 _name = text(MAX_NAME)
 _room = text(MAX_ROOM)
 _addr = text(64)
-_sid = binary(SESSION_ID_BYTES)
+_sid = binary(SID_BYTES)
 _counter = integer(0, MAX_COUNTER)
-_ciphertext = binary(16, MAX_CIPHERTEXT)
+_ciphertext = binary(TAG_BYTES, MAX_CIPHERTEXT)
 _point = binary(POINT_BYTES)
 _mac = binary(MAC_BYTES)
 _token = integer(0, 2**31 - 1)
@@ -201,7 +205,7 @@ FROM_CLIENT: Schema = {
 FROM_SERVER: Schema = {
     "params": (
         {
-            "salt": binary(16, 64),
+            "salt": binary(MIN_SALT_BYTES, MAX_SALT_BYTES),
             "n": integer(2, 2**30),
             "r": integer(1, 1024),
             "p": integer(1, 1024),
