@@ -237,3 +237,24 @@ def from_code(code: str, text: str) -> TwistchatError:
         if cls.code == code:
             return cls(text)
     return TwistchatError(text, code=code)
+
+
+# --- member identity (twistchat.crypto.identity, twistchat.crypto.signed) -----
+
+
+class BadSignature(Rejected):
+    """
+    the message's signature does not verify under the sender's identity key
+    """
+
+    code = "bad-signature"
+    default_message = "the message's signature does not verify under the sender's identity key"
+
+
+class BadEnvelope(Rejected):
+    """
+    the signed message inside the sealed payload is malformed
+    """
+
+    code = "bad-envelope"
+    default_message = "the signed message inside the sealed payload is malformed"
