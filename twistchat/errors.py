@@ -387,6 +387,24 @@ class Replayed(Rejected):
     )
 
 
+class BadSignature(Rejected):
+    """
+    the message's signature does not verify under the sender's identity key
+    """
+
+    code = "bad-signature"
+    default_message = "the message's signature does not verify under the sender's identity key"
+
+
+class BadEnvelope(Rejected):
+    """
+    the signed message inside the sealed payload is malformed
+    """
+
+    code = "bad-envelope"
+    default_message = "the signed message inside the sealed payload is malformed"
+
+
 # --- trust ------------------------------------------------------------------
 
 

@@ -23,7 +23,11 @@ One key per purpose, all from one scrypt run over the room password
     L{spake2plus.VerifierSession} per login. The context binds the protocol version
     and a TLS exporter value (L{spake2plus.context}).
   - L{seal}: AES-256-GCM sealing (L{seal.Sealer}) and opening with replay detection
-    (L{seal.Opener}).
+    (L{seal.Opener}); payload version 1 (text) or 2 (a signed envelope).
+  - L{identity}: a member's Ed25519 identity key and its owner-only key file.
+  - L{signed}: the signed message envelope (sender key, chain fields, text,
+    signature) sealed as a version 2 payload, and the message hash.
+  - L{safety}: safety numbers for a pair of members and a code for a whole room.
 
 Sizes the wire format shares with the cryptography (session id, GCM tag, padding block,
 largest text and ciphertext, counter range, point and MAC lengths, salt range) are

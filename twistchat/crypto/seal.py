@@ -21,12 +21,28 @@ L{PAD_BLOCK}) so that ciphertext lengths reveal the text length only to 32 bytes
 
 Note: every member holds the content key, so members can forge messages in each
 other's names; the attribution check protects against the server and outsiders.
+
+Versions of the sealed payload
+==============================
+
+The first 16 bytes of the associated data name the payload's version:
+
+  - C{"twistchat/1 msg\\0"}: the padded UTF-8 text (L{Sealer.seal}, L{Opener.open});
+  - C{"twistchat/2 msg\\0"}: a padded signed envelope
+    (L{twistchat.crypto.signed}; L{Sealer.seal_payload}).
+
+Everything else (subkey, nonce, padding, the rest of the associated data) is the same.
+L{Opener.open_payload} tries version 2 first and then version 1, so a message sealed
+before identity keys still opens, and is reported as version 1 (unsigned): a version 1
+message can never be taken for a signed one, nor the reverse, since the tag covers
+the version.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
+from typing import Callable, NamedTuple
 
 from Crypto.Cipher import AES
 
@@ -39,6 +55,7 @@ __all__ = [
     "MAX_COUNTER",
     "MAX_SESSIONS",
     "MAX_TEXT_BYTES",
+    "Opened",
     "Opener",
     "PAD_BLOCK",
     "SID_BYTES",
@@ -69,6 +86,8 @@ MAX_CIPHERTEXT = MAX_TEXT_BYTES + PAD_BLOCK + TAG_BYTES
 MAX_SESSIONS = 4096
 
 _AD_PREFIX = b"twistchat/1 msg\x00"
+#: The associated data's prefix for each payload version.
+_AD_PREFIXES = {1: _AD_PREFIX, 2: b"twistchat/2 msg\x00"}
 _SESSION_INFO = b"twistchat/1 session key\x00"
 
 
@@ -105,18 +124,24 @@ def _encode_field(name: str, value: str) -> bytes:
     return len(data).to_bytes(2, "big") + data
 
 
-def associated_data(room: str, sender: str, sid: bytes, n: int) -> bytes:
+def associated_data(room: str, sender: str, sid: bytes, n: int, version: int = 1) -> bytes:
     """
     The GCM associated data of message C{n} of session C{sid} by C{sender} in
-    C{room}: "twistchat/1 msg\\0", room and sender each as a 2-byte big-endian length
-    and UTF-8 bytes, the 16-byte sid, and n as 8 bytes big-endian.
+    C{room}: "twistchat/1 msg\\0" (for payload C{version} 2: "twistchat/2 msg\\0"),
+    room and sender each as a 2-byte big-endian length and UTF-8 bytes, the 16-byte
+    sid, and n as 8 bytes big-endian.
+
+    @raise ValueError: an unknown version, a sid that is not 16 bytes, n outside
+        [0, L{MAX_COUNTER}], or a name longer than 65535 bytes of UTF-8.
     """
+    if version not in _AD_PREFIXES:
+        raise ValueError(f"unknown payload version {version!r}")
     if not isinstance(sid, (bytes, bytearray)) or len(sid) != SID_BYTES:
         raise ValueError(f"sid must be {SID_BYTES} bytes")
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_COUNTER:
         raise ValueError("n out of range")
     return (
-        _AD_PREFIX
+        _AD_PREFIXES[version]
         + _encode_field("room", room)
         + _encode_field("sender", sender)
         + bytes(sid)
@@ -198,6 +223,57 @@ class Sealer:
         ciphertext, tag = cipher.encrypt_and_digest(pad(data))
         return self._sid, n, ciphertext + tag
 
+    @property
+    def room(self) -> str:
+        """
+        The room this session seals for.
+        """
+        return self._room
+
+    @property
+    def sender(self) -> str:
+        """
+        The sender name this session seals under.
+        """
+        return self._sender
+
+    def seal_payload(self, build: Callable[[bytes, int], bytes]) -> tuple[bytes, int, bytes]:
+        """
+        Seal the next message as a version 2 payload: C{build(sid, n)} makes the
+        payload for this session's next counter (a signed envelope, which must name
+        that sid and n: L{twistchat.crypto.signed.seal_signed}), which is then padded
+        and sealed under the version 2 associated data.
+
+        The counter is used up only once C{build} has returned.
+
+        @return: (sid, n, ciphertext with the 16-byte tag appended).
+        @raise OverflowError: the session has used up its counters.
+        @raise ValueError: C{build} returned something other than bytes.
+        """
+        n = self._next
+        if n > MAX_COUNTER:
+            raise OverflowError("sender session exhausted; start a new one")
+        payload = build(self._sid, n)
+        if not isinstance(payload, (bytes, bytearray)):
+            raise ValueError("a payload must be bytes")
+        if self._next != n:
+            raise RuntimeError("Sealer used while building a payload")
+        self._next = n + 1
+        cipher = AES.new(self._key, AES.MODE_GCM, nonce=_nonce(n), mac_len=TAG_BYTES)
+        cipher.update(associated_data(self._room, self._sender, self._sid, n, 2))
+        ciphertext, tag = cipher.encrypt_and_digest(pad(bytes(payload)))
+        return self._sid, n, ciphertext + tag
+
+
+class Opened(NamedTuple):
+    """
+    An opened message: its payload C{version} (1: unsigned text, 2: signed envelope)
+    and the unpadded C{payload} (for version 1, valid UTF-8).
+    """
+
+    version: int
+    payload: bytes
+
 
 class _Session:
     __slots__ = ("key", "last")
@@ -239,8 +315,50 @@ class Opener:
         @raise Replayed: it authenticates, but its counter is not above the highest
             already accepted from this sender session.
         """
+        return self._open(sender, sid, n, ciphertext, (1,)).payload.decode("utf-8")
+
+    @property
+    def room(self) -> str:
+        """
+        The room whose messages this opener opens.
+        """
+        return self._room
+
+    def open_payload(
+        self,
+        sender: str,
+        sid: bytes,
+        n: int,
+        ciphertext: bytes,
+        *,
+        check: Callable[[Opened], object] | None = None,
+    ) -> Opened:
+        """
+        Like L{open}, for both payload versions: try version 2 (a signed envelope,
+        to be checked with L{twistchat.crypto.signed.decode_signed}), then version 1
+        (text sealed before identity keys). Both share one replay state.
+
+        @param check: called with the opened payload once it has authenticated and
+            passed the replay check, before the replay state is updated; if it
+            raises, the exception propagates and the message leaves no trace (so a
+            message whose signature fails cannot advance a session's counter).
+        @raise Undecryptable: the message authenticates under neither version, or is
+            malformed (for version 1: the text is not UTF-8).
+        @raise Replayed: as for L{open}.
+        """
+        return self._open(sender, sid, n, ciphertext, (2, 1), check)
+
+    def _open(
+        self,
+        sender: str,
+        sid: bytes,
+        n: int,
+        ciphertext: bytes,
+        versions: tuple[int, ...],
+        check: Callable[[Opened], object] | None = None,
+    ) -> Opened:
         try:
-            ad = associated_data(self._room, sender, sid, n)
+            ads = [associated_data(self._room, sender, sid, n, v) for v in versions]
         except (TypeError, ValueError):
             raise Undecryptable() from None
         if not isinstance(ciphertext, (bytes, bytearray)):
@@ -253,23 +371,30 @@ class Opener:
         ident = (sender, sid)
         session = self._sessions.get(ident)
         key = session.key if session is not None else session_key(self._content_key, sid)
-        cipher = AES.new(key, AES.MODE_GCM, nonce=_nonce(n), mac_len=TAG_BYTES)
-        cipher.update(ad)
-        try:
-            padded = cipher.decrypt_and_verify(
-                bytes(ciphertext[:body_len]), bytes(ciphertext[body_len:])
-            )
-        except ValueError:
-            raise Undecryptable() from None
+        body, tag = bytes(ciphertext[:body_len]), bytes(ciphertext[body_len:])
+        for version, ad in zip(versions, ads):
+            cipher = AES.new(key, AES.MODE_GCM, nonce=_nonce(n), mac_len=TAG_BYTES)
+            cipher.update(ad)
+            try:
+                padded = cipher.decrypt_and_verify(body, tag)
+            except ValueError:
+                continue
+            break
+        else:
+            raise Undecryptable()
 
         # authentic: now, and only now, consult and update the replay state
         if session is not None and n <= session.last:
             self._sessions.move_to_end(ident)
             raise Replayed()
-        try:
-            text = unpad(padded).decode("utf-8")
-        except UnicodeDecodeError:
-            raise Undecryptable() from None
+        opened = Opened(version, unpad(padded))
+        if version == 1:
+            try:
+                opened.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                raise Undecryptable() from None
+        if check is not None:
+            check(opened)
         if session is None:
             self._sessions[ident] = _Session(key, n)
             while len(self._sessions) > self._max_sessions:
@@ -277,4 +402,4 @@ class Opener:
         else:
             session.last = n
             self._sessions.move_to_end(ident)
-        return text
+        return opened
