@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from twistchat.bench import cli
+from twistchat.bench import cli, relay
+from twistchat.bench.results import METRICS
 
 EXPECTED = {
     "fanout": {"deliveries_per_s", "cpu_us_per_delivery", "senders", "size", "sent"},
@@ -41,7 +42,7 @@ def test_smoke_run_prints_json_results(tmp_path: Path) -> None:
         assert EXPECTED[r["scenario"]] <= set(r), r
         if r["server"] == "twistchat":
             # Ratios to the baseline measured in the same run.
-            metrics = {m for m, _ in cli.METRICS[r["scenario"]]}
+            metrics = {m for m, _ in METRICS[r["scenario"]]}
             assert set(r["vs_bare"]) <= metrics and r["vs_bare"], r
             assert "server_options" in r
     fanout = next(r for r in results if r["scenario"] == "fanout" and r["server"] == "twistchat")
@@ -55,13 +56,13 @@ def test_options() -> None:
         "quick", ["fanout"], ["twistchat"], 1)
     with pytest.raises(SystemExit):
         cli.parse(["--scenarios", "nosuch"])
-    settings = list(cli.settings(cli.parse(["--scenarios", "fanout,idle"])))
+    settings = list(relay.settings(cli.parse(["--scenarios", "fanout,idle"])))
     assert [(s.scenario, s.members) for s in settings] == [
         ("idle", 1000), ("idle", 10000), ("fanout", 10), ("fanout", 100), ("fanout", 1000)]
 
 
 def test_server_args_keep_the_server_on_loopback() -> None:
-    assert cli.extra_options("--history 0 --max-members=5") == [
+    assert relay.extra_options("--history 0 --max-members=5") == [
         "--history", "0", "--max-members=5"]
     for text in ("--interface 0.0.0.0", "--port=7777", "-i ::", "--data-dir /"):
         with pytest.raises(SystemExit):
@@ -69,7 +70,7 @@ def test_server_args_keep_the_server_on_loopback() -> None:
 
 
 def test_server_options_raise_only_what_the_load_needs() -> None:
-    assert cli.server_options(cli.Setting("idle", 1000, room_size=100), 200) == []
-    assert cli.server_options(cli.Setting("handshake", 0), 200) == []
-    latency = cli.server_options(cli.Setting("latency", 100, senders=10, rate=1000), 200)
+    assert relay.server_options(relay.Setting("idle", 1000, room_size=100), 200) == []
+    assert relay.server_options(relay.Setting("handshake", 0), 200) == []
+    latency = relay.server_options(relay.Setting("latency", 100, senders=10, rate=1000), 200)
     assert latency == ["--message-rate", "200"]
