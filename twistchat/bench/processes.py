@@ -198,21 +198,23 @@ class ServerProcess:
         """
         self.process.send_signal(signal.SIGTERM)
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
         """
         SIGTERM, then wait; SIGKILL if it is still running after C{timeout}
         seconds.
 
-        @return: the exit status (twistd re-raises SIGTERM after its clean
-            shutdown, so a clean twistd gives C{-SIGTERM}).
+        @return: True if it exited by itself with status 0 or by the SIGTERM
+            (twistd re-raises SIGTERM after its clean shutdown), False if it
+            had to be killed or failed.
         """
         if self.process.poll() is None:
             self.terminate()
         try:
-            return self.process.wait(timeout)
+            status = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            return self.process.returncode
+            return False
+        return status in (0, -signal.SIGTERM)
 
     def kill(self) -> None:
         """
