@@ -1,19 +1,13 @@
 """
-The relay scenarios of twistchat-bench: twistchat against the baselines.
-
-  fanout     N members, S of them sending as fast as the room delivers:
-             deliveries/s (messages x recipients), server CPU per delivery
-  latency    a fixed offered rate into a room: p50/p99/max delivery latency,
-             server CPU per delivery
-  idle       C idle members (rooms of --room-size): server RSS per member,
-             time to admit them all
-  handshake  members logging in and out: logins/s, server CPU per login
+The relay scenarios of twistchat-bench (fanout, latency, idle, handshake, as
+C{twistchat-bench --help} describes them): twistchat against the baselines.
 
 Each run starts the server under test in its own process (the real C{twistd
 -n socketchat}, or a baseline from L{twistchat.bench.baselines}) and drives it
-from one or more load processes (L{twistchat.bench.load}), all on 127.0.0.1.
-Every figure is the median over C{--repeat} interleaved runs (server kinds
-alternate within each repeat).
+from one or more load processes (L{twistchat.bench.load}), all on 127.0.0.1:
+members log in, then send, time or churn for the setting's seconds while the
+server's CPU time is read. Every figure is the median over C{--repeat}
+interleaved runs (server kinds alternate within each repeat).
 """
 
 from __future__ import annotations
