@@ -215,7 +215,7 @@ def test_no_password_without_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_describe_twistchat_error() -> None:
     assert describe(Failure(errors.WrongPassword())) == "wrong password"
     assert describe(Failure(errors.NameTaken())) == "name already taken in this room"
-    error = errors.TwistchatError("no answer from the server within 5 seconds", code="timeout")
+    error = errors.Timeout("no answer from the server within 5 seconds")
     assert describe(Failure(error)) == "no answer from the server within 5 seconds"
     changed = errors.FingerprintChanged("the certificate of h:1 has CHANGED")
     assert describe(Failure(changed)) == "the certificate of h:1 has CHANGED"
@@ -546,7 +546,7 @@ def test_console_lines_while_reconnecting() -> None:
     session._listener = console
     console.joined(session)
     lines.clear()
-    drop(session, first, errors.TwistchatError("the server is shutting down", code="shutdown"))
+    drop(session, first, errors.ServerShutdown("the server is shutting down"))
     console.line_typed("are you there?")
     console.line_typed("/who")
     clock.advance(1)

@@ -30,7 +30,7 @@ from twistchat.client.protocol import ChatClientProtocol, State
 from twistchat.crypto.spake2plus import VerifierSession, context
 from twistchat.server.room import Rooms
 from twistchat.server.tls import server_options
-from twistchat.tlsbinding import tls_exporter
+from twistchat.tlsbinding import server_binding
 
 from .conftest import PASSWORD, Recorder
 from .test_cli import run_client
@@ -67,7 +67,7 @@ class Scripted(Int32StringReceiver):
         getattr(self, "on_" + message.type, lambda m: None)(message)
 
     def on_hello(self, message: wire.Message) -> None:
-        self.spake = VerifierSession(self.key, context(tls_exporter(self.transport)),
+        self.spake = VerifierSession(self.key, context(server_binding(self.transport)),
                                      message["name"].encode(), message["room"].encode())
         verifier = self.factory.verifier
         self.send("params", salt=verifier.salt, n=verifier.params.n, r=verifier.params.r,

@@ -58,20 +58,19 @@ def test_final_reasons() -> None:
     for error in (errors.WrongPassword(), errors.ServerNotAuthenticated(),
                   errors.FingerprintChanged(), errors.VersionMismatch(),
                   errors.SaltChanged(), errors.BadMessage(), errors.FrameTooLong(),
-                  errors.Refused("the room was closed by the server operator",
-                                 code="room-closed"),
-                  errors.TwistchatError("TLS failed", code="tls")):
+                  errors.RoomClosed("the room was closed by the server operator"),
+                  errors.TLSFailed("TLS failed")):
         assert is_final(Failure(error)), error
-    for error in (errors.TwistchatError("down", code="shutdown"),
-                  errors.TwistchatError("lost", code="closed"),
-                  errors.LimitExceeded("no answer to a ping", code="timeout"),
+    for error in (errors.ServerShutdown("down"),
+                  errors.ConnectionClosed("lost"),
+                  errors.Timeout("no answer to a ping"),
                   errors.RoomFull(), ConnectionRefusedError()):
         assert not is_final(Failure(error)), error
     # A name still held by our own previous connection may free up.
     assert not is_final(Failure(errors.NameTaken()), reconnecting=True)
     assert is_final(Failure(errors.NameTaken()), reconnecting=False)
     # So may a penalty on our address (someone else behind the same NAT).
-    penalty = errors.LimitExceeded("try again in 5 seconds", code="penalty")
+    penalty = errors.Penalised("try again in 5 seconds")
     assert not is_final(Failure(penalty), reconnecting=True)
     assert is_final(Failure(penalty), reconnecting=False)
 
@@ -94,8 +93,10 @@ class FakeProtocol:
 
     made = 0
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "alice", room: str = "main") -> None:
         self.state = State.MEMBER
+        self.name = name
+        self.room = room
         self.sent: list[str] = []
         self.transport = FakeTransport()
         FakeProtocol.made += 1
@@ -181,7 +182,7 @@ def drop(session: ChatSession, protocol: FakeProtocol, error: errors.TwistchatEr
 
 def test_reconnects_with_backoff_and_reconciles_presence() -> None:
     session, clock, connector, events, first = session_on_clock(NO_JITTER, "bob", "carol")
-    drop(session, first, errors.TwistchatError("the server is shutting down", code="shutdown"))
+    drop(session, first, errors.ServerShutdown("the server is shutting down"))
     assert session.reconnecting and not session.connected
     assert events.events == [("reconnecting", 1, 1.0, "the server is shutting down")]
 
@@ -265,13 +266,13 @@ def test_each_outage_numbers_its_attempts_from_one() -> None:
     does a third a few minutes later.
     """
     session, clock, connector, events, first = session_on_clock()
-    drop(session, first, errors.TwistchatError("the server is shutting down", code="shutdown"))
+    drop(session, first, errors.ServerShutdown("the server is shutting down"))
     second = rejoin(session, clock, connector, events, failures=3)
     assert [e[1:3] for e in events.events if e[0] == "reconnecting"] == [
         (1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0)]
     clock.advance(30)
     events.events.clear()
-    drop(session, second, errors.TwistchatError("the server is shutting down", code="shutdown"))
+    drop(session, second, errors.ServerShutdown("the server is shutting down"))
     assert events.events == [("reconnecting", 1, 1.0, "the server is shutting down")]
     assert session.flapping == 0
     third = rejoin(session, clock, connector, events, failures=1)
@@ -344,7 +345,7 @@ def test_queued_messages_respect_the_new_rate() -> None:
 
 def test_final_failure_while_reconnecting_ends_the_session() -> None:
     session, clock, connector, events, first = session_on_clock()
-    drop(session, first, errors.TwistchatError("lost", code="closed"))
+    drop(session, first, errors.ConnectionClosed("lost"))
     session.send("never delivered")
     clock.advance(1)
     connector.attempts[0].errback(Failure(errors.WrongPassword()))
@@ -360,14 +361,14 @@ def test_final_failure_while_reconnecting_ends_the_session() -> None:
 
 def test_final_reason_for_the_drop_is_not_retried() -> None:
     session, clock, connector, events, first = session_on_clock()
-    drop(session, first, errors.LimitExceeded("disconnected for sending too fast", code="rate"))
+    drop(session, first, errors.TooFast("disconnected for sending too fast"))
     assert events.events == [("disconnected", "disconnected for sending too fast")]
     assert clock.getDelayedCalls() == [] and connector.attempts == []
 
 
 def test_without_reconnect_a_drop_ends_the_session() -> None:
     session, clock, connector, events, first = session_on_clock(None)
-    drop(session, first, errors.TwistchatError("the server is shutting down", code="shutdown"))
+    drop(session, first, errors.ServerShutdown("the server is shutting down"))
     assert events.events == [("disconnected", "the server is shutting down")]
     assert clock.getDelayedCalls() == []
 

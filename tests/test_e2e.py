@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Iterator, Sequence
 
 import pytest
 
-from twistchat.bench.processes import Lines, ServerProcess, twistd
+from twistchat.bench.processes import Lines, ServerProcess, socketchat_command
 
 BIN = Path(sys.executable).parent
 SECRET_TEXT = "the eagle lands at midnight 4711"
@@ -31,17 +32,14 @@ class Server(ServerProcess):
     def __init__(self, workdir: Path, *args: str) -> None:
         self.workdir = workdir
         self.data = workdir / "data"
-        super().__init__(twistd("--data-dir", str(self.data), *args), workdir, env(workdir))
+        super().__init__(socketchat_command("--data-dir", str(self.data), *args), workdir,
+                         env(workdir))
 
     def stop(self, timeout: float = 20) -> bool:
         """
         SIGTERM, then wait; True if twistd shut down cleanly (and said so).
         """
-        try:
-            clean = super().stop(timeout)
-        finally:
-            self.log.rest(timeout=2)
-        return clean and "Server Shut Down." in self.log.seen[-1]
+        return super().stop(timeout) and "Server Shut Down." in self.log.seen[-1]
 
 
 def env(home: Path, **extra: str) -> dict[str, str]:
@@ -161,34 +159,122 @@ def test_sigterm_tells_members_and_exits_cleanly(workdir: Path) -> None:
     assert client.process.wait(timeout=20) == 1
 
 
-def test_unusable_options_are_usage_errors(workdir: Path) -> None:
-    result = subprocess.run(
-        [str(BIN / "twistd"), "-n", "socketchat", "--password-file", str(workdir / "missing")],
+def twistd(workdir: Path, *args: str, daemon: bool = False) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{twistd socketchat} to its end (it is expected not to start), with
+    twistd's default pid file in C{workdir}.
+    """
+    return subprocess.run(
+        [str(BIN / "twistd"), *([] if daemon else ["-n"]), "socketchat",
+         "--data-dir", str(workdir / "data"), *args],
         cwd=workdir, capture_output=True, text=True, timeout=60, env=env(workdir),
     )
-    assert result.returncode != 0
-    assert "cannot read --password-file" in result.stdout + result.stderr
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], *names: str) -> None:
+    """
+    Exit status 1; one line on stderr, naming the problem; no traceback and no
+    usage text anywhere.
+    """
+    assert result.returncode == 1, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("twistd socketchat: ")
+    for name in names:
+        assert name in lines[0]
+    both = result.stdout + result.stderr
+    assert "Traceback" not in both and "Error: " not in both
+    assert "Usage:" not in both and "--max-members" not in both, "twistd's usage text"
+
+
+@pytest.fixture
+def password(workdir: Path) -> Path:
+    path = workdir / "password"
+    path.write_text("a room password for the e2e tests\n")
+    return path
+
+
+def test_port_in_use_is_one_line(workdir: Path, password: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = twistd(workdir, "--interface", "127.0.0.1", "--port", str(port),
+                        "--password-file", str(password))
+    assert_one_line(result, f"cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert not (workdir / "twistd.pid").exists(), "twistd removes its pid file"
+
+
+def test_port_in_use_as_a_daemon(workdir: Path, password: Path) -> None:
+    """
+    Daemonized, twistd's parent process waits for the daemon to report that it
+    started: it is told why not, says so, and exits 1 (it does not wait on).
+    """
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = twistd(workdir, "--interface", "127.0.0.1", "--port", str(port),
+                        "--password-file", str(password), daemon=True)
+    assert result.returncode == 1
+    # twistd passes on the first 100 bytes of the reason.
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in" in result.stderr
+    assert "Traceback" not in result.stderr
+    log = (workdir / "twistd.log").read_text()
+    assert f"twistd socketchat: cannot listen on 127.0.0.1:{port}: Address already in use" in log
+    assert not (workdir / "twistd.pid").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "a folder", "not text"])
+def test_unusable_password_file_is_one_line(workdir: Path, case: str) -> None:
+    path = workdir / "password"
+    if case == "a folder":
+        path.mkdir()
+    elif case == "not text":
+        path.write_bytes(b"\xff\xfe\xfa\n")
+    result = twistd(workdir, "--port", "0", "--password-file", str(path))
+    assert_one_line(result, "cannot read --password-file", str(path))
+
+
+def test_garbage_certificate_is_one_line(workdir: Path, password: Path) -> None:
+    cert = workdir / "cert.pem"
+    cert.write_text("this is not a certificate\n")
+    result = twistd(workdir, "--port", "0", "--password-file", str(password),
+                    "--tls-cert", str(cert))
+    assert_one_line(result, "unusable TLS certificate or key", str(cert))
+
+
+def test_data_dir_that_is_a_file_is_one_line(workdir: Path, password: Path) -> None:
+    (workdir / "data").write_text("")
+    result = twistd(workdir, "--port", "0", "--password-file", str(password))
+    assert_one_line(result, f"the data directory {workdir / 'data'} is not a directory")
+
+
+def test_mistaken_options_still_show_usage(workdir: Path) -> None:
+    result = twistd(workdir, "--tls-key", str(workdir / "key.pem"))
+    assert result.returncode == 1
+    assert "--tls-key needs --tls-cert" in result.stdout + result.stderr
+    assert "--max-members" in result.stdout, "twistd's usage text"
     assert "Traceback" not in result.stdout + result.stderr
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
-def test_openssl_s_client_completes_tls(workdir: Path) -> None:
+def test_openssl_s_client_speaks_only_tls13(workdir: Path) -> None:
+    """
+    A real peer, OpenSSL's s_client, completes TLS 1.3 with the real twistd and
+    is refused when it offers only TLS 1.2 (or 1.1).
+    """
+    assert shutil.which("openssl"), "the openssl command is needed (the test command installs it)"
     server = Server(workdir)
     try:
         versions = {}
-        for flag in ("-tls1_2", "-tls1_3"):
+        for flag in ("-tls1_1", "-tls1_2", "-tls1_3"):
             result = subprocess.run(
                 ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", flag],
                 input="", capture_output=True, text=True, timeout=30,
             )
             versions[flag] = re.search(r"New, (TLSv1\.\d)", result.stdout)
-        assert versions["-tls1_2"] and versions["-tls1_2"].group(1) == "TLSv1.2"
         assert versions["-tls1_3"] and versions["-tls1_3"].group(1) == "TLSv1.3"
-        result = subprocess.run(
-            ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-tls1_1"],
-            input="", capture_output=True, text=True, timeout=30,
-        )
-        assert "New, TLSv1.1" not in result.stdout
+        assert versions["-tls1_2"] is None and versions["-tls1_1"] is None
     finally:
         server.stop()
 

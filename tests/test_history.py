@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
 
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
@@ -28,6 +28,7 @@ from twistchat.server.history import (
     SCHEMA_VERSION,
     History,
     HistoryStore,
+    Row,
 )
 from twistchat.server.room import Room, Rooms
 from twistchat.server.service import ChatServerFactory, ChatService
@@ -304,6 +305,139 @@ async def test_joiner_who_leaves_before_history(made: Any, room: Room) -> None:
     room.leave(carol)
     await until(lambda: not setup.history._joiners, clock=clock)
     assert carol.messages() == []
+
+
+# --- one order, on a clock and an in-memory store ---------------------------------------------
+
+
+class ManualStore:
+    """
+    A store in memory whose writes and queries finish when the test says.
+    """
+
+    path = Path("memory")
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[list[Any], Any]] = []
+        self.queries: list[Any] = []
+
+    def open(self) -> Any:
+        return defer.succeed(None)
+
+    def append(self, rows: Any) -> Any:
+        d: Any = defer.Deferred()
+        self.writes.append((list(rows), d))
+        return d
+
+    def recent(self, room: str, limit: int) -> Any:
+        d: Any = defer.Deferred()
+        self.queries.append(d)
+        return d
+
+    def commit(self, first_id: int) -> list[Row]:
+        """
+        Finish the oldest write; return its rows as the store would give them.
+        """
+        rows, d = self.writes.pop(0)
+        ids = list(range(first_id, first_id + len(rows)))
+        d.callback(ids)
+        return [Row(i, *row) for i, row in zip(ids, rows)]
+
+    def close(self) -> None:
+        pass
+
+
+def seen(peer: Peer) -> list[str]:
+    out = []
+    for m in peer.got:
+        if m.type == "msg":
+            out.append(f"{m['from']}: {m['n']}" + (" (history)" if m.get("hist") else ""))
+        elif m.type in ("joined", "left"):
+            out.append(f"{m['name']} {m.type}")
+    return out
+
+
+def ordered_factory(verifier: Any) -> tuple[ChatServerFactory, ManualStore, task.Clock, Room]:
+    clock = task.Clock()
+    store = ManualStore()
+    history = History(store, clock)  # type: ignore[arg-type]
+    history.start()
+    factory = ChatServerFactory(Rooms([verifier]), clock, history=history)
+    return factory, store, clock, factory.rooms.get("main")
+
+
+def test_joiner_gets_history_then_the_events_after_its_join_in_order(verifier: Any) -> None:
+    """
+    Presence waits behind the messages received before it; a member who joins
+    meanwhile gets its history, then what was held for it (messages not in
+    the history, presence after its join) in order, and no presence from
+    before its join (its welcome listed the members) nor its own.
+    """
+    factory, store, clock, room = ordered_factory(verifier)
+    history = factory.history
+    alice, bob, carol, dave = (Peer(n) for n in ("alice", "bob", "carol", "dave"))
+    factory.join(room, alice)
+    factory.join(room, bob)
+    send(history, room, alice, 1)
+    clock.advance(0)  # message 1's write is in flight
+    factory.join(room, carol)  # received after message 1
+    history.joined(room, carol)  # her query waits
+    send(history, room, alice, 2)
+    factory.join(room, dave)
+    factory.leave(room, dave)
+    assert seen(bob) == []
+    rows = store.commit(1)  # message 1 is stored: it and carol's join go
+    assert seen(bob) == ["alice: 1", "carol joined"]
+    clock.advance(0)  # message 2's write
+    store.commit(2)
+    assert seen(bob)[2:] == ["alice: 2", "dave joined", "dave left"]
+    assert seen(alice) == ["bob joined", "carol joined", "dave joined", "dave left"]
+    assert seen(carol) == []  # all held for her history
+    store.queries.pop(0).callback(rows)
+    assert seen(carol) == ["alice: 1 (history)", "alice: 2", "dave joined", "dave left"]
+    assert seen(dave) == []
+
+
+def test_a_leave_caused_by_a_delivery_goes_after_it(verifier: Any) -> None:
+    """
+    A member dropped while a message is delivered (a slow reader) leaves
+    after that message and the ones received before its leave, for everyone.
+    """
+    factory, store, clock, room = ordered_factory(verifier)
+    history = factory.history
+
+    class Dropped(Peer):
+        def deliver(self, data: bytes) -> None:
+            super().deliver(data)
+            if self.got[-1].type == "msg":
+                factory.leave(room, self)
+
+    alice, bob, carol = Peer("alice"), Dropped("bob"), Peer("carol")
+    for member in (alice, bob, carol):
+        factory.join(room, member)
+    alice.got.clear()
+    send(history, room, alice, 1)
+    send(history, room, alice, 2)
+    clock.advance(0)
+    store.commit(1)
+    assert seen(carol) == ["alice: 1", "alice: 2", "bob left"]
+    assert seen(alice) == ["bob left"]
+
+
+def test_room_closed_waits_for_the_messages_before_it(verifier: Any) -> None:
+    factory, store, clock, room = ordered_factory(verifier)
+    history = factory.history
+    alice, bob = Peer("alice"), Peer("bob")
+    factory.join(room, alice)
+    factory.join(room, bob)
+    send(history, room, alice, 1)
+    clock.advance(0)
+    closed: list[str] = []
+    history.then(room, lambda member: closed.append(member.name))
+    assert closed == []
+    store.commit(1)
+    assert seen(bob) == ["alice: 1"]
+    assert closed == ["alice", "bob"]
 
 
 # --- retention ----------------------------------------------------------------------------
@@ -758,3 +892,212 @@ def caplog_events() -> Iterator[list[dict[str, Any]]]:
     globalLogPublisher.addObserver(events.append)
     yield events
     globalLogPublisher.removeObserver(events.append)
+
+
+# --- one order for a room's events ------------------------------------------------------------
+
+
+class GatedStore(HistoryStore):
+    """
+    The real SQLite store, except that writes are held back until the test
+    calls L{release}: the slow commit that lets a later event overtake a
+    message, made deterministic.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gated = True
+        self.held: list[tuple[list[Any], Any]] = []
+
+    def append(self, rows: Any) -> Any:
+        if not self.gated:
+            return super().append(rows)
+        d: Any = defer.Deferred()
+        self.held.append((list(rows), d))
+        return d
+
+    def release(self) -> None:
+        self.gated = False
+        held, self.held = self.held, []
+        for rows, d in held:
+            super().append(rows).chainDeferred(d)
+
+
+class OrderServer(HistoryServer):
+    def __init__(self, data: Path, service: ChatService, port: int,
+                 store: GatedStore | None) -> None:
+        super().__init__(data, service, port)
+        self.store = store
+
+    def release(self) -> None:
+        """
+        Let the held writes through (no-op without history: nothing waits).
+        """
+        if self.store is not None:
+            self.store.release()
+
+    def sent(self, name: str) -> int:
+        """
+        How many messages the server has received from member C{name}.
+        """
+        return sum(p.sent_messages for p in self.factory.connections if p.name == name)
+
+    def members(self, room: str = "main") -> list[str]:
+        return sorted(m.name for m in self.factory.rooms.get(room).members)
+
+
+@pytest_twisted.async_yield_fixture(params=["history", "no-history"])
+async def oserver(request: Any, tmp_path: Path, certificate: Any,
+                  room_verifiers: dict[str, Any]) -> Any:
+    """
+    A relay over real TLS with rooms from a data directory, with history on a
+    gated real SQLite store, or with history off.
+    """
+    data = tmp_path / "data"
+    for room, verifier in room_verifiers.items():
+        save_verifier(room_path(data, room), verifier)
+    store = history = None
+    if request.param == "history":
+        store = GatedStore(data / HISTORY_FILE)
+        # A long hold limit: the test, not the clock, decides when writes end.
+        history = History(store, reactor, limit=50, hold_limit=60)
+    limits = Limits(message_rate=10000, message_burst=10000)
+    factory = ChatServerFactory(Rooms(load_rooms(data)), reactor, limits, history=history)
+    endpoint = SSL4ServerEndpoint(reactor, 0, server_options(certificate), interface="127.0.0.1")
+    service = ChatService(endpoint, factory, rooms_dir=data / ROOMS_DIR, reload_interval=3600)
+    service.startService()
+    await until(lambda: service.port is not None)
+    yield OrderServer(data, service, service.port.getHost().port, store)
+    if store is not None:
+        store.release()
+    for protocol in list(factory.connections):
+        protocol.transport.abortConnection()
+    await service.stopService()
+
+
+def timeline(recorder: HistoryRecorder) -> list[str]:
+    """
+    A member's view of the room, in the order it was received.
+    """
+    seen = []
+    for e in recorder.events:
+        if isinstance(e, ChatMessage):
+            seen.append(f"{e.sender}: {e.text}" + (" (history)" if e.history else ""))
+        elif isinstance(e, tuple) and e[0] in ("joined", "left"):
+            seen.append(f"{e[1].name} {e[0]}")
+        elif isinstance(e, tuple) and e[0] == "disconnected":
+            seen.append(f"disconnected: {e[1]}")
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_come_before_their_senders_leave(oserver: OrderServer) -> None:
+    """
+    A sender writes 20 messages and goes; the others see the 20 messages,
+    then that it left, even when storing the messages takes longer than the
+    departure (issue: "seqbot left the room", then its messages).
+    """
+    bob, bob_events = await oserver.join("bob")
+    alice, _ = await oserver.join("alice")
+    for i in range(20):
+        alice.send(f"line {i}")
+    await until(lambda: oserver.sent("alice") == 20)
+    await alice.leave()
+    await until(lambda: oserver.members() == ["bob"])
+    oserver.release()
+    await bob_events.wait_for(lambda e: isinstance(e, tuple) and e[0] == "left")
+    await until(lambda: len(timeline(bob_events)) >= 22)
+    assert timeline(bob_events) == [
+        "alice joined", *[f"alice: line {i}" for i in range(20)], "alice left",
+    ]
+    await bob.leave()
+
+
+@pytest_twisted.ensureDeferred
+async def test_piped_sender_that_ends_at_once(hserver: HistoryServer) -> None:
+    """
+    The issue's case as it happens, on the plain store: 20 lines and the end
+    of input at once. The leave comes after the 20 messages.
+    """
+    bob, bob_events = await hserver.join("bob")
+    seqbot, _ = await hserver.join("seqbot")
+    for i in range(20):
+        seqbot.send(f"line {i}")
+    await seqbot.leave()
+    await bob_events.wait_for(lambda e: isinstance(e, tuple) and e[0] == "left")
+    await until(lambda: len(timeline(bob_events)) >= 22)
+    assert timeline(bob_events) == [
+        "seqbot joined", *[f"seqbot: line {i}" for i in range(20)], "seqbot left",
+    ]
+    await bob.leave()
+
+
+@pytest_twisted.ensureDeferred
+async def test_joins_and_leaves_interleaved_with_messages(oserver: OrderServer) -> None:
+    """
+    Every member sees messages, joins and leaves in the order the server
+    received them; a joiner is neither told again about members its welcome
+    listed nor about itself.
+    """
+    bob, bob_events = await oserver.join("bob")
+    alice, alice_events = await oserver.join("alice")
+
+    async def say(first: int, last: int) -> None:
+        for i in range(first, last):
+            alice.send(f"m{i}")
+        await until(lambda: oserver.sent("alice") == last)
+
+    await say(0, 3)
+    carol, _ = await oserver.join("carol")
+    assert sorted(m.name for m in carol.members) == ["alice", "bob"]
+    await say(3, 6)
+    dave, dave_events = await oserver.join("dave")
+    assert sorted(m.name for m in dave.members) == ["alice", "bob", "carol"]
+    await say(6, 9)
+    await carol.leave()
+    await until(lambda: "carol" not in oserver.members())
+    await say(9, 12)
+    oserver.release()
+    for events in (bob_events, dave_events):
+        await events.wait_for(lambda e: isinstance(e, ChatMessage) and e.text == "m11")
+    await alice_events.wait_for(lambda e: isinstance(e, tuple) and e[0] == "left")
+
+    def said(first: int, last: int) -> list[str]:
+        return [f"alice: m{i}" for i in range(first, last)]
+
+    assert timeline(bob_events) == [
+        "alice joined", *said(0, 3), "carol joined", *said(3, 6), "dave joined",
+        *said(6, 9), "carol left", *said(9, 12),
+    ]
+    assert timeline(alice_events) == ["carol joined", "dave joined", "carol left"]
+    # Dave, welcomed with alice, bob and carol, is not told again about them
+    # nor about himself. With history, what alice said before he joined comes
+    # once (replayed or live: here its writes were held), then the rest.
+    before = said(0, 6) if oserver.store is not None else []
+    dave_seen = [line.replace(" (history)", "") for line in timeline(dave_events)]
+    assert dave_seen == [*before, *said(6, 9), "carol left", *said(9, 12)]
+    for session in (alice, bob, dave):
+        await session.leave()
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_closed_after_the_messages_before_it(oserver: OrderServer) -> None:
+    """
+    The operator removes a room while its messages are still being stored:
+    members get those messages first, then that the room was closed.
+    """
+    bob, bob_events = await oserver.join("bob", "dev")
+    alice, alice_events = await oserver.join("alice", "dev")
+    for i in range(5):
+        alice.send(f"last words {i}")
+    await until(lambda: oserver.sent("alice") == 5)
+    room_path(oserver.data, "dev").unlink()
+    oserver.service.reloader.scan()
+    oserver.release()
+    for events in (alice_events, bob_events):
+        await events.wait_for(lambda e: isinstance(e, tuple) and e[0] == "disconnected")
+    closed = "disconnected: the room was closed by the server operator"
+    assert timeline(bob_events) == [
+        "alice joined", *[f"alice: last words {i}" for i in range(5)], closed,
+    ]
+    assert timeline(alice_events) == [closed]

@@ -78,7 +78,8 @@ from twistchat.crypto.spake2plus import Prover, context
 from twistchat.server.limits import Limits
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
-from twistchat.server.tls import server_options, tls_exporter
+from twistchat.server.tls import server_options
+from twistchat.tlsbinding import client_binding
 
 from .conftest import OTHER_PASSWORD, PASSWORD, RunningServer, deferLater
 from .test_integration import is_message, join
@@ -201,7 +202,7 @@ class Raw(Int32StringReceiver):
             return params
         secrets = derive(password, params["salt"],
                          ScryptParams(params["n"], params["r"], params["p"]))
-        prover = Prover(context(tls_exporter(self.transport)), name.encode(), room.encode(),
+        prover = Prover(context(client_binding(self.transport)), name.encode(), room.encode(),
                         secrets.w0, secrets.w1)
         self.send("share", X=prover.share())
         verify = await self.next()
@@ -459,10 +460,10 @@ async def test_handshake_never_finished(serve: Start, known_hosts: Path, stage: 
     room = await bystanders(server, known_hosts)
     raw = await connect_raw(server)
     await raw.handshake()
-    raw.send("hello", v=1, room="main", name="mallory")
+    raw.send("hello", v=wire.PROTOCOL_VERSION, room="main", name="mallory")
     assert (await raw.next()).type == "params"
     if stage != "after hello":
-        prover = Prover(context(tls_exporter(raw.transport)), b"mallory", b"main", 5, 7)
+        prover = Prover(context(client_binding(raw.transport)), b"mallory", b"main", 5, 7)
         raw.send("share", X=prover.share())
         assert (await raw.next()).type == "verify"
     error = await raw.refused()
@@ -580,14 +581,14 @@ async def test_parallel_guesses_capped(serve: Start, known_hosts: Path) -> None:
     guessers = [await connect_raw(server) for _ in range(3)]
     for raw in guessers:
         await raw.handshake()
-        raw.send("hello", v=1, room="main", name="mallory")
+        raw.send("hello", v=wire.PROTOCOL_VERSION, room="main", name="mallory")
         assert (await raw.next()).type == "params"
     for raw in guessers[:2]:
-        prover = Prover(context(tls_exporter(raw.transport)), b"mallory", b"main", 5, 7)
+        prover = Prover(context(client_binding(raw.transport)), b"mallory", b"main", 5, 7)
         raw.send("share", X=prover.share())
         assert (await raw.next()).type == "verify"
     waiting = guessers[2]
-    prover = Prover(context(tls_exporter(waiting.transport)), b"mallory", b"main", 5, 7)
+    prover = Prover(context(client_binding(waiting.transport)), b"mallory", b"main", 5, 7)
     waiting.send("share", X=prover.share())
     record = server.factory.addresses.get("127.0.0.1")
     for _ in range(500):
@@ -710,7 +711,7 @@ async def test_server_only_types_refused(server: Any, known_hosts: Path) -> None
 
 
 def hello(name: str = "mallory", room: str = "main") -> bytes:
-    return json.dumps({"type": "hello", "v": 1, "room": room, "name": name}).encode()
+    return json.dumps({"type": "hello", "v": wire.PROTOCOL_VERSION, "room": room, "name": name}).encode()
 
 
 @pytest_twisted.ensureDeferred
@@ -842,18 +843,18 @@ async def test_disconnect_mid_frame(server: Any, known_hosts: Path) -> None:
 
 
 @pytest.mark.parametrize("frames, code, text", [
-    ([{"type": "hello", "v": 2, "room": "main", "name": "m"}], "version",
-     "this server speaks protocol version 1, not 2"),
-    ([{"type": "hello", "v": 1, "room": "main", "name": "m"}] * 2, "unexpected-message",
+    ([{"type": "hello", "v": 1, "room": "main", "name": "m"}], "version",
+     "this server speaks protocol version 2, not 1"),
+    ([{"type": "hello", "v": wire.PROTOCOL_VERSION, "room": "main", "name": "m"}] * 2, "unexpected-message",
      "a 'hello' message is not allowed while waiting for the password share"),
     ([{"type": "share", "X": BAD_X}], "unexpected-message",
      "a 'share' message is not allowed while waiting for hello"),
-    ([{"type": "hello", "v": 1, "room": "main", "name": "m"},
+    ([{"type": "hello", "v": wire.PROTOCOL_VERSION, "room": "main", "name": "m"},
       {"type": "confirm", "mac": MAC}], "unexpected-message",
      "a 'confirm' message is not allowed while waiting for the password share"),
     ([{"type": "who"}], "unexpected-message",
      "a 'who' message is not allowed while waiting for hello"),
-    ([{"type": "hello", "v": 1, "room": "main", "name": "m"},
+    ([{"type": "hello", "v": wire.PROTOCOL_VERSION, "room": "main", "name": "m"},
       {"type": "share", "X": BAD_X}], "bad-point", "uncompressed"),
 ], ids=["version", "second-hello", "share-first", "confirm-early", "who-first", "bad-point"])
 @pytest_twisted.ensureDeferred
@@ -874,7 +875,7 @@ async def test_handshake_out_of_order(server: Any, known_hosts: Path, frames: li
 async def test_handshake_messages_from_member(server: Any, known_hosts: Path) -> None:
     room = await bystanders(server, known_hosts)
     for i, kind in enumerate(["hello", "share", "confirm"]):
-        fields = {"hello": {"v": 1, "room": "main", "name": "alice"},
+        fields = {"hello": {"v": wire.PROTOCOL_VERSION, "room": "main", "name": "alice"},
                   "share": {"X": BAD_X}, "confirm": {"mac": MAC}}[kind]
         mallory = await member(server, f"mallory{i}")
         mallory.frame(json.dumps({"type": kind, **fields}).encode())

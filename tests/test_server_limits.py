@@ -82,7 +82,7 @@ def test_penalty_checked_again_when_a_guess_starts(verifier: Any, clock: Clock) 
     factory = make_factory(verifier, clock, free_failures=0, failure_penalty=5)
     opened_early = Peer(factory, 6200)
     wrong_login(factory, 6201)
-    opened_early.send("hello", v=1, room="main", name="mallory")
+    opened_early.send("hello", v=wire.PROTOCOL_VERSION, room="main", name="mallory")
     (error,) = opened_early.received()
     assert error["code"] == "penalty"
 
@@ -211,7 +211,7 @@ def start_guess(factory: ChatServerFactory, port: int) -> tuple[Peer, list[Any]]
     peer = Peer(factory, port)
     replies = peer.received()
     if not replies:
-        peer.send("hello", v=1, room="main", name="mallory")
+        peer.send("hello", v=wire.PROTOCOL_VERSION, room="main", name="mallory")
         replies = peer.received()
     if replies and replies[0].type == "params":
         peer.send("share", X=SHARE)
@@ -266,7 +266,7 @@ def test_queued_share_meets_a_penalty(verifier: Any, clock: Clock) -> None:
 def test_penalty_checked_again_at_the_share(verifier: Any, clock: Clock) -> None:
     factory = make_factory(verifier, clock, free_failures=0, failure_penalty=5)
     early = Peer(factory, 7100)
-    early.send("hello", v=1, room="main", name="mallory")
+    early.send("hello", v=wire.PROTOCOL_VERSION, room="main", name="mallory")
     assert early.received()[0].type == "params"
     wrong_login(factory, 7101)
     early.send("share", X=SHARE)

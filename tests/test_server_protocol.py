@@ -58,7 +58,7 @@ class Peer:
         return out
 
     def login(self, name: str, password: str = PASSWORD, room: str = "main") -> list[wire.Message]:
-        self.send("hello", v=1, room=room, name=name)
+        self.send("hello", v=wire.PROTOCOL_VERSION, room=room, name=name)
         (params,) = self.received()
         assert params.type == "params"
         from twistchat.crypto.kdf import ScryptParams
@@ -149,7 +149,7 @@ def test_wrong_password_refused_and_nobody_told(factory: ChatServerFactory) -> N
 
 def test_bad_confirmation_mac_refused(factory: ChatServerFactory) -> None:
     peer = Peer(factory, 5003)
-    peer.send("hello", v=1, room="main", name="mallory")
+    peer.send("hello", v=wire.PROTOCOL_VERSION, room="main", name="mallory")
     peer.received()
     peer.send("share", X=Prover(context(BINDING), b"mallory", b"main", 5, 7).share())
     peer.received()
@@ -165,7 +165,7 @@ def test_timeout_at_confirmation_counts_as_failed_attempt(
     failures = []
     factory.login_failed = failures.append  # type: ignore[method-assign]
     peer = Peer(factory, 5003)
-    peer.send("hello", v=1, room="main", name="mallory")
+    peer.send("hello", v=wire.PROTOCOL_VERSION, room="main", name="mallory")
     peer.received()
     peer.send("share", X=Prover(context(BINDING), b"mallory", b"main", 5, 7).share())
     clock.advance(factory.limits.handshake_timeout)
@@ -180,9 +180,9 @@ def test_unknown_room_looks_like_wrong_password(factory: ChatServerFactory) -> N
         peer.login("eve", room="secret-room")
     # the decoy salt is stable, as a real room's is
     again = Peer(factory, 5005)
-    again.send("hello", v=1, room="secret-room", name="eve")
+    again.send("hello", v=wire.PROTOCOL_VERSION, room="secret-room", name="eve")
     peer2 = Peer(factory, 5006)
-    peer2.send("hello", v=1, room="secret-room", name="eve")
+    peer2.send("hello", v=wire.PROTOCOL_VERSION, room="secret-room", name="eve")
     assert again.received()[0]["salt"] == peer2.received()[0]["salt"]
 
 
@@ -195,7 +195,7 @@ def test_name_taken_case_insensitively(factory: ChatServerFactory) -> None:
 @pytest.mark.parametrize("name", ["", "a b", "-x", "x" * 33, "\u00e9t\u00e9", "a\x1b[2J"])
 def test_invalid_names_refused(factory: ChatServerFactory, name: str) -> None:
     peer = Peer(factory, 5001)
-    peer.send("hello", v=1, room="main", name=name)
+    peer.send("hello", v=wire.PROTOCOL_VERSION, room="main", name=name)
     (error,) = peer.received()
     assert error["code"] in ("name-invalid", "bad-message")
     assert closed(peer)
@@ -203,10 +203,11 @@ def test_invalid_names_refused(factory: ChatServerFactory, name: str) -> None:
 
 def test_version_mismatch(factory: ChatServerFactory) -> None:
     peer = Peer(factory, 5001)
-    peer.send("hello", v=2, room="main", name="alice")
+    # A version-1 client (before the certificate was bound into the login).
+    peer.send("hello", v=1, room="main", name="alice")
     (error,) = peer.received()
     assert error["code"] == "version"
-    assert "version 1" in error["text"]
+    assert error["text"] == "this server speaks protocol version 2, not 1"
 
 
 @pytest.mark.parametrize(
@@ -329,7 +330,7 @@ def test_closing_a_member_unregisters_its_producer(factory: ChatServerFactory) -
     alice = Peer(factory, 5001)
     alice.login("alice")
     assert alice.transport.producer is alice.proto
-    alice.send("hello", v=1, room="main", name="alice")
+    alice.send("hello", v=wire.PROTOCOL_VERSION, room="main", name="alice")
     assert alice.received()[-1]["code"] == "unexpected-message"
     assert closed(alice) and alice.transport.producer is None
 
@@ -340,7 +341,7 @@ def test_closing_a_room_disconnects_members_and_logins_in_progress(
     alice = Peer(factory, 5001)
     alice.login("alice")
     bob = Peer(factory, 5002)
-    bob.send("hello", v=1, room="main", name="bob")
+    bob.send("hello", v=wire.PROTOCOL_VERSION, room="main", name="bob")
     (params,) = bob.received()
     assert params.type == "params"
     room = factory.rooms.remove("main")

@@ -23,7 +23,7 @@ from twisted.python import usage
 from twistchat.crypto.kdf import content_key, derive_secrets, make_verifier
 from twistchat.server.history import History
 from twistchat.server.room import Rooms
-from twistchat.server.service import ChatServerFactory, ChatService
+from twistchat.server.service import CannotStart, ChatServerFactory, ChatService
 from twistchat.server.tls import CERT_FILE, KEY_FILE, create_self_signed, fingerprint
 from twistchat.server.verifiers import load_verifier, room_path, save_verifier
 from twistchat.tap import Options, makeService
@@ -155,7 +155,7 @@ def test_empty_password(tmp_path: Path) -> None:
 
 
 def test_password_file_missing(tmp_path: Path) -> None:
-    with pytest.raises(usage.UsageError, match="cannot read --password-file"):
+    with pytest.raises(CannotStart, match="cannot read --password-file"):
         parse(tmp_path / "data", "--password-file", str(tmp_path / "nonexistent"))
 
 
@@ -163,7 +163,7 @@ def test_password_file_missing(tmp_path: Path) -> None:
 def test_password_file_empty(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "password"
     path.write_bytes(content)
-    with pytest.raises(usage.UsageError, match="empty"):
+    with pytest.raises(CannotStart, match="empty"):
         parse(tmp_path / "data", "--password-file", str(path))
     assert not room_path(tmp_path / "data", "main").exists()
 
@@ -171,7 +171,7 @@ def test_password_file_empty(tmp_path: Path, content: bytes) -> None:
 def test_password_file_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "password"
     path.write_bytes(b"\xff\xfe\xfa\n")
-    with pytest.raises(usage.UsageError, match="cannot read --password-file"):
+    with pytest.raises(CannotStart, match="cannot read --password-file"):
         parse(tmp_path / "data", "--password-file", str(path))
 
 
@@ -199,7 +199,7 @@ def test_password_file_first_line(tmp_path: Path) -> None:
 def test_verifier_file_malformed(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "main.json"
     path.write_bytes(content)
-    with pytest.raises(usage.UsageError, match="verifier"):
+    with pytest.raises(CannotStart, match="verifier"):
         parse(tmp_path / "data", "--verifier-file", str(path))
 
 
@@ -212,12 +212,12 @@ def test_verifier_file_bad_member(tmp_path: Path) -> None:
     data["scrypt"]["n"] = 1024
     path = tmp_path / "main.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(usage.UsageError, match="scrypt"):
+    with pytest.raises(CannotStart, match="scrypt"):
         parse(tmp_path / "data", "--verifier-file", str(path))
 
 
 def test_verifier_file_missing(tmp_path: Path) -> None:
-    with pytest.raises(usage.UsageError, match="cannot read verifier file"):
+    with pytest.raises(CannotStart, match="cannot read verifier file"):
         parse(tmp_path / "data", "--verifier-file", str(tmp_path / "nonexistent.json"))
 
 
@@ -239,18 +239,19 @@ def test_bad_room(tmp_path: Path, room: str) -> None:
 def test_data_dir_is_a_file(tmp_path: Path) -> None:
     path = tmp_path / "file"
     path.write_text("")
-    with pytest.raises(usage.UsageError, match="data directory"):
+    with pytest.raises(CannotStart, match="data directory .* is not a directory"):
         parse(path, "--password", PASSWORD)
 
 
 def test_corrupt_stored_verifier(tmp_path: Path) -> None:
     """
-    A damaged verifier in the data directory is a usage error, not a traceback.
+    A damaged verifier in the data directory is a start-up failure, not a
+    traceback.
     """
     data = tmp_path / "data"
     (data / "rooms").mkdir(parents=True)
     (data / "rooms" / "main.json").write_text("{")
-    with pytest.raises(usage.UsageError, match="not JSON"):
+    with pytest.raises(CannotStart, match="not JSON"):
         parse(data)
 
 
@@ -448,7 +449,7 @@ def test_given_certificate_with_key_inside(tmp_path: Path) -> None:
 
 
 def test_given_certificate_missing(tmp_path: Path) -> None:
-    with pytest.raises(usage.UsageError, match="TLS certificate"):
+    with pytest.raises(CannotStart, match="TLS certificate"):
         parse(tmp_path / "data", "--tls-cert", str(tmp_path / "nonexistent.pem"),
               "--password", PASSWORD)
 
@@ -456,7 +457,7 @@ def test_given_certificate_missing(tmp_path: Path) -> None:
 def test_given_certificate_without_key(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     create_self_signed(cert, key)
-    with pytest.raises(usage.UsageError, match="TLS certificate"):
+    with pytest.raises(CannotStart, match="TLS certificate"):
         parse(tmp_path / "data", "--tls-cert", str(cert), "--password", PASSWORD)
 
 
@@ -465,7 +466,7 @@ def test_given_certificate_with_another_key(tmp_path: Path) -> None:
     create_self_signed(cert, key)
     other_cert, other_key = tmp_path / "other.pem", tmp_path / "other.key"
     create_self_signed(other_cert, other_key)
-    with pytest.raises(usage.UsageError, match="TLS certificate"):
+    with pytest.raises(CannotStart, match="TLS certificate"):
         parse(tmp_path / "data", "--tls-cert", str(cert), "--tls-key", str(other_key),
               "--password", PASSWORD)
 
@@ -597,11 +598,11 @@ def test_unknown_rooms_keep_their_salt_across_restarts(tmp_path: Path) -> None:
     assert other.decoy("secret-room")[0] != first.decoy("secret-room")[0]
 
 
-def test_damaged_decoy_secret_is_a_usage_error(tmp_path: Path) -> None:
+def test_damaged_decoy_secret_cannot_start(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "decoy.key").write_bytes(b"short")
-    with pytest.raises(usage.UsageError, match="is not a decoy secret"):
+    with pytest.raises(CannotStart, match="is not a decoy secret"):
         parse(data, "--password", PASSWORD)
 
 

@@ -21,5 +21,8 @@ def read_password_file(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
             return f.readline().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read --password-file: {e}") from None
+    except OSError as e:
+        reason = e.strerror or str(e)
+    except UnicodeDecodeError:
+        reason = "it is not UTF-8 text"
+    raise ConfigError(f"cannot read --password-file {path}: {reason}")

@@ -1,13 +1,5 @@
 """
-``twistchat-passwd``: set a room's password by writing its verifier.
-
-    twistchat-passwd [--room NAME] [--data-dir DIR | --output FILE] [--password-file FILE]
-
-The verifier (salt, scrypt cost, w0, L) lets the server check the password with
-SPAKE2+ but not recover it, nor derive the key that seals messages. Written into
-the server's data directory (C{DIR/rooms/NAME.json}), it takes effect within
-5 seconds, with no restart: a running server adds a new room, and for a changed
-password keeps the members already in and asks new logins for the new password.
+``twistchat-passwd``: set a room's password by writing its verifier (help text: L{Options}).
 """
 
 from __future__ import annotations
@@ -20,6 +12,7 @@ from pathlib import Path
 
 from twisted.python import usage
 
+from twistchat import __version__
 from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams, check_params, make_verifier
 from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.errors import ConfigError, TwistchatError
@@ -27,8 +20,20 @@ from twistchat.server.verifiers import check_room, room_path, save_verifier
 
 
 class Options(usage.Options):
-    synopsis = "[options]"
-    longdesc = __doc__
+    # Plain text, not the module docstring: help must not depend on docstrings
+    # (gone under python -OO) nor show their markup.
+    synopsis = ("Usage: twistchat-passwd [--room NAME] [--data-dir DIR | --output FILE] "
+                "[--password-file FILE]")
+    longdesc = (
+        "Set a room's password by writing its verifier. The verifier (salt, scrypt "
+        "cost, w0, L) lets the server check the password with SPAKE2+ but not recover "
+        "it, nor derive the key that seals messages. Written into the server's data "
+        "directory (DIR/rooms/NAME.json), it takes effect within 5 seconds, with no "
+        "restart: a running server adds a new room, and for a changed password keeps "
+        "the members already in and asks new logins for the new password. The password "
+        f"is read from --password-file, ${PASSWORD_ENV}, a prompt, or the first line "
+        "of standard input."
+    )
     optParameters = [
         ["room", "r", DEFAULT_ROOM, "Room whose password to set."],
         ["data-dir", "d", "twistchat-data", "The server's data directory."],
@@ -36,6 +41,13 @@ class Options(usage.Options):
         ["password-file", None, None, "Read the password from this file's first line."],
         ["scrypt-log-n", None, 15, "scrypt cost: N = 2**this (15 to 20).", int],
     ]
+
+    def opt_version(self) -> None:
+        """
+        Display twistchat's version and exit.
+        """
+        print(f"twistchat-passwd (twistchat) {__version__}")
+        raise SystemExit(0)
 
     def postOptions(self) -> None:
         try:

@@ -2,9 +2,12 @@
 ``twistd socketchat``: command-line options and the service they build.
 
 Option parsing does all the checking and the file work that can fail (reading
-the password or verifier, creating the data directory and certificate), so an
-unusable option is a usage error from twistd, never a traceback. L{makeService}
-only builds the service; nothing listens until twistd starts it.
+the password or verifier, creating the data directory and certificate). A
+mistake in the options themselves (a bad value, options that conflict) is a
+usage error from twistd; a file or directory that cannot be used is
+L{CannotStart}: one line on stderr and exit status 1. Neither is a traceback.
+L{makeService} only builds the service; nothing listens until twistd starts it
+(a port in use is then L{CannotStart} too).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from twistchat.errors import ConfigError
 from twistchat.server.history import DEFAULT_LIMIT, HISTORY_FILE, History, HistoryStore
 from twistchat.server.limits import Limits
 from twistchat.server.room import Rooms
-from twistchat.server.service import ChatServerFactory, ChatService
+from twistchat.server.service import CannotStart, ChatServerFactory, ChatService
 from twistchat.server.tls import fingerprint, load_certificate, server_options
 from twistchat.server.verifiers import (
     check_room,
@@ -153,19 +156,39 @@ class Options(usage.Options):
             )
         try:
             check_room(self["room"])
-            self.data_dir = Path(self["data-dir"])
+        except ConfigError as e:
+            raise usage.UsageError(e.message) from None
+        if self["password"] == "":
+            raise usage.UsageError("the --password given is empty")
+        # From here on the options are fine; what fails is a file or folder.
+        self.data_dir = Path(self["data-dir"])
+        try:
+            if self.data_dir.exists() and not self.data_dir.is_dir():
+                raise ConfigError(f"the data directory {self.data_dir} is not a directory")
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.verifiers = self._verifiers()
             self.decoy_secret = decoy_secret(self.data_dir)
-            self.certificate = load_certificate(
-                self.data_dir,
-                Path(self["tls-cert"]) if self["tls-cert"] else None,
-                Path(self["tls-key"]) if self["tls-key"] else None,
-            )
         except ConfigError as e:
-            raise usage.UsageError(e.message) from None
+            raise CannotStart(e.message) from None
         except OSError as e:
-            raise usage.UsageError(f"data directory {self['data-dir']}: {e}") from None
+            raise CannotStart(
+                f"cannot use the data directory {self.data_dir}: {_os_reason(e)}"
+            ) from None
+        cert = Path(self["tls-cert"]) if self["tls-cert"] else None
+        key = Path(self["tls-key"]) if self["tls-key"] else None
+        try:
+            self.certificate = load_certificate(self.data_dir, cert, key)
+        except ConfigError as e:
+            if cert is None:
+                source = f"in {self.data_dir}"
+            else:
+                source = f"--tls-cert {cert}" + (f", --tls-key {key}" if key else "")
+            raise CannotStart(f"{e.message} ({source})") from None
+        except OSError as e:
+            # Creating the self-signed certificate in the data directory.
+            raise CannotStart(
+                f"cannot use the data directory {self.data_dir}: {_os_reason(e)}"
+            ) from None
 
     def _password(self) -> str | None:
         if self["password"] is not None:
@@ -173,8 +196,6 @@ class Options(usage.Options):
                 "twistd socketchat: warning: a password given with --password is "
                 "visible to other local users; prefer --password-file\n"
             )
-            if not self["password"]:
-                raise ConfigError("the --password given is empty")
             return str(self["password"])
         if self["password-file"] is not None:
             line = read_password_file(self["password-file"])
@@ -224,6 +245,14 @@ class Options(usage.Options):
         return verifier
 
 
+def _os_reason(error: OSError) -> str:
+    """
+    An OS error as the reason and the file it is about.
+    """
+    reason = error.strerror or str(error)
+    return f"{reason} ({error.filename})" if error.filename else reason
+
+
 def makeService(options: Options) -> ChatService:
     """
     Build (not start) the relay service described by parsed C{options}.
@@ -257,4 +286,5 @@ def makeService(options: Options) -> ChatService:
         description=f", rooms: {rooms}; TLS certificate SHA-256 {fingerprint(certificate)}",
         # A --verifier-file room is served alone: rooms/ is not watched then.
         rooms_dir=None if options["verifier-file"] is not None else options.data_dir / ROOMS_DIR,
+        err=options.err,
     )

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from twistchat import wire
 from twistchat.bench.config import BenchConfig
 from twistchat.bench.measure import rss_kib
 from twistchat.bench.processes import BenchError, ServerProcess, raise_fd_limit, run_clients, start_twistd
@@ -118,8 +119,6 @@ def _idle_wave(count: int, timeout: float, server: ServerProcess, wave: int,
 
 
 def _frame_io(tls: ssl.SSLSocket) -> Any:
-    from twistchat import wire
-
     def send(kind: str, **fields: Any) -> None:
         tls.sendall(wire.prefixed(wire.encode(kind, **fields)))
 
@@ -161,7 +160,7 @@ def guess(config: BenchConfig, workdir: Path) -> dict[str, Any]:
                 raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
                 with context.wrap_socket(raw) as tls:
                     send, receive = _frame_io(tls)
-                    send("hello", v=1, room="main", name="guesser")
+                    send("hello", v=wire.PROTOCOL_VERSION, room="main", name="guesser")
                     answer = receive()
                     if answer is not None and answer.type == "params":
                         send("share", X=share)

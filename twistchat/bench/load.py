@@ -41,7 +41,7 @@ from twistchat.client.trust import tofu_options
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, content_key, derive_secrets
 from twistchat.crypto.seal import Sealer
 from twistchat.framing import no_delay
-from twistchat.tlsbinding import tls_exporter
+from twistchat.tlsbinding import client_binding
 
 #: Counters are sent as 16 digits, so every relayed frame of a run has one length.
 COUNTER_BASE = 10**15
@@ -92,7 +92,7 @@ class TwistchatMember(ChatClientProtocol):
         self.ready: defer.Deferred[Any] = defer.Deferred()
         # No keepalive: past the welcome, frames bypass the client's handling
         # (which would answer and reset it), and the server pings idle members.
-        super().__init__(_Ignore(self), name, room, load.keyring(room), tls_exporter,
+        super().__init__(_Ignore(self), name, room, load.keyring(room), client_binding,
                          keepalive=None)
 
     def dataReceived(self, data: bytes) -> None:

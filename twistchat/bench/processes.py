@@ -2,9 +2,9 @@
 Child processes of twistchat-bench and of the end-to-end tests.
 
 L{ServerProcess} starts a server command that prints C{listening on port N}
-(the real C{twistd -n socketchat}, built by L{twistd}, or a baseline relay),
-waits for that line and reads the port from it, and stops the server with
-SIGTERM, then SIGKILL. L{Lines} collects a child's output lines in a
+(the real C{twistd -n socketchat}, built by L{socketchat_command}, or a
+baseline relay), waits for that line and reads the port from it, and stops
+the server with SIGTERM, then SIGKILL. L{Lines} collects a child's output lines in a
 background thread, so that a child never blocks on a full pipe and a caller
 waits for a line with a timeout. L{LoadProcess} is one load process of the
 relay scenarios (L{twistchat.bench.load}), driven by JSON lines;
@@ -50,9 +50,10 @@ class BenchError(Exception):
     """
 
 
-class LineNotSeen(BenchError):
+class LineNotSeen(BenchError, AssertionError):
     """
-    A line was not printed in time; the message holds what was printed.
+    A line was not printed in time; the message holds what was printed. (Also
+    an C{AssertionError}: a test that waits for a line fails as an assertion.)
     """
 
 
@@ -128,7 +129,7 @@ class Lines:
         return sum(text in line for line in self.seen)
 
 
-def twistd(*options: str, python: str | None = None) -> list[str]:
+def socketchat_command(*options: str, python: str | None = None) -> list[str]:
     """
     The command line of C{twistd -n socketchat} on 127.0.0.1, on a port the
     system picks, with no pid file, then C{options}.
@@ -146,13 +147,14 @@ def twistd(*options: str, python: str | None = None) -> list[str]:
 
 def start_twistd(workdir: Path, password: str, *options: str) -> ServerProcess:
     """
-    C{twistd -n socketchat} (see L{twistd}) for room C{main} with C{password},
-    its data in C{workdir/data}.
+    C{twistd -n socketchat} (see L{socketchat_command}) for room C{main} with
+    C{password}, its data in C{workdir/data}.
 
     @raise LineNotSeen: when it does not start.
     """
     env = {**os.environ, PASSWORD_ENV: password}
-    return ServerProcess(twistd("--data-dir", str(workdir / "data"), *options), workdir, env)
+    command = socketchat_command("--data-dir", str(workdir / "data"), *options)
+    return ServerProcess(command, workdir, env)
 
 
 class ServerProcess:
@@ -201,7 +203,7 @@ class ServerProcess:
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
         """
         SIGTERM, then wait; SIGKILL if it is still running after C{timeout}
-        seconds.
+        seconds. Then L{log} takes the rest of its output (for 2 s at most).
 
         @return: True if it exited by itself with status 0 or by the SIGTERM
             (twistd re-raises SIGTERM after its clean shutdown), False if it
@@ -214,6 +216,8 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             return False
+        finally:
+            self.log.rest(timeout=2)
         return status in (0, -signal.SIGTERM)
 
     def kill(self) -> None:

@@ -29,7 +29,7 @@ from twistchat.bench.config import MAIN_ROOM, MODES, BenchConfig
 from twistchat.bench.load import COUNTER_BASE
 from twistchat.bench.measure import children, cpu_seconds, rss_bytes
 from twistchat.bench.processes import (
-    STEP_TIMEOUT, BenchError, LoadProcess, ServerProcess, twistd)
+    STEP_TIMEOUT, BenchError, LoadProcess, ServerProcess, socketchat_command)
 from twistchat.bench.results import median_result
 from twistchat.config import PASSWORD_ENV
 
@@ -159,7 +159,7 @@ def server_command(kind: str, data: Path, options: list[str], before: str | None
     """
     if kind not in ("twistchat", "before"):
         return [sys.executable, "-m", f"twistchat.bench.baselines.{kind}_relay", str(data)]
-    command = twistd("--data-dir", str(data), "--room", MAIN_ROOM, *options,
+    command = socketchat_command("--data-dir", str(data), "--room", MAIN_ROOM, *options,
                      python=before if kind == "before" else None)
     if profile and kind == "twistchat":
         spy = Path(sys.executable).with_name("py-spy")

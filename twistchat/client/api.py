@@ -59,7 +59,7 @@ from twistchat.errors import (
     Undecryptable,
 )
 from twistchat.ratelimit import TokenBucket
-from twistchat.tlsbinding import tls_exporter
+from twistchat.tlsbinding import client_binding
 from twistchat.config import DEFAULT_ROOM
 
 log = Logger()
@@ -160,23 +160,6 @@ class ChatListener:
         """The session ended: C{None} after L{ChatSession.leave}, else why."""
 
 
-#: Error codes after which reconnecting cannot help (or must not be tried): the
-#: password or the server's identity is wrong, the address is penalised, or the
-#: server broke the protocol.
-FINAL_CODES = frozenset({
-    "auth-failed", "wrong-password", "server-not-authenticated", "salt-changed",
-    "weak-parameters", "bad-point", "name-invalid", "version", "rate",
-    "room-closed", "trust", "fingerprint-changed", "tls", "config",
-    "protocol", "bad-message", "unexpected-message", "frame-too-long",
-})
-
-
-#: Refusals that pass with time, retried while reconnecting (never at the first
-#: login): our own previous connection may still hold the name until its ping
-#: timeout; an address penalty (earned by someone else behind the same NAT,
-#: since we logged in before) ends, and refusals at connect are not counted.
-RETRY_WHILE_RECONNECTING = frozenset({"name-taken", "penalty"})
-
 #: A rejoined connection that drops sooner than this many seconds is flapping:
 #: it counts as a failed attempt, so a server that welcomes and then drops us
 #: is retried ever more slowly (and L{Reconnect.max_attempts} still applies).
@@ -208,17 +191,21 @@ def is_final(failure: Failure, reconnecting: bool = True) -> bool:
     """
     Whether a login failure or a session's end rules out trying again.
 
-    Connection errors (refused, timed out, reset), C{closed}, C{timeout},
-    C{shutdown}, C{slow}, C{busy}, C{limit}, C{room-full} and C{internal} may
-    pass. So may C{name-taken} and C{penalty} on a reconnect (see
-    L{RETRY_WHILE_RECONNECTING}).
+    Connection errors (refused, timed out, reset) may pass; a L{TwistchatError}
+    is final if its class says so (C{final}: the password or the server's
+    identity is wrong, the server broke the protocol, ...), or, at the first
+    login (C{reconnecting} false), if its class is retried only while
+    reconnecting (C{retry_only_when_reconnecting}: C{name-taken}, which our
+    own previous connection may hold until its ping timeout, and C{penalty},
+    which someone else behind the same address may have earned and which
+    ends). The table is in docs/protocol.md, section 10.1.
     """
     error = failure.value
     if not isinstance(error, TwistchatError):
         return False
-    if error.code in RETRY_WHILE_RECONNECTING:
-        return not reconnecting
-    return error.code in FINAL_CODES
+    if error.final:
+        return True
+    return error.retry_only_when_reconnecting and not reconnecting
 
 
 def describe(failure: Failure) -> str:
@@ -310,8 +297,10 @@ class ChatSession:
         self._bucket = (
             pacing(rate, welcome.get("burst", 1), self._clock.seconds()) if rate else None
         )
-        self.name: str = welcome["name"]
-        self.room: str = welcome["room"]
+        # The name and room the password handshake proved (the protocol
+        # refuses a welcome naming others): never what the server says.
+        self.name: str = protocol.name
+        self.room: str = protocol.room
         #: Our address as the server sees it.
         self.address: str = welcome["addr"]
         self.max_text: int = welcome.get("max_text", wire.MAX_TEXT_BYTES)
@@ -661,7 +650,7 @@ class _Connector:
                 self.name,
                 self.room,
                 self.keyring,
-                tls_exporter,
+                client_binding,
                 self.trust.check,
                 self.reactor,
                 self.timeout,

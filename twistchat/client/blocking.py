@@ -10,16 +10,22 @@ thread, and every method here blocks (with a timeout) until it is done.
         print(message.sender, message.text)
 
 One reactor serves every BlockingChat in the process. Do not use this from code
-that already runs a reactor: use L{twistchat.client.connect} there.
+that already runs a reactor: use L{twistchat.client.connect} there. A call made
+from the reactor's thread (a Twisted callback) raises L{RuntimeError} at once,
+since it would wait for itself. Once the session has ended (the server went
+away, or L{BlockingChat.close}), C{receive} raises at once and C{close} does
+nothing.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from functools import partial
 from typing import Any, Callable
 
 from twisted.internet import defer
+from twisted.python import threadable
 
 from twistchat.client.api import ChatListener, ChatMessage, ChatSession, Member, connect
 from twistchat.errors import TwistchatError
@@ -47,14 +53,26 @@ def _reactor() -> Any:
     return reactor
 
 
-def _call(reactor: Any, timeout: float | None, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+def _call(reactor: Any, timeout: float | None, f: Callable[[], Any]) -> Any:
     """
     Run C{f} in the reactor thread; wait for its (possibly Deferred) result.
+
+    C{f} takes no arguments (bind them with L{functools.partial}), so that none
+    of its keyword arguments can collide with this function's own.
+
+    @raise RuntimeError: if called from the reactor thread, which would wait
+        for itself.
+    @raise TimeoutError: if there is no result within C{timeout} seconds.
     """
+    if threadable.isInIOThread():
+        raise RuntimeError(
+            "BlockingChat called from the reactor thread, where it would wait for "
+            "itself: use twistchat.client.connect there"
+        )
     result: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
 
     def run() -> None:
-        d = defer.maybeDeferred(f, *args, **kw)
+        d = defer.maybeDeferred(f)
         d.addCallbacks(lambda r: result.put((True, r)), lambda f: result.put((False, f)))
 
     reactor.callFromThread(run)
@@ -122,14 +140,21 @@ class BlockingChat:
         """
         reactor = _reactor()
         listener = _Queueing()
-        session = _call(
-            reactor, timeout, connect, reactor, host, port, name, password,
+        session = _call(reactor, timeout, partial(
+            connect, reactor, host, port, name, password,
             listener=listener, timeout=timeout, **kw,
-        )
+        ))
         return cls(reactor, session, listener)
 
     def send(self, text: str) -> None:
-        _call(self._reactor, 30, self._session.send, text)
+        """
+        Seal and send C{text} (see L{ChatSession.send}).
+
+        @raise ValueError: if the text is longer than the server accepts.
+        @raise TwistchatError: if the session has ended.
+        @raise RuntimeError: if called from the reactor thread.
+        """
+        _call(self._reactor, 30, partial(self._session.send, text))
 
     def members(self, timeout: float = 30) -> list[Member]:
         """
@@ -142,20 +167,25 @@ class BlockingChat:
         The next event: a L{ChatMessage}, or a tuple such as C{("joined", member)},
         C{("left", member)}, C{("rejected", sender, reason)}, C{("notice", text)},
         C{("reconnecting", attempt, delay, reason)}, C{("reconnected",)} (with
-        C{reconnect=Reconnect()}), C{("disconnected", reason)}.
+        C{reconnect=Reconnect()}), C{("disconnected", reason)}. Once the session
+        has ended, every call returns C{("disconnected", reason)} at once.
 
         @raise TimeoutError: if nothing arrives within C{timeout} seconds.
         """
         try:
-            return self._listener.events.get(timeout=timeout)
+            event = self._listener.events.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError(f"nothing received within {timeout} seconds") from None
+        if isinstance(event, tuple) and event[0] == "disconnected":
+            # Nothing follows the end: keep it for the next call.
+            self._listener.events.put(event)
+        return event
 
     def receive(self, timeout: float | None = None) -> ChatMessage:
         """
         The next chat message, skipping other events.
 
-        @raise TwistchatError: if the session ends first.
+        @raise TwistchatError: if the session ends first, or has ended.
         @raise TimeoutError: if no message arrives within C{timeout} seconds.
         """
         while True:

@@ -31,6 +31,7 @@ from twisted.internet import defer, task
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from twistchat import __version__
 from twistchat.client.api import Reconnect, connect, describe
 from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
 from twistchat.client.ui import ChatConsole, LineInput, install_terminal
@@ -44,7 +45,7 @@ UNDELIVERED = 3
 
 
 class Options(usage.Options):
-    synopsis = "[options] HOST PORT [PASSWORD] USERNAME"
+    synopsis = "Usage: twistchat [options] HOST PORT [PASSWORD] USERNAME"
     longdesc = (
         "Join a twistchat room. Messages are sealed on this machine with a key "
         "derived from the room password; the server cannot read them. The password "
@@ -74,6 +75,13 @@ class Options(usage.Options):
          "rejoin the room. Lines typed meanwhile are queued (at most 100) and "
          "sent after the rejoin."],
     ]
+
+    def opt_version(self) -> None:
+        """
+        Display twistchat's version and exit.
+        """
+        print(f"twistchat {__version__}")
+        raise SystemExit(0)
 
     def parseArgs(self, *args: str) -> None:
         if len(args) == 3:

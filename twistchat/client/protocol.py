@@ -8,7 +8,9 @@ States and the messages each accepts (the whole transition table):
     PARAMS    --params-->   DERIVING  (keys from the keyring: scrypt runs in a
                                        thread the first time; then sends share)
     VERIFY    --verify-->   WELCOME   (server proved it knows the room; sends confirm)
-    WELCOME   --welcome-->  MEMBER    (the login Deferred fires)
+    WELCOME   --welcome-->  MEMBER    (the login Deferred fires; a welcome that
+                                       names another name or room than the ones
+                                       proved is refused as a protocol error)
     MEMBER    --msg | joined | left | members | notice | ping | pong-->  MEMBER
     MEMBER    --server silent for KEEPALIVE[0] s-->  MEMBER (sends ping)
     MEMBER    --and silent for KEEPALIVE[1] s more-->  CLOSED (aborted, "timeout")
@@ -39,9 +41,12 @@ from twistchat.crypto.seal import Opener, Sealer
 from twistchat.crypto.spake2plus import Prover, context
 from twistchat.errors import (
     BadPoint,
+    ConnectionClosed,
     FrameTooLong,
     ProtocolError,
     Rejected,
+    Timeout,
+    TLSFailed,
     TrustError,
     TwistchatError,
     UnexpectedMessage,
@@ -148,14 +153,11 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
                 self.sendString(wire.encode("ping"))
                 self.setTimeout(answer)
                 return
-            self._abandon(TwistchatError(
-                f"no answer from the server to a ping within {answer:g} seconds",
-                code="timeout",
+            self._abandon(Timeout(
+                f"no answer from the server to a ping within {answer:g} seconds"
             ))
             return
-        self._abandon(TwistchatError(
-            f"no answer from the server within {self._timeout:g} seconds", code="timeout"
-        ))
+        self._abandon(Timeout(f"no answer from the server within {self._timeout:g} seconds"))
 
     def handshakeCompleted(self) -> None:
         """
@@ -178,8 +180,8 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self._keys = None
         self._prover = None
         if (self._unprocessed or self._needed) and self._error is None:
-            self._error = TwistchatError(
-                "the server closed the connection in the middle of a frame", code="closed"
+            self._error = ConnectionClosed(
+                "the server closed the connection in the middle of a frame"
             )
         if was is State.MEMBER:
             self.handler.closed(self._error)
@@ -265,10 +267,19 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
 
     def _on_welcome(self, message: wire.Message) -> None:
         assert self._keys is not None
+        if message["name"] != self.name or message["room"] != self.room:
+            # The name and room are the identities the password handshake
+            # proved. A server that welcomes us under another name would have
+            # us seal under it, and our words shown as someone else's.
+            raise ProtocolError(
+                f"the server welcomed us as {message['name']!r} in room "
+                f"{message['room']!r}, not as {self.name!r} in room {self.room!r} "
+                "as we logged in: it may be trying to pass our messages off as "
+                "someone else's"
+            )
         key = self._keys.content_key
         self._keys = None
         self.setTimeout(None if self._keepalive is None else self._keepalive[0])
-        self.name = message["name"]
         self._sealer = Sealer(key, self.room, self.name)
         self._opener = Opener(key, self.room)
         self.state = State.MEMBER
@@ -339,7 +350,7 @@ def _identity(mismatch: Any) -> str:
 
 def _lost_reason(reason: Failure | None) -> TwistchatError:
     if reason is None:
-        return TwistchatError("connection closed", code="closed")
+        return ConnectionClosed()
     if reason.check(VerificationError):
         # service_identity refused the host name (--ca). (OpenSSL no longer
         # shows the refused certificate here, so its names cannot be listed.)
@@ -352,7 +363,5 @@ def _lost_reason(reason: Failure | None) -> TwistchatError:
             "(certificate verify failed)"
         )
     if "SSL" in reason.type.__name__ or "ssl" in text.lower():
-        return TwistchatError(f"TLS failed: {text}", code="tls")
-    return TwistchatError(
-        f"the server closed the connection during the handshake ({text})", code="closed"
-    )
+        return TLSFailed(f"TLS failed: {text}")
+    return ConnectionClosed(f"the server closed the connection during the handshake ({text})")

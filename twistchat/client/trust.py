@@ -114,9 +114,9 @@ def tofu_options() -> ssl.CertificateOptions:
     """
     Client TLS options without chain verification, for a caller that checks
     the certificate itself (L{TrustOnFirstUse.check} pins its fingerprint).
-    TLS 1.2 at least, as on the server.
+    TLS 1.3 only, as on the server (see L{twistchat.server.tls.server_options}).
     """
-    return ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+    return ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_3)
 
 
 class CertificateAuthority:
@@ -151,7 +151,7 @@ class CertificateAuthority:
                 raise ConfigError(f"CA file {self.ca_file} is not a PEM certificate") from None
         return ssl.optionsForClientTLS(
             host, trustRoot=trust_root, extraCertificateOptions={
-                "raiseMinimumTo": ssl.TLSVersion.TLSv1_2
+                "raiseMinimumTo": ssl.TLSVersion.TLSv1_3
             }
         )
 

@@ -6,15 +6,21 @@ Two front ends share L{ChatConsole} (formatting, commands):
   - L{LineInput}: stdin is a pipe or file; each line is a message, end of input
     leaves the room. Output is flushed line by line.
   - L{TerminalInput}: stdin is a terminal; Twisted conch's line editing keeps the
-    line being typed intact while messages arrive above it.
+    line being typed intact while messages arrive above it. It takes any Unicode
+    a person types (UTF-8): the cursor moves and deletes by grapheme cluster
+    (L{EditLine}), widths follow wcwidth's table (L{columns}).
 """
 
 from __future__ import annotations
 
+import codecs
+import os
+import select
 import time
 import unicodedata
 from typing import Any, Callable
 
+import wcwidth
 from twisted.conch import recvline
 from twisted.internet import defer
 from twisted.protocols.basic import LineReceiver
@@ -170,11 +176,19 @@ class ChatConsole(ChatListener):
         self.show_members(session.members, initial=True)
 
     def show_members(self, members: list[Member], initial: bool = False) -> None:
-        others = [m for m in members if self.session is None or m.name != self.session.name]
+        """
+        On joining, who else is in the room; for C{/who}, everyone, yourself
+        marked C{(you)}.
+        """
+        me = self.session.name if self.session is not None else None
+        others = [m for m in members if m.name != me]
         if not others:
             self.write("* The room is empty." if initial else "* You are alone in the room.")
             return
-        listed = ", ".join(f"{m.name} {show_addr(m.addr)}" for m in others)
+        listed = ", ".join(
+            f"{m.name} (you)" if m.name == me else f"{m.name} {show_addr(m.addr)}"
+            for m in (others if initial else members)
+        )
         self.write(f"* In the room: {listed}")
 
     # --- input ---------------------------------------------------------------------
@@ -251,79 +265,378 @@ class LineInput(LineReceiver):
         self.console.leave()
 
 
+#: Control characters are never put into the input line, nor the bidi controls,
+#: which would reorder what the person sees while typing (others see them escaped).
+_NOT_TYPED = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def typeable(text: str) -> str:
+    """
+    What of decoded keyboard input goes into the input line.
+    """
+    return "".join(
+        ch for ch in text if ch not in _NOT_TYPED and unicodedata.category(ch) != "Cc"
+    )
+
+
+def columns(text: str) -> int:
+    """
+    How many terminal columns C{text} takes by the width table twistchat follows:
+    wcwidth's (Unicode 18 East Asian Width, emoji presentation and ZWJ sequences
+    as one 2-column character, combining marks 0). Terminals differ on joined
+    emoji: one that draws a ZWJ sequence as its parts makes it wider.
+    """
+    return max(0, wcwidth.wcswidth(text))
+
+
+class EditLine:
+    """
+    The line being typed, without I/O: text and a cursor that stays on grapheme
+    cluster boundaries (UAX #29 extended grapheme clusters, as segmented by
+    wcwidth), so that moving and deleting take an accented letter, a flag or a
+    joined emoji whole.
+
+    @ivar text: the line.
+    @ivar cursor: index into C{text}, always at a cluster boundary.
+    """
+
+    def __init__(self, text: str = "") -> None:
+        self.text = text
+        self.cursor = len(text)
+
+    @property
+    def before(self) -> str:
+        return self.text[: self.cursor]
+
+    @property
+    def after(self) -> str:
+        return self.text[self.cursor:]
+
+    def _next(self, pos: int) -> int:
+        """
+        The cluster boundary after C{pos} (a boundary), or C{pos} at the end.
+        """
+        for cluster in wcwidth.iter_graphemes(self.text, start=pos):
+            return pos + len(cluster)
+        return pos
+
+    def _boundary_at_or_after(self, pos: int) -> int:
+        end = 0
+        for cluster in wcwidth.iter_graphemes(self.text):
+            if end >= pos:
+                break
+            end += len(cluster)
+        return end
+
+    def insert(self, text: str, overwrite: bool = False) -> None:
+        """
+        Insert C{text} at the cursor (in C{overwrite} mode replacing as many
+        clusters as C{text} has) and put the cursor after it. Text that joins the
+        cluster it lands in (a combining mark, a ZWJ, a skin tone) moves the
+        cursor to the end of that cluster.
+        """
+        end = self.cursor
+        if overwrite:
+            for _ in wcwidth.iter_graphemes(text):
+                end = self._next(end)
+        self.text = self.text[: self.cursor] + text + self.text[end:]
+        self.cursor = self._boundary_at_or_after(self.cursor + len(text))
+
+    def left(self) -> bool:
+        if not self.cursor:
+            return False
+        self.cursor = wcwidth.grapheme_boundary_before(self.text, self.cursor)
+        return True
+
+    def right(self) -> bool:
+        if self.cursor == len(self.text):
+            return False
+        self.cursor = self._next(self.cursor)
+        return True
+
+    def backspace(self) -> bool:
+        end = self.cursor
+        if not self.left():
+            return False
+        self.text = self.text[: self.cursor] + self.text[end:]
+        return True
+
+    def delete(self) -> bool:
+        end = self._next(self.cursor)
+        if end == self.cursor:
+            return False
+        self.text = self.text[: self.cursor] + self.text[end:]
+        return True
+
+    def home(self) -> None:
+        self.cursor = 0
+
+    def end(self) -> None:
+        self.cursor = len(self.text)
+
+    def window(self, width: int) -> tuple[str, str]:
+        """
+        The part of the line to show in C{width} columns, around the cursor:
+        (before the cursor, after it). The whole line when it fits.
+        """
+        if columns(self.text) < width:
+            return self.before, self.after
+        left = list(wcwidth.iter_graphemes(self.before))
+        right = list(wcwidth.iter_graphemes(self.after))
+        shown_left: list[str] = []
+        used = 0
+        # Up to two thirds of the room for what is before the cursor...
+        while left and used + columns(left[-1]) <= (2 * width) // 3:
+            used += columns(left[-1])
+            shown_left.insert(0, left.pop())
+        # ...and the rest for what follows it.
+        shown_right: list[str] = []
+        while right and used + columns(right[0]) < width:
+            used += columns(right[0])
+            shown_right.append(right.pop(0))
+        return "".join(shown_left), "".join(shown_right)
+
+
 class TerminalInput(recvline.HistoricRecvLine):
     """
     stdin as a terminal: an editable input line with history; incoming lines are
     written above it without disturbing what is being typed.
+
+    Keys arrive from insults one byte at a time; they are decoded as UTF-8
+    incrementally, so characters split across reads (a paste) arrive whole.
+    The line is an L{EditLine}. Every change redraws the prompt and the line
+    on its row, the text before the cursor, then (cursor saved) the text after
+    it: the cursor lands where the terminal itself draws the cluster boundary,
+    whatever its widths. A line wider than the terminal (by L{columns}) is shown
+    as a window around the cursor.
+
+    @param console: gets each line typed.
+    @param width: the terminal's current number of columns.
     """
 
     ps = (b"> ", b"> ")
+    HISTORY = 500
 
-    def __init__(self, console: ChatConsole) -> None:
+    def __init__(self, console: ChatConsole, width: Callable[[], int] = lambda: 80) -> None:
         super().__init__()
         self.console = console
+        self._width = width
+        self.line = EditLine()
+        self.history: list[str] = []
+        self._recalled = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.keyHandlers[b"\x03"] = self.console.leave  # Ctrl-C
         self.keyHandlers[b"\x04"] = self._eof  # Ctrl-D
+        self.keyHandlers[b"\x08"] = self.handle_BACKSPACE  # Ctrl-H
+        self.keyHandlers[b"\x01"] = self.handle_HOME  # Ctrl-A
+        self.keyHandlers[b"\x05"] = self.handle_END  # Ctrl-E
 
     def _eof(self) -> None:
-        if not self.lineBuffer:
+        if not self.line.text:
             self.console.leave()
 
     def initializeScreen(self) -> None:
         # Do not clear the screen: keep the welcome lines above the prompt.
-        self.terminal.write(self.ps[self.pn])
-        self.setInsertMode()
+        self.mode = "insert"
+        self.draw()
 
-    def lineReceived(self, line: bytes) -> None:
-        self.console.line_typed(line.decode("utf-8", "replace"))
+    def setInsertMode(self) -> None:
+        # The line is redrawn on every change: the terminal's own insert mode
+        # (IRM) is never set, so nothing is left set when the client ends.
+        self.mode = "insert"
+
+    def setTypeoverMode(self) -> None:
+        self.mode = "typeover"
+
+    def terminalSize(self, width: int, height: int) -> None:
+        self.draw()
+
+    def draw(self) -> None:
+        """
+        Redraw the prompt and the input line on the cursor's row.
+        """
+        prompt = self.ps[self.pn]
+        before, after = self.line.window(max(10, self._width() - len(prompt)))
+        self.terminal.write(b"\r")
+        self.terminal.eraseLine()
+        self.terminal.write(prompt + before.encode("utf-8"))
+        if after:
+            self.terminal.saveCursor()
+            self.terminal.write(after.encode("utf-8"))
+            self.terminal.restoreCursor()
+
+    # --- keys -------------------------------------------------------------------
+
+    def keystrokeReceived(self, keyID: Any, modifier: Any) -> None:
+        handler = self.keyHandlers.get(keyID)
+        if handler is not None:
+            self._decoder.reset()
+            handler()
+        elif isinstance(keyID, bytes):
+            text = typeable(self._decoder.decode(keyID))
+            if text:
+                self.characterReceived(text, False)
+
+    def characterReceived(self, ch: Any, moreCharactersComing: bool) -> None:
+        text = ch.decode("utf-8", "replace") if isinstance(ch, bytes) else ch
+        at_end = not self.line.after
+        self.line.insert(text, overwrite=self.mode == "typeover")
+        if at_end and columns(self.ps[self.pn].decode() + self.line.text) < self._width():
+            # Appended: what the terminal would draw for the whole line.
+            self.terminal.write(text.encode("utf-8"))
+        else:
+            self.draw()
+
+    def _edit(self, changed: bool) -> None:
+        if changed:
+            self.draw()
+
+    def handle_LEFT(self) -> None:
+        self._edit(self.line.left())
+
+    def handle_RIGHT(self) -> None:
+        self._edit(self.line.right())
+
+    def handle_HOME(self) -> None:
+        self.line.home()
+        self.draw()
+
+    def handle_END(self) -> None:
+        self.line.end()
+        self.draw()
+
+    def handle_BACKSPACE(self) -> None:
+        self._edit(self.line.backspace())
+
+    def handle_DELETE(self) -> None:
+        self._edit(self.line.delete())
+
+    def handle_TAB(self) -> None:
+        self.characterReceived(" " * (self.TABSTOP - columns(self.line.before) % self.TABSTOP),
+                               False)
+
+    def handle_UP(self) -> None:
+        if self.line.text and self._recalled == len(self.history):
+            self._remember(self.line.text)
+        if self._recalled > 0:
+            self._recalled -= 1
+            self.line = EditLine(self.history[self._recalled])
+            self.draw()
+
+    def handle_DOWN(self) -> None:
+        if self._recalled < len(self.history) - 1:
+            self._recalled += 1
+            self.line = EditLine(self.history[self._recalled])
+        else:
+            self._recalled = len(self.history)
+            self.line = EditLine()
+        self.draw()
+
+    def _remember(self, text: str) -> None:
+        self.history.append(text)
+        del self.history[: -self.HISTORY]
+
+    def handle_RETURN(self) -> None:
+        text = self.line.text
+        if text:
+            self._remember(text)
+        self._recalled = len(self.history)
+        self.line = EditLine()
+        self.terminal.nextLine()
+        self.draw()
+        self.lineReceived(text)
+
+    def lineReceived(self, line: str) -> None:  # type: ignore[override]
+        self.console.line_typed(line)
 
     def show(self, text: str) -> None:
         """
         Print a line above the prompt, then redraw the prompt and the input.
         """
-        typed = b"".join(self.lineBuffer)
-        cursor = self.lineBufferIndex
         self.terminal.write(b"\r")
         self.terminal.eraseLine()
         self.terminal.write(text.encode("utf-8"))
         self.terminal.nextLine()
-        self.terminal.write(self.ps[self.pn] + typed)
-        if cursor < len(typed):
-            self.terminal.cursorBackward(len(typed) - cursor)
+        self.draw()
+
+    def end(self) -> None:
+        """
+        Erase the prompt and the input line: the client is ending.
+        """
+        self.terminal.write(b"\r")
+        self.terminal.eraseLine()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """
+    Write all of C{data} to C{fd}, waiting while the terminal takes no more.
+
+    The terminal is written to directly, not through the reactor, so that what
+    is shown is on the screen at once, in order with the terminal's restoring,
+    and not lost in a buffer when the reactor stops (the client's last words).
+    """
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [])
+            continue
+        view = view[written:]
 
 
 def install_terminal(console: ChatConsole, write_plain: Callable[[str], None]) -> Any:
     """
     Put the terminal in raw mode with conch's line editing on stdin/stdout.
 
-    @return: a function that restores the terminal.
+    Keys are read through the reactor (L{stdio.StandardIO}); everything shown
+    is written to the terminal at once (L{_write_all}).
+
+    @return: a function that ends line editing and restores the terminal; lines
+        written after it are plain again.
     """
-    import os
     import sys
     import termios
     import tty
 
     from twisted.conch.insults.insults import ServerProtocol
-    from twisted.internet import stdio
+    from twisted.internet import fdesc, stdio
 
     fd = sys.stdin.fileno()
+    out = sys.stdout.fileno()
     saved = termios.tcgetattr(fd)
+
+    def width() -> int:
+        try:
+            return os.get_terminal_size(out).columns
+        except OSError:
+            return 80
+
+    class Terminal(ServerProtocol):
+        def write(self, data: bytes) -> None:
+            if data:
+                _write_all(out, data.replace(b"\n", b"\r\n"))
+
     tty.setraw(fd)
     holder: dict[str, TerminalInput] = {}
 
     def make() -> TerminalInput:
-        holder["p"] = TerminalInput(console)
+        holder["p"] = TerminalInput(console, width)
         return holder["p"]
 
-    server = ServerProtocol(make)
-    stdio.StandardIO(server)
+    stdio.StandardIO(Terminal(make))
     console.write = lambda text: holder["p"].show(text) if "p" in holder else write_plain(text)
 
     def restore() -> None:
-        termios.tcsetattr(fd, termios.TCSANOW, saved)
-        os.write(sys.stdout.fileno(), b"\r\n")
+        console.write = write_plain
+        if "p" in holder:
+            holder["p"].end()
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        # StandardIO made stdin and stdout non-blocking; the shell shares them.
+        fdesc.setBlocking(fd)
+        fdesc.setBlocking(out)
 
     return restore

@@ -87,8 +87,9 @@ MAC_BYTES = 32
 #: The generator.
 G = EccPoint(_GX, _GY, _CURVE)
 
-#: Transcript prefix twistchat puts before the TLS exporter value (see L{context}).
-CONTEXT_PREFIX = b"twistchat/1 SPAKE2+-P256-SHA256-HKDF-SHA256-HMAC-SHA256\x00"
+#: Transcript prefix twistchat puts before the TLS channel binding (see L{context}).
+#: Its version is the wire protocol's (L{twistchat.wire.PROTOCOL_VERSION}).
+CONTEXT_PREFIX = b"twistchat/2 SPAKE2+-P256-SHA256-HKDF-SHA256-HMAC-SHA256\x00"
 #: Label for the TLS keying-material exporter (RFC 5705 / RFC 8446 section 7.5).
 EXPORTER_LABEL = b"EXPORTER-twistchat-spake2plus"
 #: Length of the exported keying material, in bytes.
@@ -295,13 +296,14 @@ def _mac_equal(expected: bytes, received: object) -> bool:
     return hmac.compare_digest(expected, bytes(received))
 
 
-def context(exporter: bytes) -> bytes:
+def context(binding: bytes) -> bytes:
     """
     The SPAKE2+ Context twistchat uses: the protocol version and ciphersuite, a NUL,
-    then the TLS exporter value (label L{EXPORTER_LABEL}, L{EXPORTER_LENGTH} bytes)
-    of the connection the handshake runs on.
+    then the channel binding of the TLS connection the handshake runs on: its
+    exporter value (label L{EXPORTER_LABEL}, L{EXPORTER_LENGTH} bytes) followed
+    by the SHA-256 of the server's certificate (L{twistchat.tlsbinding}).
     """
-    return CONTEXT_PREFIX + _check_bytes("exporter", exporter)
+    return CONTEXT_PREFIX + _check_bytes("binding", binding)
 
 
 # --- the prover (client) ---------------------------------------------------------------

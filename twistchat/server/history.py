@@ -9,9 +9,14 @@ Two parts:
     C{schema_version} table and numbered migrations.
   - L{History}: the relay path. A message is I{accepted} when its row is
     committed; only then is it relayed to the room (rows are written in batches:
-    everything accepted while the previous write was in flight goes in the next
+    everything received while the previous write was in flight goes in the next
     transaction). A member who joins is sent the room's last N stored messages
     before any live one, with none lost or doubled in between.
+
+One order: a room's events (messages, joins, leaves, the room closing) go
+through one queue in the order the server received them. A join, leave or
+closing needs no storing, but it is released only behind the messages
+received before it, so a sender's messages always come before its leave.
 
 What is stored is what the server relays and already sees: room, sender name,
 server time, session id, counter, ciphertext and its size. Never plaintext,
@@ -30,7 +35,7 @@ import sqlite3
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer, task
@@ -255,24 +260,48 @@ def history_frame(row: Row) -> bytes:
 @dataclass(eq=False)
 class _Entry:
     """
-    One accepted message on its way to the store and the room.
+    One event of a room on its way to its members: a message (stored first),
+    a presence frame, or an action on each member (the room closing).
     """
 
     room: Room
-    sender: Member
-    #: The C{msg} frame, length prefix included, as every recipient gets it.
-    data: bytes
-    row: tuple[str, str, float, bytes, int, bytes]
+    #: The member it comes from, who does not get it (None: everyone does).
+    sender: Member | None
+    #: The frame, length prefix included, as every recipient gets it.
+    data: bytes | None
+    #: The row to store (messages only).
+    row: tuple[str, str, float, bytes, int, bytes] | None = None
+    #: Who gets it, if fixed when it was received (presence: the members then,
+    #: so that a later joiner, whose welcome lists the members, never gets
+    #: it). None: the room's members when it is released.
+    audience: list[Member] | None = None
+    #: Done to each recipient after the frame, if any.
+    action: Callable[[Member], None] | None = None
     #: Its row id, once stored.
     id: int | None = None
-    #: Its write has finished (stored or failed).
-    done: bool = False
+    #: It may go out once every event before it has: its write has finished
+    #: (stored or failed), the store is failing, or it needs no storing.
+    ready: bool = False
+
+    def recipients(self) -> list[Member]:
+        """
+        Who gets it now: never its sender, nor a member who left meanwhile.
+        """
+        if self.audience is None:
+            return [m for m in self.room.members if m is not self.sender]
+        return [m for m in self.audience if m in self.room]
+
+    def give(self, member: Member) -> None:
+        if self.data is not None:
+            member.deliver(self.data)
+        if self.action is not None:
+            self.action(member)
 
 
 @dataclass(eq=False)
 class _Joiner:
     """
-    A member who joined and waits for history; live messages wait with it.
+    A member who joined and waits for history; live events wait with it.
     """
 
     member: Member
@@ -307,8 +336,10 @@ class History:
         self.keep_days = keep_days
         self.hold_limit = hold_limit
         self.max_backlog = max_backlog
-        # Accepted, waiting for their write to finish before being relayed.
+        # Received, in order, waiting for their write (or an earlier one) to
+        # finish before being relayed.
         self._queue: deque[_Entry] = deque()
+        self._releasing = False
         # Not yet handed to the store.
         self._unsubmitted: deque[_Entry] = deque()
         self._writing = False
@@ -373,7 +404,8 @@ class History:
 
     def relay(self, room: Room, sender: Member, frame: bytes, message: wire.Message) -> None:
         """
-        Accept one sealed message from C{sender}: store it, then relay C{frame}.
+        Accept one sealed message from C{sender}: store it, then relay C{frame}
+        (after the room's events received before it).
         """
         row = (room.name, sender.name, self.clock.seconds(),
                message["sid"], message["n"], message["ct"])
@@ -381,11 +413,33 @@ class History:
         self._unsubmitted.append(entry)
         if self.failing is not None:
             self._trim_backlog()
-            self._deliver(entry)
-        else:
-            self._queue.append(entry)
+            entry.ready = True
+        self._enqueue(entry)
         if self._flush_call is None and not self._writing:
             self._flush_call = self.clock.callLater(0, self._write)
+
+    def announce(self, room: Room, member: Member, frame: bytes) -> None:
+        """
+        Tell the room's other members that C{member} joined or left (C{frame}),
+        after the messages received before; nothing is stored.
+
+        It goes to those who are members now: a member who joins later was
+        welcomed with the member list, which already counts this change.
+        """
+        audience = [m for m in room.members if m is not member]
+        self._enqueue(_Entry(room, member, wire.prefixed(frame), audience=audience, ready=True))
+
+    def then(self, room: Room, action: Callable[[Member], None]) -> None:
+        """
+        Do C{action} to each member of C{room} once the room's events received
+        before are relayed (to a member still waiting for its history: after
+        that history and what is held for it).
+        """
+        self._enqueue(_Entry(room, None, None, action=action, ready=True))
+
+    def _enqueue(self, entry: _Entry) -> None:
+        self._queue.append(entry)
+        self._release()
 
     def _trim_backlog(self) -> None:
         while len(self._unsubmitted) > self.max_backlog:
@@ -409,7 +463,7 @@ class History:
     def _written(self, ids: list[int], batch: list[_Entry]) -> None:
         for entry, row_id in zip(batch, ids):
             entry.id = row_id
-            entry.done = True
+            entry.ready = True
         if self.failing is not None:
             self.log.warn(
                 "history: storing again; {count} messages were relayed but not stored",
@@ -421,7 +475,7 @@ class History:
 
     def _write_failed(self, failure: Failure, batch: list[_Entry]) -> None:
         for entry in batch:
-            entry.done = True
+            entry.ready = True
         self.unstored += len(batch)
         self._fail(_reason(failure))
 
@@ -451,27 +505,36 @@ class History:
                 "without storing them until it recovers",
                 reason=reason,
             )
-        while self._queue:
-            self._deliver(self._queue.popleft())
+        for entry in self._queue:
+            entry.ready = True
+        self._release()
 
     def _release(self) -> None:
-        while self._queue and self._queue[0].done:
-            self._deliver(self._queue.popleft())
+        """
+        Relay the events at the head of the queue that may go, in order.
+
+        Not re-entered: an event that a delivery causes (a slow reader
+        dropped, so its leave) joins the end of the queue and goes after the
+        one being delivered.
+        """
+        if self._releasing:
+            return
+        self._releasing = True
+        try:
+            while self._queue and self._queue[0].ready:
+                self._deliver(self._queue.popleft())
+        finally:
+            self._releasing = False
 
     def _deliver(self, entry: _Entry) -> None:
         room = entry.room
-        joiners = self._joiners.get(room)
-        if not joiners:
-            room.send(entry.data, exclude=entry.sender)
-            return
-        for member in room.members:
-            if member is entry.sender:
-                continue
+        joiners = self._joiners.get(room, {})
+        for member in entry.recipients():
             joiner = joiners.get(member)
             if joiner is not None:
                 joiner.held.append(entry)
             else:
-                member.deliver(entry.data)
+                entry.give(member)
 
     # --- late joiners -----------------------------------------------------------------
 
@@ -482,8 +545,9 @@ class History:
 
         The query runs after every write asked for before it (one connection,
         in order), so it sees every message relayed to the room before the
-        member joined. Messages relayed meanwhile are held for the member and
-        sent after the history unless the history already holds them.
+        member joined. Events relayed meanwhile are held for the member and
+        sent after the history, in order (a message unless the history
+        already holds it).
         """
         if self.limit <= 0:
             return
@@ -536,11 +600,12 @@ class History:
         newest = rows[-1].id if rows else 0
         shown = {row.id for row in rows}
         for entry in joiner.held:
-            # Held entries stored before the query ran are in the history, or
+            # Held messages stored before the query ran are in the history, or
             # older than all of it; the rest are newer or were never stored.
+            # Presence is never stored, so it always goes.
             if entry.id is not None and (entry.id in shown or entry.id < newest):
                 continue
-            member.deliver(entry.data)
+            entry.give(member)
 
     def _history_failed(self, failure: Failure, room: Room, joiner: _Joiner) -> None:
         self.log.warn(
@@ -560,7 +625,7 @@ class History:
     def _release_joiner(self, room: Room, joiner: _Joiner) -> None:
         if self._take_joiner(room, joiner):
             for entry in joiner.held:
-                joiner.member.deliver(entry.data)
+                entry.give(joiner.member)
 
     # --- retention -----------------------------------------------------------------
 

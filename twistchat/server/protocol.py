@@ -29,9 +29,13 @@ from zope.interface import implementer
 from twistchat import wire
 from twistchat.crypto.spake2plus import VerifierSession, context
 from twistchat.errors import (
-    LimitExceeded,
-    Refused,
+    FrameTooLong,
+    InternalError,
+    RoomClosed,
     RoomFull,
+    SlowReader,
+    Timeout,
+    TooFast,
     TwistchatError,
     UnexpectedMessage,
     VersionMismatch,
@@ -129,7 +133,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self._abort = None
         self._spake = None
         if self.joined and self.room is not None:
-            self.room.leave(self)
+            self.factory.leave(self.room, self)
             self.log.info(
                 "{name} ({peer}) disconnected from room {room!r} "
                 "after {count} messages, {size} bytes",
@@ -151,10 +155,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
                 return
             self.log.info("{name} ({peer}) did not answer a ping", name=self.name, peer=self._peer)
             self.fail(
-                LimitExceeded(
-                    f"no answer to a ping within {limits.ping_timeout:g} seconds",
-                    code="timeout",
-                ),
+                Timeout(f"no answer to a ping within {limits.ping_timeout:g} seconds"),
                 quiet=True,
             )
             return
@@ -162,10 +163,9 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
             "({peer}) timed out in state {state}", peer=self._peer, state=self.state.value
         )
         self.fail(
-            LimitExceeded(
+            Timeout(
                 f"handshake not completed within "
-                f"{self.factory.limits.handshake_timeout:g} seconds",
-                code="timeout",
+                f"{self.factory.limits.handshake_timeout:g} seconds"
             )
         )
 
@@ -182,10 +182,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         # Forget the buffered bytes: nothing after an oversize header is read.
         self._unprocessed = b""
         self.fail(
-            LimitExceeded(
-                f"frame of {length} bytes exceeds the limit of {self.MAX_LENGTH} bytes",
-                code="frame-too-long",
-            ),
+            FrameTooLong(f"frame of {length} bytes exceeds the limit of {self.MAX_LENGTH} bytes"),
             quiet=True,
         )
 
@@ -211,7 +208,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         """
         if self.joined and self.room is not None:
             # Leave now, so nobody relays to a closing connection.
-            self.room.leave(self)
+            self.factory.leave(self.room, self)
         self._closed("wrong password (key confirmation not completed)")
         if self.joined:
             # TLS sends its close alert only once no producer is registered:
@@ -277,7 +274,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         except Exception:
             # A bug of ours, not the peer's mistake: keep the traceback.
             self.log.failure("internal error on a frame from ({peer})", peer=self._peer)
-            self.fail(TwistchatError("internal server error", code="internal"))
+            self.fail(InternalError())
 
     # --- handshake ----------------------------------------------------------------
 
@@ -368,7 +365,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         if len(room) >= limits.max_members:
             raise RoomFull(f"the room is full ({limits.max_members} members)")
         roster = room.roster()
-        room.join(self)  # NameTaken propagates as a refusal
+        self.factory.join(room, self)  # NameTaken propagates as a refusal
         self.joined = True
         self.state = State.MEMBER
         self.factory.logged_in(self)
@@ -414,8 +411,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         are not counted against their address (the room went, not a guess).
         """
         if self.joined:
-            self.fail(Refused("the room was closed by the server operator", code="room-closed"),
-                      quiet=True)
+            self.fail(RoomClosed(), quiet=True)
         else:
             self._attempt_counted = True
             self.fail(WrongPassword(), quiet=True)
@@ -465,7 +461,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
                 f"per second (bursts of {limits.message_burst}); slow down or be disconnected",
             ))
         elif self._too_fast > limits.message_burst:
-            self.fail(LimitExceeded("disconnected for sending too fast", code="rate"))
+            self.fail(TooFast())
 
     def _within_rate(self) -> bool:
         """
@@ -505,10 +501,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
                     "{name} ({peer}) is not reading: {size} bytes queued",
                     name=self.name, peer=self._peer, size=self._queued,
                 )
-                self.fail(LimitExceeded(
-                    "disconnected: you stopped reading and too much was queued for you",
-                    code="slow",
-                ), quiet=True)
+                self.fail(SlowReader(), quiet=True)
                 self._abort_now()
                 return
         self.transport.write(data)

@@ -3,6 +3,11 @@ Rooms: who is in them, presence notices, and fan-out of sealed messages.
 
 A room never sees plaintext. It receives frames already encoded once by the
 sender's connection and hands the same bytes to every other member.
+
+A room only keeps its member list and fans frames out. It does not decide
+when a frame goes out: the factory (L{twistchat.server.service}) announces
+joins and leaves through the same ordered path as messages, so that every
+member sees a room's events in the order the server received them.
 """
 
 from __future__ import annotations
@@ -88,26 +93,32 @@ class Room:
             if m is not exclude
         ]
 
-    def join(self, member: Member) -> None:
+    def join(self, member: Member) -> bytes:
         """
-        Add C{member} and tell everyone else.
+        Add C{member}.
 
+        @return: the C{joined} frame to announce to the others (the caller
+            sends it, in order with the room's other events).
         @raise NameTaken: if another member already uses that name.
         """
         key = member.name.casefold()
         if key in self._members:
             raise NameTaken(f"the name {member.name!r} is already taken in this room")
-        self.broadcast(wire.encode("joined", name=member.name, addr=member.addr))
         self._members[key] = member
+        return wire.encode("joined", name=member.name, addr=member.addr)
 
-    def leave(self, member: Member) -> None:
+    def leave(self, member: Member) -> bytes | None:
         """
-        Remove C{member}, if present, and tell everyone else.
+        Remove C{member}, if present.
+
+        @return: the C{left} frame to announce to the others, or None if
+            C{member} was not in the room.
         """
         key = member.name.casefold()
-        if self._members.get(key) is member:
-            del self._members[key]
-            self.broadcast(wire.encode("left", name=member.name, addr=member.addr))
+        if self._members.get(key) is not member:
+            return None
+        del self._members[key]
+        return wire.encode("left", name=member.name, addr=member.addr)
 
     def broadcast(self, frame: bytes, exclude: Member | None = None) -> None:
         """

@@ -1,6 +1,10 @@
 """
 The server factory (shared state of all connections) and the service that
 listens with TLS and shuts down cleanly.
+
+A server that cannot start (its port is in use, a file is unusable) raises
+L{CannotStart}: twistd then ends with exit status 1 and one line on stderr
+naming the problem, without a traceback.
 """
 
 from __future__ import annotations
@@ -9,27 +13,33 @@ import hashlib
 import hmac
 import os
 import secrets
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 from twisted.application import service
 from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twistchat import wire
 from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams
 from twistchat.crypto.spake2plus import ORDER, VerifierKey, encode_point, G
 from twistchat.errors import (
+    Busy,
     ConfigError,
     LimitExceeded,
+    Penalised,
+    ServerShutdown,
     TwistchatError,
 )
 from twistchat.server.limits import AddressBook, Limits
 from twistchat.server.protocol import ChatServerProtocol, State
 from twistchat.server.room import Member, Room, Rooms
-from twistchat.tlsbinding import tls_exporter
+from twistchat.tlsbinding import server_binding
 from twistchat.server.verifiers import check_room, load_verifier
 
 if TYPE_CHECKING:
@@ -37,6 +47,35 @@ if TYPE_CHECKING:
 
 #: Seconds between two scans of the data directory's rooms/ folder.
 RELOAD_INTERVAL = 5.0
+
+
+class CannotStart(SystemExit, Exception):
+    """
+    The server cannot start for a reason outside its options (a port in use,
+    a missing or unusable file): the process ends with exit status 1 and one
+    line naming the problem.
+
+    Python ends the process on a C{SystemExit} by printing its message alone:
+    no traceback. It is also an C{Exception}, so that when it comes from
+    starting the service, twistd's runner handles it as it does any failure
+    there: it removes its pid file and, when it runs as a daemon, passes the
+    reason to the parent process waiting for the daemon to start (which
+    prints it and exits 1; it would otherwise wait forever). twistd's usage
+    text is for a C{usage.UsageError}, that is mistakes in the options.
+    """
+
+    def __init__(self, message: str, reported: bool = False) -> None:
+        """
+        @param reported: the line has already been written where it belongs:
+            end with status 1 and print nothing more.
+        """
+        #: The reason, on one line.
+        self.message = " ".join(message.split())
+        #: The line shown.
+        self.line = f"twistd socketchat: {self.message}"
+        super().__init__(self.message if reported else self.line)
+        if reported:
+            self.code = 1
 
 
 class ChatServerFactory(ServerFactory):
@@ -53,7 +92,7 @@ class ChatServerFactory(ServerFactory):
         rooms: Rooms,
         clock: IReactorTime,
         limits: Limits = Limits(),
-        channel_binding: Callable[[Any], bytes] = tls_exporter,
+        channel_binding: Callable[[Any], bytes] = server_binding,
         history: History | None = None,
         decoy_secret: bytes | None = None,
     ) -> None:
@@ -92,26 +131,25 @@ class ChatServerFactory(ServerFactory):
         if record.preauth >= self.limits.max_preauth_per_address:
             self.log.info("({host}) refused: {count} connections not logged in",
                           host=protocol.host, count=record.preauth)
-            return LimitExceeded("too many connections from your address", code="limit")
+            return LimitExceeded("too many connections from your address")
         if self.preauth_total >= self.limits.max_preauth_total:
             self.log.info("refused a connection: {count} connections not logged in",
                           count=self.preauth_total)
-            return LimitExceeded("the server is busy: try again later", code="busy")
+            return Busy()
         record.preauth += 1
         self.preauth_total += 1
         self._pending.add(protocol)
         return None
 
-    def penalty(self, host: str) -> LimitExceeded | None:
+    def penalty(self, host: str) -> Penalised | None:
         """
         The refusal for an address serving a failed-login penalty, if it is.
         """
         wait = self.addresses.penalty_left(host, self.clock.seconds())
         if wait <= 0:
             return None
-        return LimitExceeded(
-            f"too many failed logins from your address: try again in {wait:.0f} seconds",
-            code="penalty",
+        return Penalised(
+            f"too many failed logins from your address: try again in {wait:.0f} seconds"
         )
 
     def guess_slot(self, protocol: ChatServerProtocol) -> bool:
@@ -166,15 +204,50 @@ class ChatServerFactory(ServerFactory):
             for d in waiting:
                 d.callback(None)
 
+    # A room's events (messages, joins, leaves, its closing) reach every member
+    # in the order they were received here. Without history everything goes
+    # out at once, so that order is kept by itself; with history a message
+    # waits for its commit, and the events after it wait behind it (History).
+
     def relay(self, room: Room, sender: Member, frame: bytes, message: wire.Message) -> None:
         """
         Relay one sealed message (C{frame}, already encoded) to the room,
         through the history store when there is one.
+
+        A room that is no longer served (closed, its members about to be
+        told) takes no more messages: they are dropped, not stored.
         """
+        if self.rooms.get(room.name) is not room:
+            return
         if self.history is None:
             room.broadcast(frame, exclude=sender)
         else:
             self.history.relay(room, sender, frame, message)
+
+    def join(self, room: Room, member: Member) -> None:
+        """
+        Add C{member} to C{room} and tell the others, in order with the
+        room's other events.
+
+        @raise NameTaken: if another member already uses that name.
+        """
+        self._announce(room, member, room.join(member))
+
+    def leave(self, room: Room, member: Member) -> None:
+        """
+        Remove C{member} from C{room}, if it is in it, and tell the others
+        (after the messages it sent). In a room no longer served nobody is
+        told: everyone in it is told the room closed instead.
+        """
+        frame = room.leave(member)
+        if frame is not None and self.rooms.get(room.name) is room:
+            self._announce(room, member, frame)
+
+    def _announce(self, room: Room, member: Member, frame: bytes) -> None:
+        if self.history is None:
+            room.broadcast(frame, exclude=member)
+        else:
+            self.history.announce(room, member, frame)
 
     def member_joined(self, room: Room, member: Member) -> None:
         """
@@ -188,10 +261,22 @@ class ChatServerFactory(ServerFactory):
         Disconnect the members of a room that is no longer served, and the
         logins to it still in progress (as a wrong password: a moment later
         that is what they would get).
+
+        Logins in progress are refused at once; members are told the room
+        was closed after the messages the room received before.
         """
+        members: list[ChatServerProtocol] = []
         for protocol in list(self.connections):
             if protocol.room is room and protocol.state is not State.CLOSED:
+                if protocol.joined:
+                    members.append(protocol)
+                else:
+                    protocol.room_closed()
+        if self.history is None:
+            for protocol in members:
                 protocol.room_closed()
+        else:
+            self.history.then(room, _room_closed)
 
     def login_failed(self, protocol: ChatServerProtocol) -> None:
         """
@@ -215,7 +300,8 @@ class ChatServerFactory(ServerFactory):
         @return: fires when every connection has closed (each is aborted after
             the close grace period if its peer does not finish closing).
         """
-        frame = wire.encode("error", code="shutdown", text="the server is shutting down")
+        shutdown = ServerShutdown()
+        frame = wire.encode("error", code=shutdown.code, text=shutdown.message)
         for protocol in list(self.connections):
             if protocol.state is not State.CLOSED:
                 protocol.sendString(frame)
@@ -229,6 +315,12 @@ class ChatServerFactory(ServerFactory):
         else:
             self._drained.append(d)
         return d
+
+
+def _room_closed(member: Member) -> None:
+    # The members of a factory's rooms are its connections.
+    if isinstance(member, ChatServerProtocol):
+        member.room_closed()
 
 
 class RoomReloader:
@@ -326,6 +418,9 @@ class ChatService(service.Service):
 
     @param rooms_dir: a folder of room verifier files to rescan every
         C{reload_interval} seconds (None: the rooms are fixed).
+    @param err: where a failure to start is reported, as one line: the
+        standard error the service was built with (twistd sends the process's
+        own to its log once it starts the service).
     """
 
     log = Logger()
@@ -337,8 +432,10 @@ class ChatService(service.Service):
         description: str = "",
         rooms_dir: Path | None = None,
         reload_interval: float = RELOAD_INTERVAL,
+        err: IO[str] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.err = sys.stderr if err is None else err
         self.factory = factory
         self.description = description
         self.port: IListeningPort | None = None
@@ -348,6 +445,21 @@ class ChatService(service.Service):
         self._reload: task.LoopingCall | None = None
 
     def startService(self) -> None:
+        """
+        Listen, then start the periodic tasks and the history.
+
+        @raise CannotStart: if the endpoint cannot listen (e.g. the port is in
+            use); nothing else has been started then. The reason is also
+            logged, for a daemon whose standard error goes nowhere.
+        """
+        self._listening = self.endpoint.listen(self.factory)
+        # TCP and SSL endpoints fail at once, in a Deferred that has already
+        # fired; catch that here (as twisted.application.internet's
+        # StreamServerEndpointService does) so twistd hears of it at start.
+        failed: list[Failure] = []
+        self._listening.addCallbacks(self._started, failed.append)
+        if failed:
+            self._cannot_start(failed[0])
         super().startService()
         self._expiry = task.LoopingCall(self.factory.expire)
         self._expiry.clock = self.factory.clock
@@ -358,12 +470,33 @@ class ChatService(service.Service):
             self._reload.start(self.reload_interval, now=True)
         if self.factory.history is not None:
             self.factory.history.start()
-        self._listening = self.endpoint.listen(self.factory)
-        failures: list[Any] = []
-        self._listening.addCallbacks(self._started, failures.append)
-        if failures:
-            # twistd turns an exception here into a clean exit with an error.
-            failures[0].raiseException()
+
+    def _cannot_start(self, failure: Failure) -> None:
+        """
+        Report a failure to listen as one line and end the process.
+
+        @raise CannotStart: always; its line is written to C{err} here, and
+            logged, and the exception carries no message of its own: by now
+            Python's standard error leads to the log.
+        """
+        error = failure.value
+        if isinstance(error, CannotListenError):
+            # Short: a daemon's parent shows only the first 100 bytes or so.
+            if not error.interface:
+                where = f"port {error.port}"
+            elif ":" in error.interface:
+                where = f"[{error.interface}]:{error.port}"
+            else:
+                where = f"{error.interface}:{error.port}"
+            reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+            message = f"cannot listen on {where}: {reason}"
+        else:
+            message = f"cannot listen: {error}"
+        stop = CannotStart(message, reported=True)
+        self.log.error("{line}", line=stop.line)
+        self.err.write(stop.line + "\n")
+        self.err.flush()
+        raise stop
 
     def _started(self, port: IListeningPort) -> IListeningPort:
         self.port = port

@@ -1,6 +1,6 @@
 """
 TLS for the server: the certificate (given, or self-signed and kept in the data
-directory), the context options (TLS 1.2 at least), and the channel binding.
+directory) and the context options (TLS 1.3 only).
 """
 
 from __future__ import annotations
@@ -110,10 +110,16 @@ def fingerprint(cert: ssl.Certificate) -> str:
 
 def server_options(cert: ssl.PrivateCertificate) -> ssl.CertificateOptions:
     """
-    TLS 1.2 or newer (1.3 preferred by OpenSSL), no client certificates.
+    TLS 1.3 only, no client certificates.
+
+    Not 1.2: with an RSA certificate and no extended master secret, a man in
+    the middle can make both legs of a relayed TLS 1.2 connection share one
+    exporter value (the first step of the triple-handshake attack, RFC 7627
+    section 1), which would let a SPAKE2+ login relay through him. There is
+    no option to allow it again.
     """
     return ssl.CertificateOptions(
         privateKey=cert.privateKey.original.to_cryptography_key(),
         certificate=cert.original.to_cryptography(),
-        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_3,
     )
