@@ -1,20 +1,24 @@
 """
 twistchat-bench runs end to end: a tiny setting (--smoke) of every scenario,
-against the real twistd plugin and a baseline, prints a table and one JSON line
-per result with the expected figures and ratios. Nothing here is timed: the
-figures themselves are for docs/performance.md, not for assertions.
+against the real twistd plugin (and a baseline for the relay scenarios), prints
+a table and one JSON line per result with the expected figures and ratios.
+Nothing here is timed: the figures themselves are for docs/performance.md and
+docs/operations.md, not for assertions.
 """
 
 from __future__ import annotations
 
+import configparser
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from twistchat.bench import cli
+from twistchat.bench import cli, relay
+from twistchat.bench.results import METRICS
 
 EXPECTED = {
     "fanout": {"deliveries_per_s", "cpu_us_per_delivery", "senders", "size", "sent"},
@@ -24,7 +28,11 @@ EXPECTED = {
 }
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the bench reads /proc (Linux)")
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
+                                reason="the bench reads /proc (Linux)")
+
+
+@needs_proc
 def test_smoke_run_prints_json_results(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "twistchat.bench", "--smoke", "--servers", "twistchat,bare"],
@@ -41,7 +49,7 @@ def test_smoke_run_prints_json_results(tmp_path: Path) -> None:
         assert EXPECTED[r["scenario"]] <= set(r), r
         if r["server"] == "twistchat":
             # Ratios to the baseline measured in the same run.
-            metrics = {m for m, _ in cli.METRICS[r["scenario"]]}
+            metrics = {m for m, _ in METRICS[r["scenario"]]}
             assert set(r["vs_bare"]) <= metrics and r["vs_bare"], r
             assert "server_options" in r
     fanout = next(r for r in results if r["scenario"] == "fanout" and r["server"] == "twistchat")
@@ -55,13 +63,13 @@ def test_options() -> None:
         "quick", ["fanout"], ["twistchat"], 1)
     with pytest.raises(SystemExit):
         cli.parse(["--scenarios", "nosuch"])
-    settings = list(cli.settings(cli.parse(["--scenarios", "fanout,idle"])))
+    settings = list(relay.settings(cli.parse(["--scenarios", "fanout,idle"])))
     assert [(s.scenario, s.members) for s in settings] == [
         ("idle", 1000), ("idle", 10000), ("fanout", 10), ("fanout", 100), ("fanout", 1000)]
 
 
 def test_server_args_keep_the_server_on_loopback() -> None:
-    assert cli.extra_options("--history 0 --max-members=5") == [
+    assert relay.extra_options("--history 0 --max-members=5") == [
         "--history", "0", "--max-members=5"]
     for text in ("--interface 0.0.0.0", "--port=7777", "-i ::", "--data-dir /"):
         with pytest.raises(SystemExit):
@@ -69,7 +77,111 @@ def test_server_args_keep_the_server_on_loopback() -> None:
 
 
 def test_server_options_raise_only_what_the_load_needs() -> None:
-    assert cli.server_options(cli.Setting("idle", 1000, room_size=100), 200) == []
-    assert cli.server_options(cli.Setting("handshake", 0), 200) == []
-    latency = cli.server_options(cli.Setting("latency", 100, senders=10, rate=1000), 200)
+    assert relay.server_options(relay.Setting("idle", 1000, room_size=100), 200) == []
+    assert relay.server_options(relay.Setting("handshake", 0), 200) == []
+    latency = relay.server_options(relay.Setting("latency", 100, senders=10, rate=1000), 200)
     assert latency == ["--message-rate", "200"]
+
+
+def run_smoke(tmp_path: Path, *options: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """
+    C{twistchat-bench --smoke} with C{options}: its output lines and results.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "twistchat.bench", "--smoke", *options],
+        cwd=tmp_path, capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    return lines, [json.loads(line) for line in lines if line.startswith("{")]
+
+
+@needs_proc
+def test_hardening_idle_closes_every_idle_connection(tmp_path: Path) -> None:
+    lines, [result] = run_smoke(tmp_path, "--scenarios", "hardening-idle", "--connections", "3")
+    assert (result["scenario"], result["members"], result["waves"]) == ("hardening-idle", 3, 2)
+    # The server logged one "timed out" line per connection of both waves.
+    assert result["timed_out_lines"] == 6 and result["closed"] == 6
+    assert {"rss_kib_start", "rss_kib_each", "rss_kib_open", "rss_kib_after"} <= set(result)
+    assert any(line.startswith("idle wave 2: 3 closed by the server") for line in lines)
+
+
+@needs_proc
+def test_hardening_slow_keeps_the_others_chatting(tmp_path: Path) -> None:
+    lines, [result] = run_smoke(tmp_path, "--scenarios", "hardening-slow")
+    assert result["scenario"] == "hardening-slow" and result["sent"] > 0
+    assert 0 < result["received_each"] <= result["sent"]
+    assert result["rss_kib_start"] <= result["rss_kib_max"]
+    assert result["not_reading_lines"] >= 0
+    assert [line.split(":")[0] for line in lines if line.startswith("slow")] == ["slow", "slow"]
+
+
+@needs_proc
+def test_hardening_ping_drops_a_mute_member(tmp_path: Path) -> None:
+    lines, [result] = run_smoke(tmp_path, "--scenarios", "hardening-ping")
+    assert result["scenario"] == "hardening-ping"
+    assert "no answer to a ping" in result["reason"]
+    assert result["dropped_after_s"] > 0
+    assert any(line.startswith("ping: --idle-timeout 2 --ping-timeout 1: dropped")
+               for line in lines)
+
+
+@needs_proc
+def test_hardening_guess_counts_evaluated_and_refused(tmp_path: Path) -> None:
+    lines, [result] = run_smoke(tmp_path, "--scenarios", "hardening-guess")
+    assert result["scenario"] == "hardening-guess"
+    # The server evaluates the first few guesses at once, then refuses.
+    assert result["evaluated"] >= 1 and len(result["evaluated_at"]) == result["evaluated"]
+    assert result["refused"] == sum(result["refusals"].values())
+    assert any(line.startswith("guess: ") for line in lines)
+
+
+@needs_proc
+def test_history_runs_off_then_on(tmp_path: Path) -> None:
+    lines, results = run_smoke(tmp_path, "--scenarios", "history")
+    assert [(r["scenario"], r["history"], r["runs"]) for r in results] == [
+        ("history", 0, 1), ("history", 50, 1)]
+    for r in results:
+        assert r["msgs_per_s"] > 0 and r["deliveries_per_s"] == pytest.approx(2 * r["msgs_per_s"], rel=1e-3)
+        assert r["cpu_ms_per_1000"] >= 0
+    assert [line[:17] for line in lines if line.startswith("round")] == [
+        "round 1 history o", "round 1 history o"]
+
+
+def test_hardening_options() -> None:
+    config = cli.parse(["--scenarios", "hardening,history", "--connections", "7"])
+    assert config.scenarios == [
+        "hardening-idle", "hardening-slow", "hardening-ping", "hardening-guess", "history"]
+    assert (config.get("connections"), config.get("waves"), config.get("guess_seconds")) == (
+        7, 2, 60.0)
+    assert cli.parse(["--smoke"]).get("connections") == 4
+    # Bounded: the hardening scenarios refuse sizes beyond their limits.
+    for bad in (["--connections", "0"], ["--connections", "5001"], ["--waves", "6"],
+                ["--chat-seconds", "601"], ["--guess-seconds", "-1"]):
+        with pytest.raises(SystemExit):
+            cli.parse(bad)
+
+
+def test_before_runs_the_other_interpreter_and_twistchat_this_one(tmp_path: Path) -> None:
+    other = str(tmp_path / "bin" / "python")
+    twistchat = relay.server_command("twistchat", tmp_path, [], before=other)
+    before = relay.server_command("before", tmp_path, [], before=other)
+    assert str(Path(sys.executable).parent) in twistchat[0]
+    assert before[:2] == [other, "-c"]
+    assert before[-4:] == ["--data-dir", str(tmp_path), "--room", "main"]
+
+
+def test_setup_cfg_ships_every_package_with_the_bench() -> None:
+    """
+    The wheel holds twistchat-bench with its baselines (docs/performance.md
+    says a plain install has all three servers): setup.cfg lists every
+    package of the source tree.
+    """
+    root = Path(__file__).resolve().parents[1]
+    setup = configparser.ConfigParser()
+    setup.read(root / "setup.cfg")
+    listed = set(setup["options"]["packages"].split())
+    found = {".".join(init.parent.relative_to(root).parts)
+             for init in (root / "twistchat").rglob("__init__.py")}
+    assert {"twistchat.bench", "twistchat.bench.baselines"} <= found
+    assert found <= listed, found - listed

@@ -6,100 +6,40 @@ real processes on loopback.
 from __future__ import annotations
 
 import os
-import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import pytest
+
+from twistchat.bench.processes import Lines, ServerProcess, socketchat_command
 
 BIN = Path(sys.executable).parent
 SECRET_TEXT = "the eagle lands at midnight 4711"
 REPLY_TEXT = "copy that, see you there 0815"
 
 
-class Lines:
+class Server(ServerProcess):
     """
-    Collect a stream's lines in a background thread; wait for one with a timeout.
+    The real C{twistd -n socketchat} on 127.0.0.1, its data in C{workdir/data}.
     """
 
-    def __init__(self, stream: IO[str]) -> None:
-        self.seen: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        for line in self.seen:
-            if (match := re.search(pattern, line)):
-                return match
-        while time.monotonic() < deadline:
-            try:
-                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.seen.append(line)
-            if (match := re.search(pattern, line)):
-                return match
-        raise AssertionError(f"{pattern!r} not seen; got:\n" + "\n".join(self.seen))
-
-    def rest(self, timeout: float = 10) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            self.seen.append(line)
-        return self.seen
-
-
-class Server:
     def __init__(self, workdir: Path, *args: str) -> None:
         self.workdir = workdir
         self.data = workdir / "data"
-        self.process = subprocess.Popen(
-            [str(BIN / "twistd"), "-n", "socketchat", "--port", "0",
-             "--interface", "127.0.0.1", "--data-dir", str(self.data), *args],
-            cwd=workdir,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=env(workdir),
-        )
-        assert self.process.stdout is not None
-        self.log = Lines(self.process.stdout)
-        self.port = int(self.log.wait_for(r"listening on port (\d+)").group(1))
+        super().__init__(socketchat_command("--data-dir", str(self.data), *args), workdir,
+                         env(workdir))
 
-    def stop(self) -> bool:
+    def stop(self, timeout: float = 20) -> bool:
         """
-        SIGTERM, then wait; True if twistd shut down cleanly. (twistd re-raises
-        the signal after its clean shutdown, so its status is -SIGTERM.)
+        SIGTERM, then wait; True if twistd shut down cleanly (and said so).
         """
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            status = self.process.wait(timeout=20)
-        finally:
-            self.log.rest(timeout=2)
-        return status in (0, -signal.SIGTERM) and "Server Shut Down." in self.log.seen[-1]
+        return super().stop(timeout) and "Server Shut Down." in self.log.seen[-1]
 
 
 def env(home: Path, **extra: str) -> dict[str, str]:

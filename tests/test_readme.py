@@ -44,6 +44,8 @@ from typing import Iterator
 
 import pytest
 
+from twistchat.bench.processes import ServerProcess
+
 from .test_e2e import BIN, Client, Lines, env
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -266,29 +268,14 @@ def python(workdir: Path, code: str, name: str) -> Process:
     return Process(workdir, [sys.executable, script.name])
 
 
-class ReadmeServer:
+class ReadmeServer(ServerProcess):
     """
     The server started with README's own command (port 0 the first time).
     """
 
     def __init__(self, workdir: Path, port: int = 0) -> None:
         (command,) = block("server").commands
-        argv = shlex.split(substitute(command, port))
-        self.process = subprocess.Popen(
-            argv, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, env=env(workdir),
-        )
-        assert self.process.stdout is not None
-        self.log = Lines(self.process.stdout)
-        self.port = int(self.log.wait_for(r"listening on port (\d+)").group(1))
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        finally:
-            self.log.rest(timeout=2)
+        super().__init__(shlex.split(substitute(command, port)), workdir, env(workdir))
 
 
 @pytest.fixture

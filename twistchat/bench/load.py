@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import resource
 import sys
 import time
 from array import array
@@ -35,6 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twistchat import wire
+from twistchat.bench.processes import raise_fd_limit
 from twistchat.client.keyring import Keyring
 from twistchat.client.protocol import ChatClientProtocol, State
 from twistchat.client.trust import tofu_options
@@ -53,13 +53,6 @@ N_PREFIX = re.compile(rb"n=(\d+);")
 def now_us() -> int:
     # CLOCK_MONOTONIC is one clock for every process of the machine.
     return time.monotonic_ns() // 1000
-
-
-def raise_fd_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 class _Ignore:

@@ -1,6 +1,8 @@
 """
-BASELINES for twistchat-bench, not part of twistchat: the relays a user might
-otherwise pick, measured by the same load processes in the same run.
+Baselines for twistchat-bench: the relays a user might otherwise pick,
+measured by the same load processes in the same run. They ship with the
+package, so that an installed twistchat-bench can run them, but neither the
+twistchat server nor its client imports them.
 
   - L{bare_relay}: a bare Twisted C{Int32StringReceiver} relay over TLS, with
     no handshake and no sealing (the framework floor);
