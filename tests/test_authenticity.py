@@ -7,8 +7,10 @@ the middle can make both legs share).
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl as stdlib_ssl
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +142,99 @@ async def test_client_refuses_a_tls12_server(certificate: Any, known_hosts: Path
     assert "TLS failed" in info.value.message
     assert heard == []
     assert not known_hosts.exists()
+
+
+# --- the small findings: files, environment, numbers, reprs, forgotten sessions ------
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_verifier_file_is_owner_only_despite_a_leftover_temporary_file(tmp_path: Path) -> None:
+    """
+    A world-readable temporary file left at the name the old writer used does not
+    make the verifier world-readable: the file is written fresh, mode 0600, and
+    the rooms folder is made 0700.
+    """
+    from twistchat.crypto.verifier import make_verifier
+    from twistchat.server.verifiers import room_path, save_verifier
+
+    path = room_path(tmp_path / "data", "main")
+    path.parent.mkdir(parents=True)
+    os.chmod(path.parent, 0o700)
+    leftover = path.with_name(f".{path.name}.tmp")
+    leftover.write_text("{}")
+    os.chmod(leftover, 0o644)
+    old = os.umask(0)
+    try:
+        save_verifier(path, make_verifier(PASSWORD, "main"))
+        fresh = room_path(tmp_path / "fresh", "main")
+        save_verifier(fresh, make_verifier(PASSWORD, "main"))
+    finally:
+        os.umask(old)
+    assert _mode(path) == 0o600
+    assert _mode(fresh) == 0o600 and _mode(fresh.parent) == 0o700
+    assert _mode(fresh.parent.parent) == 0o700
+
+
+def test_server_data_directory_is_made_owner_only(tmp_path: Path) -> None:
+    from .test_tap import parse
+
+    parse(tmp_path / "data", "--password", PASSWORD)
+    assert _mode(tmp_path / "data") == 0o700
+    assert _mode(tmp_path / "data" / "server.key") == 0o600
+
+
+def test_server_forgets_the_password_environment_variable(tmp_path: Path) -> None:
+    """
+    Like the client, the server takes TWISTCHAT_PASSWORD out of its environment
+    once read: it is not needed again, nor by anything the server starts.
+    """
+    from .test_tap import parse
+
+    environ = {"TWISTCHAT_PASSWORD": PASSWORD, "HOME": "/nowhere"}
+    options = parse(tmp_path / "data", environ=environ)
+    assert environ == {"HOME": "/nowhere"}
+    assert [v.room for v in options.verifiers] == ["main"]
+
+
+@pytest.mark.parametrize("rate", [b"1e400", b"-1e400", b"1" + b"0" * 400, b"NaN", b"Infinity"])
+def test_wire_numbers_out_of_range_are_bad_messages(rate: bytes) -> None:
+    frame = (b'{"type":"welcome","name":"a","room":"main","addr":"x","members":[],"rate":'
+             + rate + b"}")
+    with pytest.raises(errors.BadMessage):
+        wire.decode(frame, wire.FROM_SERVER)
+
+
+def test_verifier_repr_shows_neither_w0_nor_L_nor_the_salt() -> None:
+    from twistchat.crypto.verifier import make_verifier
+
+    verifier = make_verifier(PASSWORD, "main")
+    shown = repr(verifier)
+    assert "main" in shown
+    for secret in (str(verifier.w0), verifier.L.hex(), repr(verifier.L), repr(verifier.salt),
+                   verifier.salt.hex()):
+        assert secret not in shown
+
+
+def test_a_forgotten_session_cannot_be_replayed() -> None:
+    """
+    An opener that has evicted a sender session (it remembers MAX_SESSIONS)
+    still refuses that session's old messages as replays.
+    """
+    from twistchat.crypto.seal import Opener, Sealer
+
+    key = bytes(range(32))
+    opener = Opener(key, "main", max_sessions=2)
+    old = Sealer(key, "main", "alice")
+    first = old.seal("first")
+    assert opener.open("alice", *first) == "first"
+    for name in ("bob", "carol"):  # two newer sessions evict alice's
+        assert opener.open(name, *Sealer(key, "main", name).seal("hi")) == "hi"
+    with pytest.raises(errors.Replayed):
+        opener.open("alice", *first)
+    # Her session itself goes on where it was.
+    assert opener.open("alice", *old.seal("second")) == "second"
+    with pytest.raises(errors.Replayed):
+        opener.open("alice", *first)

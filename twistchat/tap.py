@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Mapping
+from typing import MutableMapping
 
 from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint
@@ -24,6 +24,7 @@ from twisted.python import usage
 from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.crypto.kdf import random_password
 from twistchat.crypto.verifier import Verifier, make_verifier
+from twistchat.crypto.keyfile import make_private_dirs
 from twistchat.errors import ConfigError
 from twistchat.server.history import DEFAULT_LIMIT, HISTORY_FILE, History, HistoryStore
 from twistchat.server.limits import Limits
@@ -118,7 +119,7 @@ class Options(usage.Options):
         for name, help_ in LIMIT_HELP.items()
     ]
 
-    environ: Mapping[str, str] = os.environ
+    environ: MutableMapping[str, str] = os.environ
     out = sys.stdout
     err = sys.stderr
 
@@ -166,7 +167,7 @@ class Options(usage.Options):
         try:
             if self.data_dir.exists() and not self.data_dir.is_dir():
                 raise ConfigError(f"the data directory {self.data_dir} is not a directory")
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.data_dir)
             self.verifiers = self._verifiers()
             self.decoy_secret = decoy_secret(self.data_dir)
         except ConfigError as e:
@@ -203,7 +204,9 @@ class Options(usage.Options):
             if not line:
                 raise ConfigError("the first line of --password-file is empty")
             return line
-        return self.environ.get(PASSWORD_ENV) or None
+        # Not needed again, nor by anything the server starts (nor visible in
+        # /proc/PID/environ for longer than start-up).
+        return self.environ.pop(PASSWORD_ENV, None) or None
 
     def _verifiers(self) -> list[Verifier]:
         if self["verifier-file"] is not None:

@@ -24,6 +24,7 @@ from typing import Any
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
+from twistchat.crypto.keyfile import make_private_dirs
 from twistchat.errors import ConfigError, FingerprintChanged, TrustError
 
 
@@ -103,7 +104,7 @@ class TrustOnFirstUse:
         if not self.first_use:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(f"{self.host} {self.fingerprint}\n")
         except OSError as e:

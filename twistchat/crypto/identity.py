@@ -51,18 +51,17 @@ No Twisted here; the only I/O is reading and writing key files.
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import os
 import secrets
-import stat
 from pathlib import Path
 from typing import Any
 
 from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
+from twistchat.crypto.keyfile import read_private_file, write_private_file
 from twistchat.errors import BadSignature, ConfigError
 
 __all__ = [
@@ -239,7 +238,7 @@ class Identity:
         """
         L{load}, but a missing file raises L{FileNotFoundError}.
         """
-        raw = _read_private_file(path)
+        raw = read_private_file(path, MAX_FILE_BYTES, "key file")
         try:
             d = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
@@ -282,144 +281,6 @@ def load_or_create(path: Path | str | None = None) -> Identity:
     except FileExistsError:
         return Identity.load(path)
     return identity
-
-
-# --- owner-only files --------------------------------------------------------------------
-
-
-def _make_private_dirs(directory: Path) -> None:
-    """
-    Create C{directory} and any missing parents with mode 0700 (set explicitly, not
-    left to the umask). Directories that exist already are left as they are.
-    """
-    missing: list[Path] = []
-    d = directory
-    while not os.path.lexists(d):
-        missing.append(d)
-        if d.parent == d:
-            break
-        d = d.parent
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, 0o700)
-        except FileExistsError:
-            continue
-        os.chmod(d, 0o700)
-
-
-def write_private_file(path: Path, data: bytes, *, replace: bool = False) -> None:
-    """
-    Write C{data} to C{path} atomically, readable and writable by the owner only.
-
-    The parent directories are created with mode 0700 if missing. The data goes to a
-    new, randomly named temporary file in the same directory, created with
-    C{O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW} and given mode 0600 with C{fchmod}, then
-    synced and moved into place: renamed over C{path} (C{os.replace}) when
-    C{replace} is true, otherwise hard-linked to C{path}, which fails if C{path}
-    exists (on a file system without hard links: renamed, after checking that
-    C{path} does not exist). The temporary file never survives.
-
-    @raise FileExistsError: C{path} exists and C{replace} is false.
-    @raise ConfigError: the directory or file cannot be created or written.
-    """
-    path = Path(path)
-    try:
-        _make_private_dirs(path.parent)
-    except OSError as e:
-        raise ConfigError(f"cannot create directory {path.parent}: {e.strerror}") from None
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(tmp, flags, 0o600)
-    except OSError as e:
-        raise ConfigError(f"cannot create {tmp}: {e.strerror}") from None
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if replace:
-            os.replace(tmp, path)
-        else:
-            _link_new(tmp, path)
-    except FileExistsError:
-        raise
-    except OSError as e:
-        raise ConfigError(f"cannot write {path}: {e.strerror}") from None
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-
-
-def _link_new(tmp: Path, path: Path) -> None:
-    """
-    Make C{tmp}'s file appear at C{path}, which must not exist.
-
-    @raise FileExistsError: C{path} exists.
-    """
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
-            raise
-        if os.path.lexists(path):
-            raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
-        os.replace(tmp, path)
-
-
-def _read_private_file(path: Path) -> bytes:
-    """
-    Read an owner-only file, refusing links, non-regular files, other owners, group or
-    other permissions, and more than L{MAX_FILE_BYTES}.
-
-    @raise FileNotFoundError: there is no file (nor link) at C{path}.
-    @raise ConfigError: anything else is wrong.
-    """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        if e.errno == errno.ELOOP or os.path.islink(path):
-            raise ConfigError(f"{path} is a symbolic link; refusing to use it as a key file") from None
-        raise ConfigError(f"cannot open {path}: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{path} is not a regular file")
-        geteuid = getattr(os, "geteuid", None)
-        if geteuid is not None and st.st_uid != geteuid():
-            raise ConfigError(f"{path} belongs to another user; refusing to use it as a key file")
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            raise ConfigError(
-                f"{path} is accessible to other users (mode {mode:04o});"
-                f" make it private with: chmod 600 {path}"
-            )
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_FILE_BYTES:
-                raise ConfigError(f"{path} is larger than {MAX_FILE_BYTES} bytes; not a key file")
-        return b"".join(chunks)
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-    finally:
-        os.close(fd)
 
 
 # --- verification ---------------------------------------------------------------------

@@ -40,6 +40,7 @@ the version.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections import OrderedDict
 from typing import Callable, NamedTuple
@@ -84,6 +85,10 @@ PAD_BLOCK = 32
 MAX_CIPHERTEXT = MAX_TEXT_BYTES + PAD_BLOCK + TAG_BYTES
 #: Sender sessions an L{Opener} remembers (least recently used evicted first).
 MAX_SESSIONS = 4096
+#: Evicted sender sessions whose highest counter an L{Opener} still remembers
+#: (8-byte digests), so that an old message cannot be replayed into a live
+#: connection just because its session was evicted.
+MAX_RETIRED = 65536
 
 _AD_PREFIX = b"twistchat/1 msg\x00"
 #: The associated data's prefix for each payload version.
@@ -283,22 +288,33 @@ class _Session:
         self.last = last
 
 
+def _retired_id(ident: tuple[str, bytes]) -> bytes:
+    sender, sid = ident
+    return hashlib.blake2b(_encode_field("sender", sender) + sid, digest_size=8).digest()
+
+
 class Opener:
     """
     Opens the messages of every member of one room, and refuses replays.
 
     Per (sender, sid) it remembers the subkey and the highest counter accepted, for
-    the L{MAX_SESSIONS} most recently used sessions. Only messages that authenticate
-    create or update that state, so forged messages can neither evict genuine
-    sessions nor advance their counters.
+    the L{MAX_SESSIONS} most recently used sessions; an evicted session's highest
+    counter is kept (under an 8-byte digest of sender and sid) for the
+    L{MAX_RETIRED} most recently evicted, so its old messages are still refused
+    as replays if they come back. Only messages that authenticate create or
+    update that state, so forged messages can neither evict genuine sessions nor
+    advance their counters.
     """
 
-    def __init__(self, content_key: bytes, room: str, *, max_sessions: int = MAX_SESSIONS) -> None:
+    def __init__(self, content_key: bytes, room: str, *, max_sessions: int = MAX_SESSIONS,
+                 max_retired: int = MAX_RETIRED) -> None:
         self._content_key = _check_key(content_key)
         _encode_field("room", room)
         self._room = room
         self._max_sessions = max_sessions
+        self._max_retired = max_retired
         self._sessions: OrderedDict[tuple[str, bytes], _Session] = OrderedDict()
+        self._retired: OrderedDict[bytes, int] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<Opener room={self._room!r} sessions={len(self._sessions)}>"
@@ -387,6 +403,9 @@ class Opener:
         if session is not None and n <= session.last:
             self._sessions.move_to_end(ident)
             raise Replayed()
+        retired = _retired_id(ident) if session is None else b""
+        if session is None and n <= self._retired.get(retired, 0):
+            raise Replayed()
         opened = Opened(version, unpad(padded))
         if version == 1:
             try:
@@ -396,9 +415,13 @@ class Opener:
         if check is not None:
             check(opened)
         if session is None:
+            self._retired.pop(retired, None)
             self._sessions[ident] = _Session(key, n)
             while len(self._sessions) > self._max_sessions:
-                self._sessions.popitem(last=False)
+                evicted, old = self._sessions.popitem(last=False)
+                self._retired[_retired_id(evicted)] = old.last
+                while len(self._retired) > self._max_retired:
+                    self._retired.popitem(last=False)
         else:
             session.last = n
             self._sessions.move_to_end(ident)

@@ -51,14 +51,17 @@ _HEX130 = re.compile(r"[0-9a-f]{130}")
 class Verifier:
     """
     What the server stores for a room: the scrypt salt and parameters, and the SPAKE2+
-    verifier (w0, L = w1*G as a 65-byte uncompressed point). w0 is not shown by repr.
+    verifier (w0, L = w1*G as a 65-byte uncompressed point). Its repr shows only
+    the room and the scrypt cost: w0 and L are what an offline guess is tested
+    against, and the salt is half of what it needs, so none of them belongs in a
+    log or a traceback.
     """
 
     room: str
-    salt: bytes
+    salt: bytes = field(repr=False)
     params: ScryptParams
     w0: int = field(repr=False)
-    L: bytes
+    L: bytes = field(repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import socket
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
 from twisted.logger import Logger
 
+from twistchat.crypto.keyfile import write_private_file
 from twistchat.errors import ConfigError
 
 # The channel binding lives in twistchat.tlsbinding (the client uses it too); it
@@ -68,9 +68,7 @@ def create_self_signed(cert_path: Path, key_path: Path) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key_pem)
+    write_private_file(key_path, key_pem, replace=True)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from twistchat.crypto.verifier import Verifier
+from twistchat.crypto.keyfile import write_private_file
 from twistchat.errors import ConfigError
 
 ROOMS_DIR = "rooms"
@@ -49,17 +50,14 @@ def load_verifier(path: Path) -> Verifier:
 
 def save_verifier(path: Path, verifier: Verifier) -> None:
     """
-    Write atomically (a temporary file renamed over the old one), owner-only.
+    Write atomically and owner-only (L{write_private_file}: a fresh temporary
+    file, mode 0600, never through a link, renamed over the old one; missing
+    directories are made 0700).
+
+    @raise ConfigError: if it cannot be written.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(verifier.to_json(), f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    data = json.dumps(verifier.to_json(), indent=1) + "\n"
+    write_private_file(path, data.encode("utf-8"), replace=True)
 
 
 #: The secret that derives the salts shown for unknown rooms.
@@ -86,12 +84,11 @@ def decoy_secret(data_dir: Path) -> bytes:
     if secret:
         raise ConfigError(f"{path} is not a decoy secret (32 bytes); remove it to make a new one")
     secret = os.urandom(32)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secret)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        write_private_file(path, secret)
+    except FileExistsError:
+        # Another process made it first: use theirs.
+        return decoy_secret(data_dir)
     return secret
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import math
 import unicodedata
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -128,7 +129,13 @@ def integer(low: int, high: int) -> Kind:
 def number(field: str, value: Any) -> float:
     if type(value) not in (int, float):
         raise _fail(field, "expected a number")
-    return float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise _fail(field, "out of range") from None
+    if not math.isfinite(result):  # e.g. 1e400, which JSON parses as infinity
+        raise _fail(field, "out of range")
+    return result
 
 
 def boolean(field: str, value: Any) -> bool:
