@@ -61,7 +61,7 @@ from typing import Any
 from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
-from twistchat.crypto.keyfile import read_private_file, write_private_file
+from twistchat.crypto.keyfile import check_header, read_private_file, write_private_file
 from twistchat.errors import BadSignature, ConfigError
 
 __all__ = [
@@ -185,18 +185,7 @@ class Identity:
         @raise ConfigError: it is not exactly a version 1 identity object, or its
             public key does not belong to its secret key.
         """
-        if not isinstance(d, dict):
-            raise ConfigError("an identity key file must hold a JSON object")
-        keys = set(d)
-        if keys != _FILE_MEMBERS:
-            missing = sorted(str(k) for k in _FILE_MEMBERS - keys)
-            extra = sorted(str(k) for k in keys - _FILE_MEMBERS)
-            raise ConfigError(f"identity key members wrong (missing: {missing}, unknown: {extra})")
-        if d["format"] != FILE_FORMAT:
-            raise ConfigError(f"not a {FILE_FORMAT} file")
-        version = d["version"]
-        if isinstance(version, bool) or version != FILE_VERSION:
-            raise ConfigError(f"unsupported identity key version {version!r}")
+        d = check_header(d, "identity key", _FILE_MEMBERS, FILE_FORMAT, FILE_VERSION)
         if d["algorithm"] != _ALGORITHM:
             raise ConfigError(f"unsupported identity key algorithm {d['algorithm']!r}")
         seed = _hex32("seed", d["seed"])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from twistchat.errors import ConfigError
 
-__all__ = ["make_private_dirs", "read_private_file", "write_private_file"]
+__all__ = ["check_header", "make_private_dirs", "read_private_file", "write_private_file"]
 
 
 def make_private_dirs(directory: Path) -> None:
@@ -161,3 +161,29 @@ def read_private_file(path: Path, max_bytes: int, what: str = "file") -> bytes:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     finally:
         os.close(fd)
+
+
+def check_header(
+    d: object, what: str, members: set[str] | frozenset[str], file_format: str, version: int
+) -> dict[str, object]:
+    """
+    Check the envelope every twistchat JSON key or verifier file shares: a JSON
+    object with exactly C{members}, whose C{format} is C{file_format} and whose
+    C{version} is the integer C{version}.
+
+    @param what: names the file in errors (e.g. "verifier").
+    @return: C{d}, known to be a dict.
+    @raise ConfigError: otherwise, saying what is wrong.
+    """
+    if not isinstance(d, dict):
+        raise ConfigError(f"a {what} must be a JSON object")
+    keys = set(d)
+    if keys != members:
+        missing = sorted(str(k) for k in members - keys)
+        extra = sorted(str(k) for k in keys - members)
+        raise ConfigError(f"{what} members wrong (missing: {missing}, unknown: {extra})")
+    if d["format"] != file_format:
+        raise ConfigError(f"not a {file_format} file")
+    if type(d["version"]) is not int or d["version"] != version:
+        raise ConfigError(f"unsupported {what} version {d['version']!r}")
+    return d

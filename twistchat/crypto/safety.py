@@ -58,6 +58,7 @@ from typing import Iterable
 
 from twistchat.crypto.identity import PUBLIC_KEY_BYTES
 from twistchat.crypto.kdf import hkdf_sha256
+from twistchat.crypto.seal import encode_field
 
 __all__ = [
     "ITERATIONS",
@@ -80,15 +81,6 @@ _ROOM_LABEL = b"twistchat/2 room safety code\x00"
 _COMMITMENT_INFO = b"twistchat/2 room commitment\x00"
 _GROUP = 5
 _CHUNK_BYTES = 5
-
-
-def _str(what: str, value: str) -> bytes:
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be str")
-    data = value.encode("utf-8")
-    if len(data) > 0xFFFF:
-        raise ValueError(f"{what} is too long")
-    return len(data).to_bytes(2, "big") + data
 
 
 def _key(what: str, value: bytes) -> bytes:
@@ -114,7 +106,7 @@ def _digits(digest: bytes, chunks: int) -> str:
 
 def _half(name: str, key: bytes) -> str:
     chunks = SAFETY_NUMBER_DIGITS // 2 // _GROUP
-    return _digits(_stretch(_NUMBER_LABEL + _str("name", name) + key, key), chunks)
+    return _digits(_stretch(_NUMBER_LABEL + encode_field("name", name) + key, key), chunks)
 
 
 def _grouped(digits: str) -> str:
@@ -169,7 +161,7 @@ def room_safety_code(
         raise ValueError("a room commitment is 32 bytes")
     commitment = bytes(commitment)
     encoded = sorted(
-        (_str("name", name)[2:], _key("a member's key", key)) for name, key in members
+        (encode_field("name", name)[2:], _key("a member's key", key)) for name, key in members
     )
     names = [name for name, _ in encoded]
     if len(set(names)) != len(names):
@@ -177,7 +169,7 @@ def room_safety_code(
     data = b"".join(
         [
             _ROOM_LABEL,
-            _str("room", room),
+            encode_field("room", room),
             commitment,
             len(encoded).to_bytes(4, "big"),
             *(len(name).to_bytes(2, "big") + name + key for name, key in encoded),

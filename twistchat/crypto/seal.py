@@ -120,7 +120,14 @@ def unpad(padded: bytes) -> bytes:
     return padded[:end]
 
 
-def _encode_field(name: str, value: str) -> bytes:
+def encode_field(name: str, value: str) -> bytes:
+    """
+    C{value} as UTF-8 after its length as 2 bytes big-endian: how room and
+    member names enter associated data, signatures and safety numbers.
+
+    @raise TypeError: C{value} is not a str.
+    @raise ValueError: it is longer than 65535 bytes.
+    """
     if not isinstance(value, str):
         raise TypeError(f"{name} must be str")
     data = value.encode("utf-8")
@@ -147,8 +154,8 @@ def associated_data(room: str, sender: str, sid: bytes, n: int, version: int = 1
         raise ValueError("n out of range")
     return (
         _AD_PREFIXES[version]
-        + _encode_field("room", room)
-        + _encode_field("sender", sender)
+        + encode_field("room", room)
+        + encode_field("sender", sender)
         + bytes(sid)
         + n.to_bytes(8, "big")
     )
@@ -290,7 +297,7 @@ class _Session:
 
 def _retired_id(ident: tuple[str, bytes]) -> bytes:
     sender, sid = ident
-    return hashlib.blake2b(_encode_field("sender", sender) + sid, digest_size=8).digest()
+    return hashlib.blake2b(encode_field("sender", sender) + sid, digest_size=8).digest()
 
 
 class Opener:
@@ -309,7 +316,7 @@ class Opener:
     def __init__(self, content_key: bytes, room: str, *, max_sessions: int = MAX_SESSIONS,
                  max_retired: int = MAX_RETIRED) -> None:
         self._content_key = _check_key(content_key)
-        _encode_field("room", room)
+        encode_field("room", room)
         self._room = room
         self._max_sessions = max_sessions
         self._max_retired = max_retired

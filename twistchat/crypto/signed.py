@@ -92,6 +92,7 @@ from twistchat.crypto.identity import (
     verify,
 )
 from twistchat.crypto.seal import (
+    encode_field,
     MAX_COUNTER,
     MAX_TEXT_BYTES,
     PAD_BLOCK,
@@ -203,15 +204,6 @@ class Sent(NamedTuple):
     hash: bytes
 
 
-def _name(what: str, value: str) -> bytes:
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be str")
-    data = value.encode("utf-8")
-    if len(data) > 0xFFFF:
-        raise ValueError(f"{what} is too long")
-    return len(data).to_bytes(2, "big") + data
-
-
 def _slot(sid: bytes, n: int) -> bytes:
     if not isinstance(sid, (bytes, bytearray)) or len(sid) != SID_BYTES:
         raise ValueError(f"sid must be {SID_BYTES} bytes")
@@ -227,7 +219,7 @@ def to_be_signed(room: str, sender: str, sid: bytes, n: int, body: bytes) -> byt
     @raise ValueError: a name longer than 65535 bytes of UTF-8, a sid that is not 16
         bytes, n outside [0, 2^63 - 1].
     """
-    return _SIGN_LABEL + _name("room", room) + _name("sender", sender) + _slot(sid, n) + body
+    return _SIGN_LABEL + encode_field("room", room) + encode_field("sender", sender) + _slot(sid, n) + body
 
 
 def message_hash(sid: bytes, n: int, data: bytes) -> bytes:

@@ -32,6 +32,7 @@ from twistchat.crypto.kdf import (
     derive_secrets,
 )
 from twistchat.crypto.spake2plus import G, ORDER, decode_point, encode_point
+from twistchat.crypto.keyfile import check_header
 from twistchat.errors import BadPoint, ConfigError, WeakParameters
 
 __all__ = [
@@ -88,19 +89,8 @@ class Verifier:
             64 lowercase hex digits of a number below the group order, or L is not a
             valid point on P-256.
         """
-        if not isinstance(d, dict):
-            raise ConfigError("a verifier must be a JSON object")
         expected = {"format", "version", "room", "salt", "scrypt", "w0", "L"}
-        keys = set(d)
-        if keys != expected:
-            missing = sorted(str(k) for k in expected - keys)
-            extra = sorted(str(k) for k in keys - expected)
-            raise ConfigError(f"verifier members wrong (missing: {missing}, unknown: {extra})")
-        if d["format"] != VERIFIER_FORMAT:
-            raise ConfigError(f"not a {VERIFIER_FORMAT} file")
-        version = d["version"]
-        if not _is_int(version) or version != VERIFIER_VERSION:
-            raise ConfigError(f"unsupported verifier version {version!r}")
+        d = check_header(d, "verifier", expected, VERIFIER_FORMAT, VERIFIER_VERSION)
         room = d["room"]
         if not isinstance(room, str) or not room:
             raise ConfigError("verifier room must be a non-empty string")
