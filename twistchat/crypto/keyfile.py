@@ -176,7 +176,7 @@ def check_header(
     @raise ConfigError: otherwise, saying what is wrong.
     """
     if not isinstance(d, dict):
-        raise ConfigError(f"a {what} must be a JSON object")
+        raise ConfigError(f"the {what} must be a JSON object")
     keys = set(d)
     if keys != members:
         missing = sorted(str(k) for k in members - keys)
