@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -222,7 +223,25 @@ def test_port_in_use_as_a_daemon(workdir: Path, password: Path) -> None:
     assert "Traceback" not in result.stderr
     log = (workdir / "twistd.log").read_text()
     assert f"twistd socketchat: cannot listen on 127.0.0.1:{port}: Address already in use" in log
+    wait_for_daemon_exit(workdir / "twistd.pid")
     assert not (workdir / "twistd.pid").exists()
+
+
+def wait_for_daemon_exit(pid_file: Path, timeout: float = 20) -> None:
+    """
+    Wait (at most C{timeout} seconds) for the daemon named in C{pid_file} to
+    end: twistd's daemon tells its parent why it did not start before it
+    removes its pid file, so the parent can exit first.
+    """
+    try:
+        pid = int(pid_file.read_text())
+        handle = os.pidfd_open(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return
+    try:
+        select.select([handle], [], [], timeout)
+    finally:
+        os.close(handle)
 
 
 @pytest.mark.parametrize("case", ["missing", "a folder", "not text"])
