@@ -12,7 +12,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
@@ -664,50 +664,49 @@ async def test_listen_failure_at_start_closes_the_others(tmp_path: Path) -> None
         await defer.maybeDeferred(taken.stopListening)
 
 
-def test_listen_failure_later_is_logged_once(tmp_path: Path) -> None:
+@pytest.fixture
+def errors_logged() -> Iterator[list[dict[str, Any]]]:
+    errors: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event["log_level"].name == "error":
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield errors
+    globalLogPublisher.removeObserver(observe)
+
+
+def test_listen_failure_later_is_logged_once(
+    tmp_path: Path, errors_logged: list[dict[str, Any]]
+) -> None:
     """
     An endpoint that fails after startService returned is logged as an error
     (one line, no traceback) instead of being swallowed; the service runs on.
     """
-    errors: list[dict[str, Any]] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event["log_level"].name == "error":
-            errors.append(event)
-
     slow = Listening()
     service = bare_service(tmp_path, slow)
-    globalLogPublisher.addObserver(observe)
+    service.startService()
     try:
-        service.startService()
-        assert errors == [] and service.running
+        assert errors_logged == [] and service.running
         slow.listening.errback(CannotListenError("", 80, OSError(99, "no onion service")))
-        assert [e["line"] for e in errors] == [
+        assert [e["line"] for e in errors_logged] == [
             "twistd socketchat: cannot listen on port 80: no onion service"
         ]
-        assert "log_failure" not in errors[0]
+        assert "log_failure" not in errors_logged[0]
     finally:
-        globalLogPublisher.removeObserver(observe)
         service.stopService()
 
 
-def test_listen_still_pending_is_cancelled_on_stop(tmp_path: Path) -> None:
-    errors: list[dict[str, Any]] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event["log_level"].name == "error":
-            errors.append(event)
-
+def test_listen_still_pending_is_cancelled_on_stop(
+    tmp_path: Path, errors_logged: list[dict[str, Any]]
+) -> None:
     slow = Listening()
     service = bare_service(tmp_path, slow)
-    globalLogPublisher.addObserver(observe)
-    try:
-        service.startService()
-        service.stopService()
-        assert slow.listening.called, "cancelled"
-        assert errors == []
-    finally:
-        globalLogPublisher.removeObserver(observe)
+    service.startService()
+    service.stopService()
+    assert slow.listening.called, "cancelled"
+    assert errors_logged == []
 
 
 def test_data_dir_files_are_private(tmp_path: Path) -> None:
