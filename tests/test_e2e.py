@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -222,7 +223,25 @@ def test_port_in_use_as_a_daemon(workdir: Path, password: Path) -> None:
     assert "Traceback" not in result.stderr
     log = (workdir / "twistd.log").read_text()
     assert f"twistd socketchat: cannot listen on 127.0.0.1:{port}: Address already in use" in log
+    wait_for_daemon_exit(workdir / "twistd.pid")
     assert not (workdir / "twistd.pid").exists()
+
+
+def wait_for_daemon_exit(pid_file: Path, timeout: float = 20) -> None:
+    """
+    Wait (at most C{timeout} seconds) for the daemon named in C{pid_file} to
+    end: twistd's daemon tells its parent why it did not start before it
+    removes its pid file, so the parent can exit first.
+    """
+    try:
+        pid = int(pid_file.read_text())
+        handle = os.pidfd_open(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return
+    try:
+        select.select([handle], [], [], timeout)
+    finally:
+        os.close(handle)
 
 
 @pytest.mark.parametrize("case", ["missing", "a folder", "not text"])
@@ -256,6 +275,100 @@ def test_mistaken_options_still_show_usage(workdir: Path) -> None:
     assert "--tls-key needs --tls-cert" in result.stdout + result.stderr
     assert "--max-members" in result.stdout, "twistd's usage text"
     assert "Traceback" not in result.stdout + result.stderr
+
+
+# --- --listen: endpoint descriptions, systemd socket activation ----------------------
+
+#: What systemd does between fork and exec for a socket-activated service, for
+#: one socket: put it at file descriptor 3 and name this process as the one the
+#: sockets are for (LISTEN_PID), then run the service's command in the same
+#: process (same pid). Arguments: the socket's descriptor here, then the command.
+ACTIVATE = """
+import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def test_systemd_socket_activation(workdir: Path, password: Path) -> None:
+    """
+    The test opens the listening socket, as systemd's twistchat.socket does,
+    and starts the real twistd with it as descriptor 3, LISTEN_FDS=1 and
+    LISTEN_PID its own pid (LISTEN_FDNAMES too, which systemd always sets and
+    Twisted requires). A client that connects before twistd runs waits in
+    the socket's backlog, as on the first connection under systemd; then two
+    clients log in and chat through the inherited socket.
+    """
+    room_password = password.read_text().strip()
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(16)
+        port = listening.getsockname()[1]
+        early = Client(workdir, port, "alice", password=room_password)
+        command = [
+            sys.executable, "-c", ACTIVATE, str(listening.fileno()),
+            str(BIN / "twistd"), "-n", "--pidfile=", "socketchat",
+            "--data-dir", str(workdir / "data"), "--password-file", str(password),
+            "--listen", "systemd:domain=INET:index=0",
+        ]
+        server = ServerProcess(
+            command, workdir, env(workdir, LISTEN_FDS="1", LISTEN_FDNAMES="twistchat"),
+            pass_fds=[listening.fileno()],
+        )
+    # From here on only twistd holds the socket.
+    try:
+        assert server.port == port
+        early.out.wait_for("connected — you can start sending messages")
+        bob = Client(workdir, port, "bob", password=room_password)
+        bob.out.wait_for(r"In the room: alice \(127\.0\.0\.1:\d+\)")
+        bob.say(SECRET_TEXT)
+        early.out.wait_for(re.escape(f"[ bob: ] {SECRET_TEXT}"))
+        assert bob.finish() == 0
+        assert early.finish() == 0
+    finally:
+        assert server.stop()
+    log = "\n".join(server.log.seen)
+    assert log.count("twistchat listening on port") == 1
+    assert "Traceback" not in log
+
+
+def test_bad_listen_description_is_a_usage_error(workdir: Path, password: Path) -> None:
+    for description, reason in [
+        ("tcp:x", "not an endpoint description twistd can use"),
+        ("ssl:7777", "twistd adds its own TLS"),
+    ]:
+        result = twistd(workdir, "--password-file", str(password), "--listen", description)
+        assert result.returncode == 1
+        both = result.stdout + result.stderr
+        [line] = [line for line in both.splitlines() if reason in line]
+        assert f"--listen {description}: " in line
+        assert "--max-members" in result.stdout, "twistd's usage text"
+        assert "Traceback" not in both
+
+
+@pytest.mark.parametrize("case", ["port in use", "no such folder", "no systemd socket"])
+def test_listen_failure_is_one_line(workdir: Path, password: Path, case: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        description, expected = {
+            "port in use": (f"tcp:{port}:interface=127.0.0.1",
+                            f"cannot listen on 127.0.0.1:{port}: Address already in use"),
+            "no such folder": (f"unix:{workdir / 'missing' / 'socket'}",
+                               f"cannot listen on unix:{workdir / 'missing' / 'socket'}: "
+                               "No such file or directory"),
+            "no systemd socket": ("systemd:domain=INET:index=0",
+                                  "cannot listen on systemd:domain=INET:index=0: "
+                                  "no such socket was passed to this process"),
+        }[case]
+        result = twistd(workdir, "--password-file", str(password), "--listen", description)
+    assert_one_line(result, expected)
+    assert not (workdir / "twistd.pid").exists(), "twistd removes its pid file"
 
 
 def test_openssl_s_client_speaks_only_tls13(workdir: Path) -> None:

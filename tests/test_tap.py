@@ -12,12 +12,16 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
+import pytest_twisted
 from twisted.application.service import IService
-from twisted.internet import ssl
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet import defer, reactor, ssl
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
 from twistchat.crypto.kdf import content_key, derive_secrets
@@ -29,7 +33,9 @@ from twistchat.server.tls import CERT_FILE, KEY_FILE, create_self_signed, finger
 from twistchat.server.verifiers import load_verifier, room_path, save_verifier
 from twistchat.tap import Options, makeService
 
-from .conftest import OTHER_PASSWORD, PASSWORD
+from twistchat.client import TrustOnFirstUse, connect
+
+from .conftest import OTHER_PASSWORD, PASSWORD, Recorder
 
 GENERATED = re.compile(r"^    ([a-z2-9]{5}(?:-[a-z2-9]{5}){4})$", re.M)
 
@@ -513,6 +519,194 @@ def test_make_service_default_address(tmp_path: Path) -> None:
     assert service.endpoint._interface == ""
     assert not service.running
     assert service.port is None
+
+
+# --- where to listen: --listen endpoint descriptions ---------------------------------
+
+
+def test_listen_is_empty_by_default(tmp_path: Path) -> None:
+    options = parse(tmp_path / "data", "--password", PASSWORD)
+    assert options["listen"] == []
+    assert options.endpoints == []
+
+
+def test_listen_descriptions(tmp_path: Path) -> None:
+    """
+    Each --listen is parsed with serverFromString, kept in the order given,
+    and wrapped in the server's TLS by makeService.
+    """
+    first = "tcp:0:interface=127.0.0.1"
+    second = f"unix:{tmp_path / 'socket'}"
+    options = parse(tmp_path / "data", "--password", PASSWORD,
+                    "--listen", first, "--listen", second)
+    assert options["listen"] == [first, second]
+    assert [d for d, _ in options.endpoints] == [first, second]
+    assert isinstance(options.endpoints[0][1], TCP4ServerEndpoint)
+    service = makeService(options)
+    assert [d for d, _ in service.endpoints] == [first, second]
+    # Not the plain endpoints: makeService put TLS around them.
+    for (_, plain), (_, served) in zip(options.endpoints, service.endpoints):
+        assert served is not plain
+    assert service.port is None and service.ports == []
+
+
+@pytest.mark.parametrize("description", [
+    "ssl:7777", "SSL:7777:privateKey=server.key", "tls:/etc/certs", " ssl:7777",
+    "haproxy:ssl:7777", "haproxy:tls:/etc/certs",
+])
+def test_listen_refuses_tls(tmp_path: Path, description: str) -> None:
+    with pytest.raises(usage.UsageError, match=r"twistd adds its own TLS .*the login is "
+                       r"bound to that TLS channel.*plain transport"):
+        parse(tmp_path / "data", "--password", PASSWORD, "--listen", description)
+
+
+@pytest.mark.parametrize("description", [
+    "tcp:x", "tcp:7777:nonsense=1", "nosuch:7777", "", "tcp", "systemd:domain=INET",
+])
+def test_listen_bad_description(tmp_path: Path, description: str) -> None:
+    with pytest.raises(usage.UsageError, match=f"--listen {re.escape(description)}: "
+                       "not an endpoint description twistd can use"):
+        parse(tmp_path / "data", "--password", PASSWORD, "--listen", description)
+
+
+@pytest.mark.parametrize("other", [["--port", "7778"], ["--interface", "127.0.0.1"],
+                                   ["-p", "0"]])
+def test_listen_or_port_not_both(tmp_path: Path, other: list[str]) -> None:
+    with pytest.raises(usage.UsageError, match="either --listen or --port/--interface"):
+        parse(tmp_path / "data", "--password", PASSWORD,
+              "--listen", "tcp:0:interface=127.0.0.1", *other)
+
+
+def test_listen_systemd_socket_not_passed(tmp_path: Path) -> None:
+    """
+    A systemd socket this process did not inherit is a start-up failure (the
+    description itself is fine).
+    """
+    with pytest.raises(CannotStart, match="cannot listen on systemd:domain=INET:index=0: "
+                       "no such socket was passed to this process"):
+        parse(tmp_path / "data", "--password", PASSWORD,
+              "--listen", "systemd:domain=INET:index=0")
+
+
+@pytest_twisted.ensureDeferred
+async def test_listen_serves_tls_and_logs_in(tmp_path: Path) -> None:
+    """
+    A --listen endpoint serves the server's TLS (the client checks the
+    certificate's fingerprint and binds the login to the TLS channel): a real
+    client logs in through it, and the "listening" line names each port.
+    """
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_format", "").startswith("twistchat listening"):
+            lines.append(f"{event['port']} {event['host']}")
+
+    options = parse(tmp_path / "data", "--password", PASSWORD, "--history", "0",
+                    "--listen", "tcp:0:interface=127.0.0.1",
+                    "--listen", "tcp:0:interface=127.0.0.1")
+    service = makeService(options)
+    globalLogPublisher.addObserver(observe)
+    try:
+        service.startService()
+        assert len(service.ports) == 2
+        numbers = [port.getHost().port for port in service.ports]
+        session = await connect(reactor, "127.0.0.1", numbers[1], "alice", PASSWORD,
+                                listener=Recorder(),
+                                trust=TrustOnFirstUse(tmp_path / "known_hosts"))
+        assert session.connected
+        known = (tmp_path / "known_hosts").read_text()
+        assert fingerprint(options.certificate) in known
+        assert sorted(lines) == sorted(f"{n} 127.0.0.1" for n in numbers)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await service.stopService()
+    assert service.ports == []
+
+
+class Listening:
+    """
+    An endpoint whose listen() returns a Deferred the test fires.
+    """
+
+    def __init__(self) -> None:
+        self.listening: defer.Deferred[IListeningPort] = defer.Deferred()
+
+    def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
+        return self.listening
+
+
+def bare_service(tmp_path: Path, endpoints: Any) -> ChatService:
+    factory = ChatServerFactory(Rooms([make_verifier(PASSWORD, "main")]), reactor)
+    return ChatService(endpoints, factory, err=io.StringIO())
+
+
+@pytest_twisted.ensureDeferred
+async def test_listen_failure_at_start_closes_the_others(tmp_path: Path) -> None:
+    """
+    When one endpoint fails at once, startService raises CannotStart (one
+    line, naming the place) and the endpoints that listened are closed.
+    """
+    taken = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        ChatServerFactory(Rooms([]), reactor))
+    try:
+        number = taken.getHost().port
+        service = bare_service(tmp_path, [
+            ("tcp:0:interface=127.0.0.1", TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")),
+            ("taken", TCP4ServerEndpoint(reactor, number, interface="127.0.0.1")),
+        ])
+        with pytest.raises(CannotStart) as raised:
+            service.startService()
+        line = f"twistd socketchat: cannot listen on 127.0.0.1:{number}: Address already in use"
+        assert raised.value.line == line
+        assert service.err.getvalue() == line + "\n"  # type: ignore[attr-defined]
+        assert service.ports == [] and not service.running
+    finally:
+        await defer.maybeDeferred(taken.stopListening)
+
+
+@pytest.fixture
+def errors_logged() -> Iterator[list[dict[str, Any]]]:
+    errors: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event["log_level"].name == "error":
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield errors
+    globalLogPublisher.removeObserver(observe)
+
+
+def test_listen_failure_later_is_logged_once(
+    tmp_path: Path, errors_logged: list[dict[str, Any]]
+) -> None:
+    """
+    An endpoint that fails after startService returned is logged as an error
+    (one line, no traceback) instead of being swallowed; the service runs on.
+    """
+    slow = Listening()
+    service = bare_service(tmp_path, slow)
+    service.startService()
+    try:
+        assert errors_logged == [] and service.running
+        slow.listening.errback(CannotListenError("", 80, OSError(99, "no onion service")))
+        assert [e["line"] for e in errors_logged] == [
+            "twistd socketchat: cannot listen on port 80: no onion service"
+        ]
+        assert "log_failure" not in errors_logged[0]
+    finally:
+        service.stopService()
+
+
+def test_listen_still_pending_is_cancelled_on_stop(
+    tmp_path: Path, errors_logged: list[dict[str, Any]]
+) -> None:
+    slow = Listening()
+    service = bare_service(tmp_path, slow)
+    service.startService()
+    service.stopService()
+    assert slow.listening.called, "cancelled"
+    assert errors_logged == []
 
 
 def test_data_dir_files_are_private(tmp_path: Path) -> None:

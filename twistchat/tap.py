@@ -8,6 +8,12 @@ usage error from twistd; a file or directory that cannot be used is
 L{CannotStart}: one line on stderr and exit status 1. Neither is a traceback.
 L{makeService} only builds the service; nothing listens until twistd starts it
 (a port in use is then L{CannotStart} too).
+
+Where to listen is C{--port} and C{--interface} (TCP), or one or more
+C{--listen} Twisted endpoint descriptions (e.g. C{systemd:domain=INET:index=0}
+for systemd socket activation). Either way the server adds its own TLS on top:
+the login is bound to that TLS channel, so a description that is already TLS
+is a usage error.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from pathlib import Path
 from typing import MutableMapping
 
 from twisted.internet import ssl
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString, wrapServerTLS
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
 
 from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
@@ -66,6 +73,11 @@ ZERO_ALLOWED = {"free_failures"}
 MAX_HISTORY = 1000
 #: A member frame limit below this leaves too little room for a message.
 MIN_MAX_FRAME = 1024
+#: Endpoint types that are TLS already: twistd adds its own TLS to a --listen
+#: description, and the login is bound to that channel.
+TLS_ENDPOINTS = frozenset({"ssl", "tls"})
+#: Endpoint types that wrap the description that follows them.
+WRAPPING_ENDPOINTS = frozenset({"haproxy"})
 
 
 def _port(value: str) -> int:
@@ -123,6 +135,23 @@ class Options(usage.Options):
     out = sys.stdout
     err = sys.stderr
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        self["listen"].append(description)
+
+    # The help text (set here rather than as a docstring, so that it is there
+    # under python -OO too).
+    opt_listen.__doc__ = (
+        "Listen where this Twisted endpoint description says, instead of "
+        "--port and --interface: e.g. tcp:7777:interface=127.0.0.1, or "
+        "systemd:domain=INET:index=0 for a socket passed by systemd. The server "
+        "adds its own TLS, so give the plain transport (tcp:, not ssl:). Repeat "
+        "to listen in several places."
+    )
+
     def postOptions(self) -> None:
         try:
             self.limits = Limits(**{
@@ -162,6 +191,13 @@ class Options(usage.Options):
             raise usage.UsageError(e.message) from None
         if self["password"] == "":
             raise usage.UsageError("the --password given is empty")
+        if self["listen"] and (self["port"] != self.defaults["port"]
+                               or self["interface"] != self.defaults["interface"]):
+            raise usage.UsageError(
+                "give either --listen or --port/--interface, not both "
+                "(e.g. --listen tcp:7777:interface=127.0.0.1)"
+            )
+        self.endpoints = self._endpoints()
         # From here on the options are fine; what fails is a file or folder.
         self.data_dir = Path(self["data-dir"])
         try:
@@ -191,6 +227,37 @@ class Options(usage.Options):
             raise CannotStart(
                 f"cannot use the data directory {self.data_dir}: {_os_reason(e)}"
             ) from None
+
+    def _endpoints(self) -> list[tuple[str, IStreamServerEndpoint]]:
+        """
+        Parse the --listen descriptions (without TLS: L{makeService} adds it).
+
+        @raise usage.UsageError: for a description that is not one, or that
+            is TLS already.
+        @raise CannotStart: for a systemd description naming a socket that
+            systemd did not pass to this process.
+        """
+        from twisted.internet import reactor
+
+        endpoints: list[tuple[str, IStreamServerEndpoint]] = []
+        for description in self["listen"]:
+            _refuse_tls(description)
+            try:
+                endpoints.append((description, serverFromString(reactor, description)))
+            except LookupError:
+                # The systemd parser looks the index or name up in the
+                # sockets this process inherited (LISTEN_FDS, LISTEN_FDNAMES,
+                # LISTEN_PID).
+                raise CannotStart(
+                    f"cannot listen on {description}: no such socket was passed "
+                    "to this process (is it started by its systemd socket unit?)"
+                ) from None
+            except (ValueError, TypeError, AttributeError) as e:
+                raise usage.UsageError(
+                    f"--listen {description}: not an endpoint description "
+                    f"twistd can use ({e})"
+                ) from None
+        return endpoints
 
     def _password(self) -> str | None:
         if self["password"] is not None:
@@ -249,6 +316,23 @@ class Options(usage.Options):
         return verifier
 
 
+def _refuse_tls(description: str) -> None:
+    """
+    @raise usage.UsageError: if C{description} is TLS already (also inside a
+        wrapper such as C{haproxy:}).
+    """
+    kind, _, rest = description.partition(":")
+    kind = kind.strip().lower()
+    if kind in WRAPPING_ENDPOINTS:
+        _refuse_tls(rest)
+    elif kind in TLS_ENDPOINTS:
+        raise usage.UsageError(
+            f"--listen {description}: twistd adds its own TLS (its certificate, "
+            "TLS 1.3 only; the login is bound to that TLS channel), so describe "
+            f"the plain transport: tcp:..., not {kind}:..."
+        )
+
+
 def _os_reason(error: OSError) -> str:
     """
     An OS error as the reason and the file it is about.
@@ -277,12 +361,16 @@ def makeService(options: Options) -> ChatService:
         Rooms(options.verifiers), reactor, options.limits, history=history,
         decoy_secret=options.decoy_secret,
     )
-    endpoint = SSL4ServerEndpoint(
-        reactor,
-        options["port"],
-        server_options(certificate),
-        interface=options["interface"],
-    )
+    tls = server_options(certificate)
+    endpoint: IStreamServerEndpoint | list[tuple[str, IStreamServerEndpoint]]
+    if options.endpoints:
+        endpoint = [
+            (description, wrapServerTLS(tls, plain, reactor))
+            for description, plain in options.endpoints
+        ]
+    else:
+        endpoint = SSL4ServerEndpoint(reactor, options["port"], tls,
+                                      interface=options["interface"])
     rooms = ", ".join(sorted(v.room for v in options.verifiers))
     return ChatService(
         endpoint,

@@ -167,16 +167,19 @@ class ServerProcess:
     """
 
     def __init__(self, command: Sequence[str], cwd: Path, env: dict[str, str] | None = None,
-                 timeout: float = START_TIMEOUT) -> None:
+                 timeout: float = START_TIMEOUT, pass_fds: Sequence[int] = ()) -> None:
         """
         Start C{command} and wait for its L{LISTENING} line.
+
+        @param pass_fds: file descriptors the child inherits (as
+            L{subprocess.Popen}'s C{pass_fds}), e.g. a listening socket.
 
         @raise LineNotSeen: when the server exits or does not listen within
             C{timeout} seconds; it is killed first.
         """
         self.process = subprocess.Popen(
             list(command), cwd=cwd, env=env, text=True, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=pass_fds,
         )
         assert self.process.stdout is not None
         self.log = Lines(self.process.stdout)

@@ -15,10 +15,11 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable, Sequence
 
 from twisted.application import service
 from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.internet.protocol import ServerFactory
@@ -414,52 +415,89 @@ class RoomReloader:
 
 class ChatService(service.Service):
     """
-    Listen on an endpoint while running; on stop, close every connection.
+    Listen on one or more endpoints while running; on stop, close every
+    connection.
 
+    @param endpoint: where to listen: one endpoint, or a sequence of
+        (description, endpoint) pairs, the description being how the operator
+        named the place (a Twisted endpoint description, used in error
+        messages). Each endpoint must already add the server's TLS: the login
+        is bound to the TLS channel of the connection.
     @param rooms_dir: a folder of room verifier files to rescan every
         C{reload_interval} seconds (None: the rooms are fixed).
     @param err: where a failure to start is reported, as one line: the
         standard error the service was built with (twistd sends the process's
         own to its log once it starts the service).
+    @ivar ports: the ports listening now, in the order they started.
     """
 
     log = Logger()
 
     def __init__(
         self,
-        endpoint: IStreamServerEndpoint,
+        endpoint: IStreamServerEndpoint | Sequence[tuple[str, IStreamServerEndpoint]],
         factory: ChatServerFactory,
         description: str = "",
         rooms_dir: Path | None = None,
         reload_interval: float = RELOAD_INTERVAL,
         err: IO[str] | None = None,
     ) -> None:
-        self.endpoint = endpoint
+        if isinstance(endpoint, Sequence):
+            self.endpoints = list(endpoint)
+        else:
+            self.endpoints = [("", endpoint)]
         self.err = sys.stderr if err is None else err
         self.factory = factory
         self.description = description
-        self.port: IListeningPort | None = None
-        self._listening: defer.Deferred[IListeningPort] | None = None
+        self.ports: list[IListeningPort] = []
+        self._listening: list[defer.Deferred[IListeningPort | None]] = []
+        # Listen failures while startService runs; None once it has returned.
+        self._failed_now: list[tuple[str, Failure]] | None = None
         self.reloader = RoomReloader(factory, rooms_dir) if rooms_dir is not None else None
         self.reload_interval = reload_interval
         self._reload: task.LoopingCall | None = None
+
+    @property
+    def endpoint(self) -> IStreamServerEndpoint:
+        """
+        The first (often the only) endpoint.
+        """
+        return self.endpoints[0][1]
+
+    @property
+    def port(self) -> IListeningPort | None:
+        """
+        The first port listening, or None.
+        """
+        return self.ports[0] if self.ports else None
 
     def startService(self) -> None:
         """
         Listen, then start the periodic tasks and the history.
 
-        @raise CannotStart: if the endpoint cannot listen (e.g. the port is in
-            use); nothing else has been started then. The reason is also
+        A listen that fails later (an endpoint that needs time, unlike TCP,
+        UNIX and inherited sockets) is logged as an error, as one line; the
+        other endpoints keep listening.
+
+        @raise CannotStart: if an endpoint fails to listen at once (e.g. the
+            port is in use); nothing else has been started then, and the
+            endpoints that did listen are closed again. The reason is also
             logged, for a daemon whose standard error goes nowhere.
         """
-        self._listening = self.endpoint.listen(self.factory)
-        # TCP and SSL endpoints fail at once, in a Deferred that has already
-        # fired; catch that here (as twisted.application.internet's
-        # StreamServerEndpointService does) so twistd hears of it at start.
-        failed: list[Failure] = []
-        self._listening.addCallbacks(self._started, failed.append)
+        # As twisted.application.internet's StreamServerEndpointService does
+        # for strports.service: a failure that is already there when listen()
+        # returns is raised, so that twistd hears of it at start.
+        self._failed_now = []
+        for where, endpoint in self.endpoints:
+            listening = endpoint.listen(self.factory)
+            listening.addCallbacks(self._started, self._not_listening, errbackArgs=(where,))
+            self._listening.append(listening)
+        failed, self._failed_now = self._failed_now, None
         if failed:
-            self._cannot_start(failed[0])
+            for port in self.ports:
+                port.stopListening()
+            self.ports = []
+            self._cannot_start(*failed[0])
         super().startService()
         self._expiry = task.LoopingCall(self.factory.expire)
         self._expiry.clock = self.factory.clock
@@ -471,7 +509,15 @@ class ChatService(service.Service):
         if self.factory.history is not None:
             self.factory.history.start()
 
-    def _cannot_start(self, failure: Failure) -> None:
+    def _not_listening(self, failure: Failure, where: str) -> None:
+        if failure.check(defer.CancelledError):
+            return  # stopped before it listened
+        if self._failed_now is not None:
+            self._failed_now.append((where, failure))
+            return
+        self.log.error("{line}", line=CannotStart(_listen_failed(failure, where)).line)
+
+    def _cannot_start(self, where: str, failure: Failure) -> None:
         """
         Report a failure to listen as one line and end the process.
 
@@ -479,27 +525,14 @@ class ChatService(service.Service):
             logged, and the exception carries no message of its own: by now
             Python's standard error leads to the log.
         """
-        error = failure.value
-        if isinstance(error, CannotListenError):
-            # Short: a daemon's parent shows only the first 100 bytes or so.
-            if not error.interface:
-                where = f"port {error.port}"
-            elif ":" in error.interface:
-                where = f"[{error.interface}]:{error.port}"
-            else:
-                where = f"{error.interface}:{error.port}"
-            reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
-            message = f"cannot listen on {where}: {reason}"
-        else:
-            message = f"cannot listen: {error}"
-        stop = CannotStart(message, reported=True)
+        stop = CannotStart(_listen_failed(failure, where), reported=True)
         self.log.error("{line}", line=stop.line)
         self.err.write(stop.line + "\n")
         self.err.flush()
         raise stop
 
     def _started(self, port: IListeningPort) -> IListeningPort:
-        self.port = port
+        self.ports.append(port)
         # Announce readiness from the running reactor (twistd starts services
         # just before it installs its signal handlers), so whoever waits for
         # this line can rely on a clean SIGTERM shutdown.
@@ -507,13 +540,22 @@ class ChatService(service.Service):
         return port
 
     def _announce(self, port: IListeningPort) -> None:
+        if port not in self.ports:
+            return  # closed again before the reactor ran
         address = port.getHost()
-        self.log.info(
-            "twistchat listening on port {port} ({host}){description}",
-            port=address.port,
-            host=address.host,
-            description=self.description,
-        )
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            self.log.info(
+                "twistchat listening on port {port} ({host}){description}",
+                port=address.port,
+                host=address.host,
+                description=self.description,
+            )
+        else:
+            self.log.info(
+                "twistchat listening on {address}{description}",
+                address=str(address),
+                description=self.description,
+            )
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
@@ -523,11 +565,40 @@ class ChatService(service.Service):
             self._reload.stop()
         self.log.info("shutting down: closing {count} connections",
                       count=len(self.factory.connections))
-        port, self.port = self.port, None
-        stopped = defer.maybeDeferred(port.stopListening) if port else defer.succeed(None)
+        for listening in self._listening:
+            listening.cancel()  # one still under way; no-op for the others
+        self._listening = []
+        ports, self.ports = self.ports, []
+        stopped = [defer.maybeDeferred(port.stopListening) for port in ports]
         drained = self.factory.shutdown()
-        done = defer.gatherResults([stopped, drained])
+        done = defer.gatherResults([*stopped, drained])
         history = self.factory.history
         if history is not None:
             done.addCallback(lambda _: history.stop())
         return done.addCallback(lambda _: None)
+
+
+def _listen_failed(failure: Failure, where: str) -> str:
+    """
+    Why an endpoint could not listen, on one line and short: a daemon's
+    parent shows only its first 100 bytes or so.
+
+    @param where: the endpoint's description, or "" for the one endpoint
+        made from --port and --interface.
+    """
+    error = failure.value
+    if isinstance(error, CannotListenError):
+        if isinstance(error.port, str):
+            place = error.port  # a UNIX socket's path
+        elif not error.interface:
+            place = f"port {error.port}"
+        elif ":" in error.interface:
+            place = f"[{error.interface}]:{error.port}"
+        else:
+            place = f"{error.interface}:{error.port}"
+        reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+        return f"cannot listen on {place}: {reason}"
+    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    if where:
+        return f"cannot listen on {where}: {reason}"
+    return f"cannot listen: {reason}"
