@@ -9,7 +9,7 @@ events of the connection: TLS up, keys derived, the timer, connection lost. An
 C{error} frame, an invalid frame or one the state has no row for aborts the
 connection; the state becomes CLOSED when the connection is lost.
 
-The protocol reports to a L{ClientHandler} (the session in L{twistchat.client.api});
+The protocol reports to a L{ClientHandler} (L{twistchat.client.connector.Login}, then the session);
 it never calls user code from inside a state transition.
 """
 

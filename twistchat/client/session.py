@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Any, Callable, ParamSpec, Protocol, TypeVar
+from typing import Any, Callable, ParamSpec, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -36,7 +36,6 @@ from twistchat.errors import ProtocolError, Rejected, Replayed, TwistchatError, 
 log = Logger()
 
 P = ParamSpec("P")
-T = TypeVar("T")
 
 #: How many messages (sender, session id, counter) a session remembers having
 #: delivered to its listener or sent itself, so that the history the server
