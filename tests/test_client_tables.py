@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from twisted.internet import defer, task
@@ -33,7 +33,14 @@ from twistchat.client.protocol import (
 from twistchat.client.session import ChatSession, SessionState
 from twistchat.client.table import NoTransition, Row, Serial, Table
 from twistchat.crypto.seal import Opener, Sealer
-from twistchat.crypto.spake2plus import G, Prover, VerifierKey, VerifierSession, context, encode_point
+from twistchat.crypto.spake2plus import (
+    G,
+    Prover,
+    VerifierKey,
+    VerifierSession,
+    context,
+    encode_point,
+)
 
 from .test_client_reconnect import Events, FakeHandler, FakeProtocol, ScriptedConnector, welcome
 
@@ -235,8 +242,9 @@ class Walk:
         self.events = Events()
         self.first = FakeProtocol()
         policy = Reconnect(jitter=lambda: 0.0, max_attempts=2)
-        self.session = ChatSession(self.first, welcome("bob"), self.events,  # type: ignore[arg-type]
-                                   self.clock, self.connector, policy)  # type: ignore[arg-type]
+        self.session = ChatSession(
+            self.first, welcome("bob"), self.events, self.clock,  # type: ignore[arg-type]
+            self.connector, policy)
         self.protocol = self.first
 
     def drop(self, error: errors.TwistchatError | None = None) -> None:
@@ -417,6 +425,9 @@ def test_serial_drops_waiting_inputs_after_a_failure() -> None:
     with pytest.raises(ZeroDivisionError):
         owner.serial.feed("boom")  # type: ignore[attr-defined]
     assert owner.state is State.TLS
+    # "later" (which has no row) was dropped: the next input runs first.
+    with pytest.raises(ZeroDivisionError):
+        owner.serial.feed("boom")  # type: ignore[attr-defined]
 
 
 # --- the docs ------------------------------------------------------------------------

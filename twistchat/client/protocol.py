@@ -9,8 +9,9 @@ events of the connection: TLS up, keys derived, the timer, connection lost. An
 C{error} frame, an invalid frame or one the state has no row for aborts the
 connection; the state becomes CLOSED when the connection is lost.
 
-The protocol reports to a L{ClientHandler} (L{twistchat.client.connector.Login}, then the session);
-it never calls user code from inside a state transition.
+The protocol reports to a L{ClientHandler} (L{twistchat.client.connector.Login},
+which forwards to the session); it reports only from a row's outputs, once the
+row's next state is set.
 """
 
 from __future__ import annotations

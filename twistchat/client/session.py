@@ -278,7 +278,8 @@ class ChatSession:
     def _rejected(self, sender: str, error: Rejected, message: wire.Message) -> None:
         if message.get("hist") and isinstance(error, Undecryptable):
             if self._first_time((sender, bytes(message["sid"]), message["n"])):
-                self._tell(self._listener.history_unreadable, ChatMessage(sender, "", message.get("ts"), True))
+                self._tell(self._listener.history_unreadable,
+                           ChatMessage(sender, "", message.get("ts"), True))
         else:
             self._tell(self._listener.message_rejected, sender, error.message)
 
