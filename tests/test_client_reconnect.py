@@ -609,9 +609,9 @@ def test_a_replay_at_a_rejoin_delivers_only_what_was_missed() -> None:
 
 
 def test_remembered_messages_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from twistchat.client import api
+    from twistchat.client import session as session_module
 
-    monkeypatch.setattr(api, "REMEMBERED", 3)
+    monkeypatch.setattr(session_module, "REMEMBERED", 3)
     session, clock, connector, events, first = session_on_clock(NO_JITTER, "bob")
     for n in range(1, 6):
         session._message("bob", str(n), history_message("bob", n))

@@ -302,7 +302,7 @@ def cached_scrypt(monkeypatch: pytest.MonkeyPatch) -> None:
     The bystanders' client library derives keys as usual (in a thread), from
     a cache: scrypt costs 0.1 s a login and is tested on its own elsewhere.
     """
-    monkeypatch.setattr("twistchat.client.api.derive_secrets", derive)
+    monkeypatch.setattr("twistchat.client.connector.derive_secrets", derive)
 
 
 @pytest.fixture(autouse=True)

@@ -77,7 +77,7 @@ async def _pause(reactor: Any, seconds: float) -> None:
 async def slow(reactor: Any, config: dict[str, Any]) -> dict[str, Any]:
     pid, seconds, chatters_count = config["pid"], config["seconds"], config["chatters"]
     reader = await _join(reactor, config, "neverreads")
-    reader._protocol.transport.pauseProducing()  # stops reading its socket
+    reader.protocol.transport.pauseProducing()  # stops reading its socket
     counter = _Count()
     chatters = [await _join(reactor, config, f"chatter{i}", counter)
                 for i in range(chatters_count)]
@@ -100,14 +100,13 @@ async def slow(reactor: Any, config: dict[str, Any]) -> dict[str, Any]:
 
 async def ping(reactor: Any, config: dict[str, Any]) -> dict[str, Any]:
     from twistchat.client.protocol import State
+    from twistchat.client.table import Row
 
     listener = _Ended()
     session = await _join(reactor, config, "mute", listener)
     # From here on this member answers no ping (and sends nothing).
-    proto = session._protocol
-    table = dict(proto._transitions)
-    table[State.MEMBER] = {**table[State.MEMBER], "ping": lambda self, message: None}
-    proto._transitions = table
+    proto = session.protocol
+    proto.table = proto.table.replace(Row(State.MEMBER, "ping", None, (), "answers nothing"))
     start = reactor.seconds()
     reason = await listener.ended.addTimeout(config["timeout"], reactor)
     return {"dropped_after_s": round(reactor.seconds() - start, 2), "reason": str(reason)}

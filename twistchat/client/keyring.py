@@ -41,7 +41,7 @@ class Keyring:
     """
     Derive a room's keys from its password once, then forget the password.
 
-    @param derive: runs scrypt (in a thread: see L{twistchat.client.api}).
+    @param derive: runs scrypt (in a thread: see L{twistchat.client.connector.thread_deriver}).
     """
 
     def __init__(self, password: str, room: str, derive: Deriver) -> None:

@@ -2,24 +2,16 @@
 The client side of one connection: the SPAKE2+ handshake as prover, then sealing
 outgoing and opening incoming messages.
 
-States and the messages each accepts (the whole transition table):
+Its life cycle is L{ChatClientProtocol.table}, a L{twistchat.client.table.Table}
+that the protocol runs (docs/protocol.md, section 4, prints it). Inputs are the
+type of each frame from the server, after the frame itself (C{frame}), and the
+events of the connection: TLS up, keys derived, the timer, connection lost. An
+C{error} frame, an invalid frame or one the state has no row for aborts the
+connection; the state becomes CLOSED when the connection is lost.
 
-    TLS       --TLS handshake done (certificate trusted)-->  PARAMS (sends hello)
-    PARAMS    --params-->   DERIVING  (keys from the keyring: scrypt runs in a
-                                       thread the first time; then sends share)
-    VERIFY    --verify-->   WELCOME   (server proved it knows the room; sends confirm)
-    WELCOME   --welcome-->  MEMBER    (the login Deferred fires; a welcome that
-                                       names another name or room than the ones
-                                       proved is refused as a protocol error)
-    MEMBER    --msg | joined | left | members | notice | ping | pong-->  MEMBER
-    MEMBER    --server silent for KEEPALIVE[0] s-->  MEMBER (sends ping)
-    MEMBER    --and silent for KEEPALIVE[1] s more-->  CLOSED (aborted, "timeout")
-    any       --error-->    CLOSED    (the server's reason is reported)
-    any       --invalid, oversize or out-of-place frame-->  CLOSED  (aborted)
-    before MEMBER  --handshake deadline passes-->  CLOSED  (aborted)
-
-The protocol reports to a L{ClientHandler} (the session in L{twistchat.client.api});
-it never calls user code from inside a state transition.
+The protocol reports to a L{ClientHandler} (L{twistchat.client.connector.Login},
+which forwards to the session); it reports only from a row's outputs, once the
+row's next state is set.
 """
 
 from __future__ import annotations
@@ -52,6 +44,7 @@ from twistchat.errors import (
     UnexpectedMessage,
     from_code,
 )
+from twistchat.client.table import Row, Table, rows
 from twistchat.framing import LinearInt32StringReceiver, no_delay
 
 
@@ -62,7 +55,27 @@ class State(enum.Enum):
     VERIFY = "waiting for the server's proof"
     WELCOME = "waiting for the welcome"
     MEMBER = "member"
+    PINGED = "member, waiting for an answer to a ping"
     CLOSED = "closed"
+
+    @property
+    def is_member(self) -> bool:
+        """
+        Whether the login succeeded and the connection is up.
+        """
+        return self in _MEMBER_STATES
+
+
+_MEMBER_STATES = frozenset({State.MEMBER, State.PINGED})
+#: The states before the welcome.
+LOGGING_IN = (State.TLS, State.PARAMS, State.DERIVING, State.VERIFY, State.WELCOME)
+
+#: The inputs other than a frame's type.
+TLS_UP = "TLS up"
+KEYS_DERIVED = "keys derived"
+FRAME = "frame"
+TIMER = "timer runs out"
+LOST = "connection lost"
 
 
 class ClientHandler(Protocol):
@@ -120,7 +133,6 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self._clock = clock
         self._timeout = timeout
         self._keepalive = keepalive
-        self._pinged = False
         self._channel_binding = channel_binding
         self._check_peer = check_peer
         self.state = State.TLS
@@ -145,19 +157,20 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
         no_delay(self.transport)
         self.setTimeout(self._timeout)
 
+    def _input(self, input: str, *args: Any) -> None:
+        """
+        Run C{input} through the table; a peer's mistake aborts the connection.
+        """
+        try:
+            self.table.step(self, input, *args)
+        except TwistchatError as error:
+            # Abort rather than close: a broken or hostile server need not
+            # answer the TLS close (Twisted issue 7926), and nothing more is
+            # sent to it.
+            self._abandon(error)
+
     def timeoutConnection(self) -> None:
-        if self.state is State.MEMBER and self._keepalive is not None:
-            idle, answer = self._keepalive
-            if not self._pinged:
-                self._pinged = True
-                self.sendString(wire.encode("ping"))
-                self.setTimeout(answer)
-                return
-            self._abandon(Timeout(
-                f"no answer from the server to a ping within {answer:g} seconds"
-            ))
-            return
-        self._abandon(Timeout(f"no answer from the server within {self._timeout:g} seconds"))
+        self._input(TIMER)
 
     def handshakeCompleted(self) -> None:
         """
@@ -168,14 +181,9 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
         except TwistchatError as error:
             self._abandon(error)
             return
-        self.state = State.PARAMS
-        self.sendString(
-            wire.encode("hello", v=wire.PROTOCOL_VERSION, room=self.room, name=self.name)
-        )
+        self._input(TLS_UP)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        was = self.state
-        self.state = State.CLOSED
         self.setTimeout(None)
         self._keys = None
         self._prover = None
@@ -183,11 +191,7 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
             self._error = ConnectionClosed(
                 "the server closed the connection in the middle of a frame"
             )
-        if was is State.MEMBER:
-            self.handler.closed(self._error)
-        elif was is not State.CLOSED or self._error is not None:
-            error = self._error or _lost_reason(reason)
-            self.handler.login_failed(Failure(error))
+        self.table.step(self, LOST, reason)
 
     def lengthLimitExceeded(self, length: int) -> None:
         self.discardBuffer()
@@ -202,71 +206,32 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self.setTimeout(None)
         self.transport.abortConnection()
 
-    # --- frames -----------------------------------------------------------------
-
     def stringReceived(self, frame: bytes) -> None:
         if self.state is State.CLOSED or self._error is not None:
             return
-        if self.state is State.MEMBER and self._keepalive is not None:
-            # Any frame shows the server is there.
-            self._pinged = False
-            self.setTimeout(self._keepalive[0])
         try:
+            self.table.step(self, FRAME)
             message = wire.decode(frame, wire.FROM_SERVER)
             if message.type == "error":
                 raise from_code(message["code"], message["text"])
-            handler = self._transitions[self.state].get(message.type)
-            if handler is None:
+            check = self._checks.get(message.type)
+            if check is not None:
+                check(self, message)
+            if self.table.find(self.state, message.type) is None:
                 raise UnexpectedMessage(
                     f"the server sent {message.type!r} while {self.state.value}"
                 )
-            handler(self, message)
         except TwistchatError as error:
-            # Abort rather than close: a broken or hostile server need not
-            # answer the TLS close (Twisted issue 7926), and nothing more is
-            # sent to it.
             self._abandon(error)
-
-    def _on_params(self, message: wire.Message) -> None:
-        params = ScryptParams(message["n"], message["r"], message["p"])
-        check_params(params)
-        self.state = State.DERIVING
-        d = self._keyring.keys(message["salt"], params)
-        d.addCallbacks(self._derived, self._derive_failed)
-
-    def _derive_failed(self, failure: Failure) -> None:
-        if failure.check(TwistchatError):
-            self._abandon(failure.value)
             return
-        self.log.failure("deriving keys from the password failed", failure)
-        self._abandon(TwistchatError("could not derive keys from the password"))
+        self._input(message.type, message)
 
-    def _derived(self, keys: RoomKeys) -> None:
-        if self.state is not State.DERIVING:
-            return  # closed meanwhile
-        self._keys = keys
-        self._prover = Prover(
-            context(self._channel_binding(self.transport)),
-            self.name.encode("utf-8"),
-            self.room.encode("utf-8"),
-            keys.w0,
-            keys.w1,
-        )
-        self.state = State.VERIFY
-        self.sendString(wire.encode("share", X=self._prover.share()))
+    # --- checks: a frame that fails one is a protocol error, in any state --------
 
-    def _on_verify(self, message: wire.Message) -> None:
-        assert self._prover is not None
-        prover, self._prover = self._prover, None
-        try:
-            confirm_p, _ = prover.finish(message["Y"], message["mac"])
-        except BadPoint as e:
-            raise BadPoint(f"the server's handshake share is invalid: {e.message}") from None
-        self.state = State.WELCOME
-        self.sendString(wire.encode("confirm", mac=confirm_p))
+    def _check_params(self, message: wire.Message) -> None:
+        check_params(ScryptParams(message["n"], message["r"], message["p"]))
 
-    def _on_welcome(self, message: wire.Message) -> None:
-        assert self._keys is not None
+    def _check_welcome(self, message: wire.Message) -> None:
         if message["name"] != self.name or message["room"] != self.room:
             # The name and room are the identities the password handshake
             # proved. A server that welcomes us under another name would have
@@ -277,15 +242,82 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
                 "as we logged in: it may be trying to pass our messages off as "
                 "someone else's"
             )
+
+    _checks: dict[str, Callable[[ChatClientProtocol, wire.Message], None]] = {
+        "params": _check_params,
+        "welcome": _check_welcome,
+    }
+
+    # --- outputs ----------------------------------------------------------------
+
+    def _send_hello(self) -> None:
+        self.sendString(
+            wire.encode("hello", v=wire.PROTOCOL_VERSION, room=self.room, name=self.name)
+        )
+
+    def _derive(self, message: wire.Message) -> None:
+        params = ScryptParams(message["n"], message["r"], message["p"])
+        d = self._keyring.keys(message["salt"], params)
+        d.addCallbacks(lambda keys: self._input(KEYS_DERIVED, keys), self._derive_failed)
+
+    def _derive_failed(self, failure: Failure) -> None:
+        if failure.check(TwistchatError):
+            self._abandon(failure.value)
+            return
+        self.log.failure("deriving keys from the password failed", failure)
+        self._abandon(TwistchatError("could not derive keys from the password"))
+
+    def _send_share(self, keys: RoomKeys) -> None:
+        self._keys = keys
+        self._prover = Prover(
+            context(self._channel_binding(self.transport)),
+            self.name.encode("utf-8"),
+            self.room.encode("utf-8"),
+            keys.w0,
+            keys.w1,
+        )
+        self.sendString(wire.encode("share", X=self._prover.share()))
+
+    def _ignore(self, *args: Any) -> None:
+        pass
+
+    def _send_confirm(self, message: wire.Message) -> None:
+        assert self._prover is not None
+        prover, self._prover = self._prover, None
+        try:
+            confirm_p, _ = prover.finish(message["Y"], message["mac"])
+        except BadPoint as e:
+            raise BadPoint(f"the server's handshake share is invalid: {e.message}") from None
+        self.sendString(wire.encode("confirm", mac=confirm_p))
+
+    def _become_member(self, message: wire.Message) -> None:
+        assert self._keys is not None
         key = self._keys.content_key
         self._keys = None
         self.setTimeout(None if self._keepalive is None else self._keepalive[0])
         self._sealer = Sealer(key, self.room, self.name)
         self._opener = Opener(key, self.room)
-        self.state = State.MEMBER
         self.handler.logged_in(self, message)
 
-    def _on_msg(self, message: wire.Message) -> None:
+    def _deadline_passed(self) -> None:
+        self._abandon(Timeout(f"no answer from the server within {self._timeout:g} seconds"))
+
+    def _heard_from_server(self) -> None:
+        if self._keepalive is not None:
+            self.setTimeout(self._keepalive[0])
+
+    def _ping(self) -> None:
+        assert self._keepalive is not None
+        self.sendString(wire.encode("ping"))
+        self.setTimeout(self._keepalive[1])
+
+    def _ping_unanswered(self) -> None:
+        assert self._keepalive is not None
+        self._abandon(Timeout(
+            f"no answer from the server to a ping within {self._keepalive[1]:g} seconds"
+        ))
+
+    def _open(self, message: wire.Message) -> None:
         assert self._opener is not None
         sender = message["from"]
         try:
@@ -295,29 +327,59 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
             return
         self.handler.message(sender, text, message)
 
-    def _on_event(self, message: wire.Message) -> None:
+    def _report_event(self, message: wire.Message) -> None:
         self.handler.event(message)
 
-    def _on_ping(self, message: wire.Message) -> None:
+    def _pong(self, message: wire.Message) -> None:
         self.sendString(wire.encode("pong", **message.fields))
 
-    _transitions: dict[State, dict[str, Callable[[ChatClientProtocol, wire.Message], None]]] = {
-        State.TLS: {},
-        State.PARAMS: {"params": _on_params},
-        State.DERIVING: {},
-        State.VERIFY: {"verify": _on_verify},
-        State.WELCOME: {"welcome": _on_welcome},
-        State.MEMBER: {
-            "msg": _on_msg,
-            "joined": _on_event,
-            "left": _on_event,
-            "members": _on_event,
-            "notice": _on_event,
-            "pong": _on_event,
-            "ping": _on_ping,
-        },
-        State.CLOSED: {},
-    }
+    def _report_login_failed(self, reason: Failure | None) -> None:
+        self.handler.login_failed(Failure(self._error or _lost_reason(reason)))
+
+    def _report_closed(self, reason: Failure | None) -> None:
+        self.handler.closed(self._error)
+
+    def _report_kept_error(self, reason: Failure | None) -> None:
+        if self._error is not None:
+            self.handler.login_failed(Failure(self._error))
+
+    #: The connection's life cycle. A subclass (or an instance, in a test or
+    #: benchmark) may use a variant made with L{Table.replace}.
+    table: Table[State] = Table(
+        [
+            Row(State.TLS, TLS_UP, State.PARAMS, (_send_hello,), "sends hello"),
+            Row(State.PARAMS, "params", State.DERIVING, (_derive,),
+                "asks the keyring for the keys (scrypt runs in a thread the first time)"),
+            Row(State.DERIVING, KEYS_DERIVED, State.VERIFY, (_send_share,), "sends share"),
+            Row(State.CLOSED, KEYS_DERIVED, None, (_ignore,), "(closed meanwhile)"),
+            Row(State.VERIFY, "verify", State.WELCOME, (_send_confirm,),
+                "checks the server's proof, sends confirm"),
+            Row(State.WELCOME, "welcome", State.MEMBER, (_become_member,),
+                "the login succeeds; starts the keepalive timer"),
+            *rows(LOGGING_IN, [FRAME], None, (), "the deadline stands"),
+            Row(State.MEMBER, FRAME, None, (_heard_from_server,), "restarts the keepalive timer"),
+            Row(State.PINGED, FRAME, State.MEMBER, (_heard_from_server,),
+                "(any frame answers) restarts the keepalive timer"),
+            Row(State.MEMBER, "msg", None, (_open,), "opens it, reports it or its rejection"),
+            *rows([State.MEMBER], ["joined", "left", "members", "notice", "pong"], None,
+                  (_report_event,), "reports it"),
+            Row(State.MEMBER, "ping", None, (_pong,), "sends pong"),
+            *rows(LOGGING_IN, [TIMER], None, (_deadline_passed,),
+                  "aborts: timeout (the login deadline)"),
+            Row(State.MEMBER, TIMER, State.PINGED, (_ping,),
+                "(server silent KEEPALIVE[0] s) sends ping"),
+            Row(State.PINGED, TIMER, None, (_ping_unanswered,),
+                "(silent KEEPALIVE[1] s more) aborts: timeout"),
+            *rows(LOGGING_IN, [LOST], State.CLOSED, (_report_login_failed,),
+                  "reports the login failed, and why"),
+            *rows([State.MEMBER, State.PINGED], [LOST], State.CLOSED, (_report_closed,),
+                  "reports the end (the server's error, if any)"),
+            Row(State.CLOSED, LOST, None, (_report_kept_error,),
+                "reports a kept error as a failed login"),
+        ],
+        footer="any  --error frame, invalid frame, or a type the state has no row for-->"
+               "  (stays)  aborts; CLOSED when lost",
+    )
 
     # --- outgoing -----------------------------------------------------------------
 
@@ -329,7 +391,7 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
 
         @raise ValueError: if it is longer than the protocol allows.
         """
-        if self.state is not State.MEMBER or self._sealer is None:
+        if not self.state.is_member or self._sealer is None:
             raise ProtocolError("not connected to a room")
         sid, n, ciphertext = self._sealer.seal(text)
         self.sendString(wire.encode("send", sid=sid, n=n, ct=ciphertext))

@@ -1,0 +1,103 @@
+"""
+What a session reports, and to what: L{ChatListener} and the values it is
+given (L{ChatMessage}, L{Member}). Plain data, no Twisted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Member:
+    """
+    A member of the room: name and address as the server sees it.
+    """
+
+    name: str
+    addr: str
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """
+    A message opened with the room key. C{time} is the server's time for
+    history; live messages have None. C{history} is true for a message the
+    server replayed from its history when we joined (or rejoined) rather than
+    relayed as it was sent.
+    """
+
+    sender: str
+    text: str
+    time: float | None = None
+    history: bool = False
+
+
+class ChatListener:
+    """
+    Receives a session's events. Override the methods you need; each is optional.
+
+    A listener's exception is logged and does not affect the session.
+    """
+
+    def message_received(self, message: ChatMessage) -> None:
+        """
+        A member's message, opened and checked; each message once.
+
+        At the login the server replays the room's recent history (marked
+        C{message.history}), then L{history_end}, then live messages. It
+        replays its history again at every rejoin after a reconnect: there
+        the session passes on only the replayed messages it has not already
+        delivered (or sent itself), that is, what was said while it was away,
+        and L{history_end} follows as usual. (It remembers the last
+        L{twistchat.client.session.REMEMBERED} messages for that.)
+        """
+
+    def member_joined(self, member: Member) -> None:
+        """Someone entered the room (or, after a reconnect, entered while we were away)."""
+
+    def member_left(self, member: Member) -> None:
+        """Someone left the room (or, after a reconnect, left while we were away)."""
+
+    def message_rejected(self, sender: str, reason: str) -> None:
+        """A message that could not be opened, or a replay; it is not shown as chat."""
+
+    def history_unreadable(self, message: ChatMessage) -> None:
+        """
+        A replayed message that the room key does not open: it was sealed under
+        an earlier password of the room. C{message.text} is empty.
+        """
+
+    def history_end(self) -> None:
+        """The replayed history is over: what follows is live."""
+
+    def notice(self, text: str) -> None:
+        """A notice from the server."""
+
+    def message_refused(self, reason: str) -> None:
+        """
+        The server refused to relay at least one message this session sent
+        (it says so for sending too fast); C{reason} is its notice. The server
+        does not say which message, nor how many more it drops before it
+        disconnects us. By default the notice goes to L{notice}.
+        """
+        self.notice(reason)
+
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        """
+        The connection was lost (C{attempt} 1) or reconnect attempt
+        C{attempt - 1} failed, because of C{reason}; attempt C{attempt} starts in
+        C{delay} seconds. Only with C{reconnect}. Each outage numbers its
+        attempts from 1. When L{ChatSession.flapping} is above 0 the connection
+        keeps dropping soon after each rejoin, and that is why C{delay} is
+        longer than the outage's attempt number alone would make it.
+        """
+
+    def reconnected(self) -> None:
+        """
+        Back in the room after a reconnect; L{member_left} and L{member_joined}
+        follow for the changes while away, then queued messages are sent.
+        """
+
+    def disconnected(self, reason: str | None) -> None:
+        """The session ended: C{None} after L{ChatSession.leave}, else why."""
