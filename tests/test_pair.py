@@ -1,7 +1,7 @@
 """
 The real server protocol and the real client protocol talking in memory
-(tests/memory.py): login, chat, presence, and every deadline and limit on a
-clock the test moves. Each test asserts what crossed the wire and what the
+(tests/memory.py): login, chat, presence, history, and every deadline and
+limit on a clock the test moves. Each test asserts what crossed the wire and what the
 client reported; the same cases over real TLS sockets are in
 test_integration.py, test_hostile.py and test_server_limits.py.
 """
@@ -11,12 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from twisted.internet.testing import MemoryReactorClock
 
 from twistchat import errors
+from twistchat.server.history import History
 from twistchat.server.limits import Limits
 
 from .conftest import OTHER_PASSWORD, PASSWORD
-from .memory import MemoryRelay
+from .memory import MemoryRelay, MemoryStore
 
 
 def relay(verifier: Any, **limits: Any) -> MemoryRelay:
@@ -216,3 +218,28 @@ def test_rate_recovers_with_time(verifier: Any) -> None:
         chat.advance(1)
     assert [t for _, t in alice.events.messages()] == [f"m{i}" for i in range(6)]
     assert bob.to_client.of("notice") == []
+
+
+def test_late_joiner_gets_history_then_live(verifier: Any) -> None:
+    """
+    With history (on the in-memory store), a member who joins late is sent
+    what was said before, marked as replayed, then what is said live.
+    """
+    reactor = MemoryReactorClock()
+    store = MemoryStore()
+    history = History(store, reactor, limit=50)  # type: ignore[arg-type]
+    history.start()
+    chat = MemoryRelay([verifier], history=history, reactor=reactor)
+    alice = chat.login("alice", PASSWORD)
+    alice.client.send_text("before you came")
+    chat.flush()
+    bob = chat.login("bob", PASSWORD)
+    alice.client.send_text("now")
+    chat.flush()
+    assert bob.events.messages() == [("alice", "before you came"), ("alice", "now")]
+    assert [(m["from"], m.get("hist", False)) for m in bob.to_client.of("msg")] == [
+        ("alice", True), ("alice", False),
+    ]
+    assert [e[1]["code"] for e in bob.events.events if e[0] == "notice"] == ["history"]
+    assert [(r.sender, r.n) for r in store.rows] == [("alice", 1), ("alice", 2)]
+    assert all(b"before you came" not in r.ct for r in store.rows)
