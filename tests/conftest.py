@@ -1,13 +1,15 @@
 """
-Shared fixtures: a real TLS relay on loopback, room verifiers, and a check that
-no test leaves an unexpected traceback in the log.
+Shared fixtures: a real TLS relay on loopback, room verifiers, and two checks
+on every test: that it leaves no unexpected traceback in the log, and that it
+leaves the reactor clean (no timer still pending, no connection or listening
+port still open).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import pytest_twisted
@@ -20,6 +22,8 @@ from twistchat.crypto.verifier import make_verifier
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
 from twistchat.server.tls import load_certificate, server_options
+
+pytest_plugins = ["pytester"]
 
 PASSWORD = "correct horse battery staple"
 OTHER_PASSWORD = "not the room password"
@@ -63,6 +67,59 @@ def no_logged_errors(request: Any) -> Iterator[list[dict[str, Any]]]:
         )
 
 
+#: Seconds a test's connections and timers get, after it ends, to finish
+#: closing (an aborted TLS connection needs a reactor turn or two).
+CLOSING_GRACE = 2.0
+
+
+class ReactorState:
+    """
+    What of the reactor a test may leave behind: its pending timers, and its
+    readers and writers (connections, listening ports, process pipes).
+    """
+
+    def __init__(self) -> None:
+        self.calls = {c for c in reactor.getDelayedCalls() if c.active()}
+        self.selectables = {
+            s for s in (*reactor.getReaders(), *reactor.getWriters())
+            # The reactor's own wakers come with the reactor, not from a test.
+            if not type(s).__name__.endswith("Waker")
+        }
+
+    def since(self, before: ReactorState) -> list[Any]:
+        """
+        What is here now and was not in C{before}.
+        """
+        return sorted(
+            (self.calls - before.calls) | (self.selectables - before.selectables), key=repr
+        )
+
+
+async def reactor_leftovers(before: ReactorState, grace: float = CLOSING_GRACE) -> list[Any]:
+    """
+    The timers and readers/writers added since C{before} that are still there
+    once those already closing have had C{grace} seconds to go.
+    """
+    try:
+        await until(lambda: not ReactorState().since(before), grace)
+    except AssertionError:
+        pass
+    return ReactorState().since(before)
+
+
+@pytest.fixture(autouse=True)
+def clean_reactor(request: Any) -> Iterator[None]:
+    """
+    Fail any test that leaves a timer pending or a connection, listening port
+    or pipe open in the reactor (after a short grace for those closing).
+    """
+    before = ReactorState()
+    yield
+    left = pytest_twisted.blockon(defer.ensureDeferred(reactor_leftovers(before)))
+    if left:
+        pytest.fail(f"the test left the reactor dirty: {left}")
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: Any) -> Path:
     return tmp_path_factory.mktemp("server-data")
@@ -103,17 +160,40 @@ async def server(certificate: Any, verifier: Any) -> Any:
     endpoint = SSL4ServerEndpoint(reactor, 0, server_options(certificate), interface="127.0.0.1")
     port = await endpoint.listen(factory)
     yield RunningServer(factory, port)
+    await stop_server(factory, port)
+
+
+async def stop_server(factory: ChatServerFactory, port: Any) -> None:
+    """
+    Stop listening and abort every connection of C{factory}; return once
+    they have all closed.
+    """
     for protocol in list(factory.connections):
         protocol.transport.abortConnection()
     await defer.maybeDeferred(port.stopListening)
-    # Let aborted connections finish closing before the next test.
-    await deferLater(0.01)
+    await until(lambda: not factory.connections)
 
 
 def deferLater(seconds: float) -> defer.Deferred[None]:
     from twisted.internet import task
 
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+def until(test: Callable[[], bool], timeout: float = 5.0) -> defer.Deferred[None]:
+    """
+    Fire once C{test()} holds, checking after each reactor turn; fail with
+    C{AssertionError} after C{timeout} seconds.
+    """
+
+    async def wait() -> None:
+        deadline = reactor.seconds() + timeout
+        while not test():
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"condition not reached within {timeout:g} seconds")
+            await deferLater(0.001)
+
+    return defer.ensureDeferred(wait())
 
 
 class Recorder(ChatListener):

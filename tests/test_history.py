@@ -36,6 +36,7 @@ from twistchat.server.tls import server_options
 from twistchat.server.verifiers import ROOMS_DIR, load_rooms, room_path, save_verifier
 
 from .conftest import PASSWORD, Recorder, deferLater
+from .memory import MemoryStore
 
 SECRET = "the eagle lands at midnight 4711"
 
@@ -214,22 +215,38 @@ async def test_relayed_only_once_stored(made: Any, room: Room) -> None:
     assert all(r.sender == "alice" for r in rows)
 
 
-@pytest_twisted.ensureDeferred
-async def test_late_joiner_gets_history_then_live(made: Any, room: Room) -> None:
+def memory_history(clock: task.Clock, hold: bool = False,
+                   **kw: Any) -> tuple[History, MemoryStore]:
+    """
+    History on an in-memory store (the store is not what these tests test);
+    with C{hold}, the store answers only when the test says, its open
+    already answered.
+    """
+    store = MemoryStore(hold=hold)
+    history = History(store, clock, **kw)  # type: ignore[arg-type]
+    history.start()
+    if hold:
+        store.answer("open")
+    return history, store
+
+
+def test_late_joiner_gets_history_then_live(room: Room) -> None:
     clock = task.Clock()
-    setup = made(clock, limit=3)
-    history = setup.history
+    history, store = memory_history(clock, hold=True, limit=3)
     alice = Peer("alice")
     room.join(alice)
     for n in range(1, 6):
         send(history, room, alice, n)
-    await until(lambda: not history._queue, clock=clock)
+    clock.advance(0)
+    store.answer("append")  # 1 to 5 stored
 
     carol = Peer("carol")
     room.join(carol)
     history.joined(room, carol)
     send(history, room, alice, 6)  # accepted while carol's query is queued
-    await until(lambda: 6 in [n for n, _ in carol.messages()], clock=clock)
+    clock.advance(0)
+    store.answer()  # the query, then 6's write: in the order asked, as SQLite
+    store.answer()
     assert carol.messages() == [(3, True), (4, True), (5, True), (6, False)]
     notice = [m for m in carol.got if m.type == "notice"]
     assert notice and notice[0]["code"] == "history"
@@ -239,18 +256,16 @@ async def test_late_joiner_gets_history_then_live(made: Any, room: Room) -> None
     assert not history._joiners
 
 
-@pytest_twisted.ensureDeferred
-async def test_history_bounded_in_bytes(made: Any, room: Room) -> None:
+def test_history_bounded_in_bytes(room: Room) -> None:
     clock = task.Clock()
-    setup = made(clock, limit=50, max_bytes=5000)
+    history, _ = memory_history(clock, limit=50, max_bytes=5000)
     alice, carol = Peer("alice"), Peer("carol")
     room.join(alice)
     for n in range(1, 11):
-        send(setup.history, room, alice, n, size=1024)  # about 1.5 KiB a frame
-    await until(lambda: not setup.history._queue, clock=clock)
+        send(history, room, alice, n, size=1024)  # about 1.5 KiB a frame
+    clock.advance(0)
     room.join(carol)
-    setup.history.joined(room, carol)
-    await until(lambda: not setup.history._joiners, clock=clock)
+    history.joined(room, carol)
     assert carol.messages() == [(8, True), (9, True), (10, True)]
     assert carol.got[-1]["text"] == "3 earlier messages replayed"
 
@@ -274,36 +289,41 @@ async def test_join_while_writes_are_in_flight(made: Any, room: Room) -> None:
     history.joined(room, carol)  # the query queues behind the write of 1
     send(history, room, alice, 3)
     await until(lambda: len(carol.messages()) >= 3, clock=clock)
-    await deferLater(0.05)
+    # A message sent now comes after anything still due to carol: once it is
+    # there, nothing was doubled or lost before it.
+    send(history, room, alice, 4)
+    await until(lambda: (4, False) in carol.messages(), clock=clock)
+    assert carol.messages() == [(1, True), (2, False), (3, False), (4, False)]
+
+
+def test_history_off_for_limit_zero(room: Room) -> None:
+    clock = task.Clock()
+    history, store = memory_history(clock, limit=0)
+    alice, carol = Peer("alice"), Peer("carol")
+    room.join(alice)
+    send(history, room, alice, 1)
     clock.advance(0)
-    assert carol.messages() == [(1, True), (2, False), (3, False)]
+    room.join(carol)
+    history.joined(room, carol)
+    send(history, room, alice, 2)
+    clock.advance(0)
+    assert carol.messages() == [(2, False)]
+    assert [r.n for r in store.rows] == [1, 2]
 
 
-@pytest_twisted.ensureDeferred
-async def test_history_off_for_limit_zero(made: Any, room: Room) -> None:
+def test_joiner_who_leaves_before_history(room: Room) -> None:
     clock = task.Clock()
-    setup = made(clock, limit=0)
+    history, store = memory_history(clock, hold=True)
     alice, carol = Peer("alice"), Peer("carol")
     room.join(alice)
-    send(setup.history, room, alice, 1)
-    await until(lambda: not setup.history._queue, clock=clock)
+    send(history, room, alice, 1)
     room.join(carol)
-    setup.history.joined(room, carol)
-    send(setup.history, room, alice, 2)
-    await until(lambda: carol.messages() == [(2, False)], clock=clock)
-
-
-@pytest_twisted.ensureDeferred
-async def test_joiner_who_leaves_before_history(made: Any, room: Room) -> None:
-    clock = task.Clock()
-    setup = made(clock)
-    alice, carol = Peer("alice"), Peer("carol")
-    room.join(alice)
-    send(setup.history, room, alice, 1)
-    room.join(carol)
-    setup.history.joined(room, carol)
+    history.joined(room, carol)
     room.leave(carol)
-    await until(lambda: not setup.history._joiners, clock=clock)
+    clock.advance(0)
+    while store.pending:
+        store.answer()
+    assert not history._joiners
     assert carol.messages() == []
 
 
@@ -541,44 +561,40 @@ async def test_locked_database(tmp_path: Path, made: Any, room: Room, log_events
     assert [m for m, _ in bob.messages()] == [1, 2, 3, 4]
 
 
-@pytest_twisted.ensureDeferred
-async def test_hung_store_relays_after_hold_limit(
-    tmp_path: Path, made: Any, room: Room, log_events: Any
-) -> None:
+def test_hung_store_relays_after_hold_limit(room: Room, log_events: Any) -> None:
     """
-    A write that does not finish (here: waiting on a lock for up to 5 s)
-    holds relays back for hold_limit seconds of the clock, no longer.
+    A write that does not finish holds relays back for hold_limit seconds of
+    the clock, no longer. (A real SQLite lock: test_locked_database.)
     """
     clock = task.Clock()
-    setup = made(clock, busy_timeout=5, hold_limit=2.0)
-    history = setup.history
+    history, store = memory_history(clock, hold=True, hold_limit=2.0)
     alice, bob, carol = Peer("alice"), Peer("bob"), Peer("carol")
     room.join(alice)
     room.join(bob)
     send(history, room, alice, 1)
-    await until(lambda: bob.messages() == [(1, False)], clock=clock)
-    other = sqlite3.connect(tmp_path / "history.sqlite3", isolation_level=None)
-    other.execute("BEGIN EXCLUSIVE")
-    try:
-        send(history, room, alice, 2)
+    clock.advance(0)
+    store.answer()
+    assert bob.messages() == [(1, False)]
+    send(history, room, alice, 2)
+    clock.advance(0)  # its write hangs: the test does not answer it
+    assert bob.messages() == [(1, False)]
+    clock.advance(1.0)
+    room.join(carol)
+    history.joined(room, carol)
+    clock.advance(1.0)
+    assert bob.messages() == [(1, False), (2, False)]
+    assert "no answer within 2 seconds" in str(history.failing)
+    send(history, room, alice, 3)
+    assert bob.messages()[-1] == (3, False)
+    assert carol.messages() == []  # held: her history has not come
+    clock.advance(1.0)  # gives up waiting for carol's history too
+    assert carol.messages() == [(2, False), (3, False)]
+    # The store answers at last: storing resumes.
+    while store.pending:
+        store.answer()
         clock.advance(0)
-        await deferLater(0.05)
-        assert bob.messages() == [(1, False)]
-        clock.advance(1.0)
-        room.join(carol)
-        history.joined(room, carol)
-        clock.advance(1.0)
-        assert bob.messages() == [(1, False), (2, False)]
-        assert "no answer within 2 seconds" in str(history.failing)
-        send(history, room, alice, 3)
-        assert bob.messages()[-1] == (3, False)
-        assert carol.messages() == []  # held: her history has not come
-        clock.advance(1.0)  # gives up waiting for carol's history too
-        assert carol.messages() == [(2, False), (3, False)]
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
-    await until(lambda: history.failing is None, clock=clock)
+    assert history.failing is None
+    assert [r.n for r in store.rows] == [1, 2, 3]
     assert any("none sent to carol" in e["log_format"] or "carol" == e.get("name")
                for e in log_events)
 

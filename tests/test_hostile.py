@@ -6,8 +6,11 @@ SPAKE2+, frames written as the test likes) and asserts two things: what the
 offender sees (the C{error} code and text, then the connection closing), and
 that two bystanders (real client library sessions) still exchange messages
 afterwards. Limits are shortened through L{Limits} where real time would be
-slow, and a L{Clock} stands in for the penalty clock where the test needs
-minutes to pass.
+slow, and a L{Clock} stands in for the server's clock where the test is not
+about real time passing (penalties, the deadlines of test_pair.py's cases
+run again over real TLS). One case per deadline runs on real time, with a
+short deadline: test_cut_off_frame_then_silence_before_login (handshake) and
+test_cut_off_frame_then_silence_from_member (ping).
 
 Cases, with the test that covers each (here unless a module is named):
 
@@ -19,9 +22,9 @@ Cases, with the test that covers each (here unless a module is named):
 | 4 | Non-TLS bytes (an HTTP request) | test_integration.py::test_non_tls_bytes_and_huge_frames_do_not_disturb_room |
 | 5 | Length prefix of gigabytes before login | test_integration.py::test_non_tls_bytes_and_huge_frames_do_not_disturb_room |
 | 6 | Length prefix of gigabytes from a member | test_gigabyte_prefix_from_member |
-| 7 | A frame cut off, then silence, before login (handshake deadline) | test_cut_off_frame_then_silence_before_login |
-| 8 | A frame cut off, then silence, from a member (ping, then drop) | test_cut_off_frame_then_silence_from_member |
-| 9 | Handshakes never finished (after hello; after the server's proof) | test_handshake_never_finished |
+| 7 | A frame cut off, then silence, before login (handshake deadline) | test_cut_off_frame_then_silence_before_login; in memory: test_pair.py::test_server_handshake_deadline |
+| 8 | A frame cut off, then silence, from a member (ping, then drop) | test_cut_off_frame_then_silence_from_member; in memory: test_pair.py::test_ping_timeout_on_a_half_open_connection |
+| 9 | Handshakes never finished (after hello; after the server's proof) | test_handshake_never_finished; in memory: test_pair.py::test_server_handshake_deadline_mid_login |
 | 10 | 300 half-open connections (silent TCP, half a ClientHello) while members chat; freed on timeout | test_hundreds_of_half_open_connections |
 | 11 | Repeated wrong passwords: penalty, with growing refusals | test_repeated_wrong_passwords_growing_penalty |
 | 12 | Concurrent password guesses from one address capped | test_parallel_guesses_capped |
@@ -32,12 +35,12 @@ Cases, with the test that covers each (here unless a module is named):
 | 17 | Control characters, ANSI escapes, bidi overrides, invalid UTF-8, look-alikes in names (log stays clean) | test_hostile_names |
 | 18 | The same in room names (log stays clean) | test_hostile_room_names |
 | 19 | Name collisions, case-insensitive | test_name_collision_case_insensitive |
-| 20 | A member that never reads while 10 others chat | test_member_that_never_reads; the `slow` error frame: test_server_limits.py::test_member_that_stops_reading_is_dropped |
+| 20 | A member that never reads while 10 others chat | test_member_that_never_reads; test_pair.py::test_slow_reader_dropped_others_get_everything; the `slow` error frame: test_server_limits.py::test_member_that_stops_reading_is_dropped |
 | 21 | Disconnect in the middle of a frame (before login, as a member) | test_disconnect_mid_frame |
 | 22 | Wrong protocol version; a second hello; handshake messages out of order | test_handshake_out_of_order |
 | 23 | Handshake messages from a member (a second hello, share, confirm) | test_handshake_messages_from_member |
 | 24 | Ping flood and `who` flood | test_request_flood |
-| 25 | A member exceeding the message rate | test_send_flood_only_burst_relayed; test_server_limits.py::test_flooding_member_warned_then_dropped_others_unaffected |
+| 25 | A member exceeding the message rate | test_send_flood_only_burst_relayed; test_pair.py::test_rate_limit_notice_then_disconnect; test_server_limits.py::test_flooding_member_warned_then_dropped_others_unaffected |
 | 26 | Pre-auth connections per address | test_connections_per_address |
 | 27 | Pre-auth connections in total | test_connections_in_total |
 | 28 | A frame trickled one byte per TLS record | test_trickled_frame_relayed; cost: test_framing.py::test_trickled_frame_costs_linear_work |
@@ -81,7 +84,7 @@ from twistchat.server.service import ChatServerFactory
 from twistchat.server.tls import server_options
 from twistchat.tlsbinding import client_binding
 
-from .conftest import OTHER_PASSWORD, PASSWORD, RunningServer, deferLater
+from .conftest import OTHER_PASSWORD, PASSWORD, RunningServer, deferLater, stop_server, until
 from .test_integration import is_message, join
 
 _secrets: dict[Any, Any] = {}
@@ -290,10 +293,7 @@ async def serve(certificate: Any, verifier: Any) -> Any:
 
     yield start
     for factory, port in started:
-        for proto in list(factory.connections):
-            proto.transport.abortConnection()
-        await defer.maybeDeferred(port.stopListening)
-    await deferLater(0.01)
+        await stop_server(factory, port)
 
 
 @pytest.fixture(autouse=True)
@@ -446,8 +446,9 @@ async def test_cut_off_frame_then_silence_from_member(serve: Start, known_hosts:
     error = await mallory.refused()
     assert error["code"] == "timeout" and error["text"] == "no answer to a ping within 0.3 seconds"
     await room.saw_leave("mallory")
-    # The bystanders (whose client answers pings) are still there.
-    await deferLater(0.7)
+    # The bystanders, who logged in before mallory, were pinged before it and
+    # would have been dropped before it had their client not answered (the
+    # reactor runs timers in order of their deadlines): they are still there.
     await room.still_chat()
     await room.leave()
 
@@ -456,7 +457,8 @@ async def test_cut_off_frame_then_silence_from_member(serve: Start, known_hosts:
 @pytest_twisted.ensureDeferred
 async def test_handshake_never_finished(serve: Start, known_hosts: Path, stage: str,
                                         log_lines: list[str]) -> None:
-    server = await serve(handshake_timeout=0.5, close_grace=0.5)
+    clock = Clock()  # the server's deadlines; the sockets are real
+    server = await serve(clock=clock, handshake_timeout=0.5, close_grace=0.5)
     room = await bystanders(server, known_hosts)
     raw = await connect_raw(server)
     await raw.handshake()
@@ -466,6 +468,7 @@ async def test_handshake_never_finished(serve: Start, known_hosts: Path, stage: 
         prover = Prover(context(client_binding(raw.transport)), b"mallory", b"main", 5, 7)
         raw.send("share", X=prover.share())
         assert (await raw.next()).type == "verify"
+    clock.advance(0.5)
     error = await raw.refused()
     assert error["code"] == "timeout"
     state = "waiting for the password share" if stage == "after hello" \
@@ -509,7 +512,8 @@ async def test_hundreds_of_half_open_connections(serve: Start, known_hosts: Path
     through the ClientHello) while members chat; the handshake deadline frees
     every one of them.
     """
-    server = await serve(handshake_timeout=1.0, close_grace=0.5,
+    clock = Clock()  # the server's deadlines; the sockets are real
+    server = await serve(clock=clock, handshake_timeout=1.0, close_grace=0.5,
                          max_preauth_per_address=400, max_preauth_total=400)
     room = await bystanders(server, known_hosts)
     silent_factory = protocol.Factory.forProtocol(Silent)
@@ -528,11 +532,9 @@ async def test_hundreds_of_half_open_connections(serve: Start, known_hosts: Path
             await deferLater(0.01)
     assert server.factory.preauth_total == 300
     await room.still_chat()
-    for _ in range(60):
-        if all(peer.closed for peer in peers):
-            break
-        await deferLater(0.1)
-    assert all(peer.closed for peer in peers), "the server did not close them all"
+    clock.advance(1.0)  # the handshake deadline: each is told and closed,
+    clock.advance(0.5)  # and aborted if it does not finish closing
+    await until(lambda: all(peer.closed for peer in peers))
     assert server.factory.preauth_total == 0
     assert len(server.factory.connections) == 2
     assert server.factory.addresses.get("127.0.0.1").preauth == 0

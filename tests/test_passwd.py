@@ -25,7 +25,7 @@ from twistchat.server.service import ChatServerFactory
 from twistchat.server.tls import server_options
 from twistchat.server.verifiers import load_verifier
 
-from .conftest import OTHER_PASSWORD, PASSWORD, deferLater
+from .conftest import OTHER_PASSWORD, PASSWORD, stop_server
 
 
 @pytest.fixture(autouse=True)
@@ -227,10 +227,7 @@ async def serve(verifier: Verifier, certificate: Any) -> tuple[ChatServerFactory
 
 
 async def stop(factory: ChatServerFactory, port: Any) -> None:
-    for protocol in list(factory.connections):
-        protocol.transport.abortConnection()
-    await defer.maybeDeferred(port.stopListening)
-    await deferLater(0.01)
+    await stop_server(factory, port)
 
 
 @pytest_twisted.ensureDeferred
