@@ -53,6 +53,10 @@ class Stage(enum.Enum):
     LEAVING = "CLOSED/closed by the server after being a member; waiting for the transport"
     CLOSED = "CLOSED/connection lost"
 
+    # Members are singletons: hash by identity, not by name in Python (a
+    # delivery looks up one row per member).
+    __hash__ = object.__hash__
+
     @property
     def phase(self) -> str:
         """
@@ -93,6 +97,8 @@ class Input(enum.Enum):
     RESUME = "the transport drained (resumeProducing)"
     ABORT = "the close grace period is over"
     LOST = "connection lost"
+
+    __hash__ = object.__hash__  # as Stage's
 
 
 #: Message type -> its input.

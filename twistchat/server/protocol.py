@@ -241,23 +241,26 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         """
         Feed one input to the life cycle (see L{_guarded}).
         """
-        self._guarded(self._feed, event, arg)
+        try:
+            self._feed(event, arg)
+        except Exception as error:
+            self._refused(error)
 
     def _feed(self, event: Input, arg: Any) -> None:
         """
         Run the row for the current stage and C{event}: its check (which may
         raise, or divert to another input's row), the move, then its outputs.
         """
-        row = TABLE[self._stage, event]
-        while row.check is not None:
-            diverted = getattr(self, "_" + row.check)(arg)
+        next, check, outputs = _RUN[self._stage, event]
+        while check is not None:
+            diverted = check(self, arg)
             if diverted is None:
                 break
             event, arg = diverted
-            row = TABLE[self._stage, event]
-        self._left, self._stage = self._stage, row.next
-        for output in row.outputs:
-            getattr(self, "_" + output)(arg)
+            next, check, outputs = _RUN[self._stage, event]
+        self._left, self._stage = self._stage, next
+        for output in outputs:
+            output(self, arg)
 
     def _guarded(self, step: Callable[..., None], *args: Any) -> None:
         """
@@ -266,9 +269,17 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         """
         try:
             step(*args)
-        except TwistchatError as error:
+        except Exception as error:
+            self._refused(error)
+
+    def _refused(self, error: Exception) -> None:
+        """
+        Refuse the peer after C{error}, from inside the C{except} block that
+        caught it (so that a bug's traceback can be logged).
+        """
+        if isinstance(error, TwistchatError):
             self._feed(Input.REFUSE, Refusal(error))
-        except Exception:
+        else:
             # A bug of ours, not the peer's mistake: keep the traceback.
             self.log.failure("internal error on a frame from ({peer})", peer=self._peer)
             self._feed(Input.REFUSE, Refusal(InternalError()))
@@ -716,6 +727,18 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
     def _connection_lost(self, arg: object) -> None:
         self._spake = None
         self.factory.connection_lost(self)
+
+
+def _method(name: str | None) -> Callable[[ChatServerProtocol, Any], Any] | None:
+    return None if name is None else getattr(ChatServerProtocol, "_" + name)
+
+
+#: The table with its names looked up once (a delivery runs a row per member).
+_RUN = {
+    key: (row.next, _method(row.check), tuple(getattr(ChatServerProtocol, "_" + o)
+                                              for o in row.outputs))
+    for key, row in TABLE.items()
+}
 
 
 __all__ = ["ChatServerProtocol", "ConnectionServices", "PHASES", "State", "format_address"]
