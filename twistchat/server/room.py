@@ -76,6 +76,12 @@ class Room:
         self.verifier = verifier
         self.key = VerifierKey.from_verifier(verifier)
 
+    def taken(self, name: str) -> bool:
+        """
+        Whether a member already uses C{name} (names are compared casefolded).
+        """
+        return name.casefold() in self._members
+
     def __contains__(self, member: Member) -> bool:
         return self._members.get(member.name.casefold()) is member
 

@@ -15,7 +15,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Protocol, Sequence, cast
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -38,7 +38,7 @@ from twistchat.errors import (
     TwistchatError,
 )
 from twistchat.server.limits import AddressBook, Limits
-from twistchat.server.protocol import ChatServerProtocol, State
+from twistchat.server.protocol import ChatServerProtocol
 from twistchat.server.room import Member, Room, Rooms
 from twistchat.tlsbinding import server_binding
 from twistchat.server.verifiers import check_room, load_verifier
@@ -79,9 +79,39 @@ class CannotStart(SystemExit, Exception):
             self.code = 1
 
 
+class Connection(Member, Protocol):
+    """
+    What the server needs of a connection (besides what its room needs).
+    """
+
+    #: The source address its per-address limits count against.
+    host: str
+    #: The room it said hello to (None before that).
+    room: Room | None
+
+    def slot_granted(self) -> None:
+        """
+        Its share, queued by L{ChatServerFactory.queue_guess}, has a slot now.
+        """
+
+    def room_closed(self) -> None:
+        """
+        Its room is no longer served.
+        """
+
+    def shut_down(self, frame: bytes) -> None:
+        """
+        The server stops: send C{frame} and close.
+        """
+
+
 class ChatServerFactory(ServerFactory):
     """
     State shared by every connection of one server: rooms, limits and the clock.
+
+    It provides what a connection needs of its server
+    (L{twistchat.server.protocol.ConnectionServices}) and sees its connections
+    only as L{Connection}s.
     """
 
     protocol = ChatServerProtocol
@@ -102,9 +132,9 @@ class ChatServerFactory(ServerFactory):
         self.clock = clock
         self.limits = limits
         self.channel_binding = channel_binding
-        self.connections: set[ChatServerProtocol] = set()
+        self.connections: set[Connection] = set()
         self._drained: list[defer.Deferred[None]] = []
-        self._pending: set[ChatServerProtocol] = set()
+        self._pending: set[Connection] = set()
         self.preauth_total = 0
         self.addresses = AddressBook(limits)
         # Unknown rooms get a salt that is stable (across restarts too, given a
@@ -120,7 +150,7 @@ class ChatServerFactory(ServerFactory):
         salt = hmac.new(self._decoy_secret, room.encode("utf-8"), hashlib.sha256)
         return salt.digest()[:16], DEFAULT_PARAMS, self._decoy_key
 
-    def connection_made(self, protocol: ChatServerProtocol) -> TwistchatError | None:
+    def connection_made(self, protocol: Connection) -> TwistchatError | None:
         """
         Admit a new connection, or return why it is refused.
         """
@@ -153,51 +183,56 @@ class ChatServerFactory(ServerFactory):
             f"too many failed logins from your address: try again in {wait:.0f} seconds"
         )
 
-    def guess_slot(self, protocol: ChatServerProtocol) -> bool:
+    def guess_slot_free(self, host: str) -> bool:
         """
-        Take one of the address's slots for a password check (a share answered
-        and not yet confirmed), or queue C{protocol} for the next free one.
+        Whether C{host} has a free slot for a password check (a share answered
+        and not yet confirmed).
+        """
+        return self.addresses.get(host).guessing < self.limits.max_guesses_per_address
 
-        @return: whether the slot was taken now; if not, the protocol's
-            C{guess_granted} is called when one frees up.
+    def take_guess_slot(self, protocol: Connection) -> None:
+        """
+        Take one of the address's slots for a password check.
+        """
+        self.addresses.get(protocol.host).guessing += 1
+
+    def queue_guess(self, protocol: Connection) -> None:
+        """
+        Queue C{protocol} for its address's next free slot: its C{slot_granted}
+        is called when one frees up.
         """
         record = self.addresses.get(protocol.host)
-        if record.guessing < self.limits.max_guesses_per_address:
-            record.guessing += 1
-            return True
         record.queued.append(protocol)
         self.log.info(
             "({host}) has {count} password checks in progress: one more waits",
             host=protocol.host, count=record.guessing,
         )
-        return False
 
-    def guess_unqueued(self, protocol: ChatServerProtocol) -> None:
+    def guess_unqueued(self, protocol: Connection) -> None:
         try:
             self.addresses.get(protocol.host).queued.remove(protocol)
         except ValueError:
             pass  # already given its slot
 
-    def guess_ended(self, protocol: ChatServerProtocol) -> None:
+    def guess_ended(self, protocol: Connection) -> None:
         record = self.addresses.get(protocol.host)
         record.guessing -= 1
-        while record.queued:
+        if record.queued:
+            # A queued connection leaves the queue when it closes: the first is waiting.
             waiting = record.queued.popleft()
-            if waiting.state is State.QUEUED:
-                record.guessing += 1
-                waiting.guess_granted()
-                return
+            record.guessing += 1
+            waiting.slot_granted()
 
-    def logged_in(self, protocol: ChatServerProtocol) -> None:
+    def logged_in(self, protocol: Connection) -> None:
         self._preauth_done(protocol)
 
-    def _preauth_done(self, protocol: ChatServerProtocol) -> None:
+    def _preauth_done(self, protocol: Connection) -> None:
         if protocol in self._pending:
             self._pending.discard(protocol)
             self.preauth_total -= 1
             self.addresses.get(protocol.host).preauth -= 1
 
-    def connection_lost(self, protocol: ChatServerProtocol) -> None:
+    def connection_lost(self, protocol: Connection) -> None:
         self._preauth_done(protocol)
         self.connections.discard(protocol)
         if not self.connections:
@@ -266,20 +301,25 @@ class ChatServerFactory(ServerFactory):
         Logins in progress are refused at once; members are told the room
         was closed after the messages the room received before.
         """
-        members: list[ChatServerProtocol] = []
+        members: list[Connection] = []
         for protocol in list(self.connections):
-            if protocol.room is room and protocol.state is not State.CLOSED:
-                if protocol.joined:
+            if protocol.room is room:
+                if protocol in room:
                     members.append(protocol)
                 else:
-                    protocol.room_closed()
+                    protocol.room_closed()  # a closed connection ignores it
         if self.history is None:
             for protocol in members:
                 protocol.room_closed()
         else:
-            self.history.then(room, _room_closed)
+            self.history.then(room, self._room_closed)
 
-    def login_failed(self, protocol: ChatServerProtocol) -> None:
+    def _room_closed(self, member: Member) -> None:
+        # The members of a factory's rooms are its connections.
+        if member in self.connections:
+            cast(Connection, member).room_closed()
+
+    def login_failed(self, protocol: Connection) -> None:
         """
         Count a wrong password against the source address.
         """
@@ -304,9 +344,7 @@ class ChatServerFactory(ServerFactory):
         shutdown = ServerShutdown()
         frame = wire.encode("error", code=shutdown.code, text=shutdown.message)
         for protocol in list(self.connections):
-            if protocol.state is not State.CLOSED:
-                protocol.sendString(frame)
-                protocol.close()
+            protocol.shut_down(frame)  # a closed connection ignores it
         return self._wait_drained()
 
     def _wait_drained(self) -> defer.Deferred[None]:
@@ -316,12 +354,6 @@ class ChatServerFactory(ServerFactory):
         else:
             self._drained.append(d)
         return d
-
-
-def _room_closed(member: Member) -> None:
-    # The members of a factory's rooms are its connections.
-    if isinstance(member, ChatServerProtocol):
-        member.room_closed()
 
 
 class RoomReloader:
