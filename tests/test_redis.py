@@ -182,3 +182,120 @@ def test_two_nodes_chat_in_one_order(tmp_path: Path, redis: RedisServer,
         stop_all(clients, [a, b])
     for node in (a, b):
         assert "Traceback" not in "\n".join(node.log.seen)
+
+
+def test_history_replayed_on_the_other_node(tmp_path: Path, redis: RedisServer,
+                                            password_file: Path) -> None:
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    clients: list[Client] = []
+    try:
+        alice = member(tmp_path, a, "alice")
+        clients.append(alice)
+        for i in range(3):
+            alice.say(f"said on A {i}")
+        bob = member(tmp_path, b, "bob")
+        clients.append(bob)
+        bob.out.wait_for("--- live ---")
+        alice.say("live after bob joined")
+        bob.out.wait_for("live after bob joined")
+        assert chat_lines(bob.out.seen, "alice") == [
+            *((f"said on A {i}", True) for i in range(3)), ("live after bob joined", False)]
+    finally:
+        stop_all(clients, [a, b])
+
+
+def test_room_added_with_passwd_is_served_by_every_node(tmp_path: Path, redis: RedisServer,
+                                                        password_file: Path) -> None:
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    clients: list[Client] = []
+    try:
+        (tmp_path / "dev.pw").write_text("dev room password\n")
+        started = time.monotonic()
+        result = subprocess.run(
+            [str(BIN / "twistchat-passwd"), "--redis", redis.url, "--room", "dev",
+             "--password-file", str(tmp_path / "dev.pw")],
+            capture_output=True, text=True, timeout=60, env=env(tmp_path),
+        )
+        assert result.returncode == 0, result.stderr
+        for node in (a, b):
+            node.log.wait_for(r"rooms: room 'dev' added", timeout=5)
+        assert time.monotonic() - started < 15  # 5 s after the (scrypt) verifier is written
+        dev = Client(tmp_path, b.port, "devon", password="dev room password", room="dev")
+        clients.append(dev)
+        dev.out.wait_for("connected — you can start sending messages")
+        assert "dev room password" not in redis.cli("HGETALL", "twistchat:rooms")
+    finally:
+        stop_all(clients, [a, b])
+
+
+def test_failed_logins_count_across_nodes(tmp_path: Path, redis: RedisServer,
+                                          password_file: Path) -> None:
+    limits = ("--free-failures", "1", "--failure-penalty", "60")
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file), *limits)
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file), *limits)
+    try:
+        for node in (a, b):  # one free failure on each node: two in all
+            eve = Client(tmp_path, node.port, "eve", password="not the password")
+            assert eve.finish() == 1
+            assert "wrong password" in "\n".join(eve.err.rest())
+        # Node A saw only one; the second, on B, earned the penalty everywhere.
+        eve = Client(tmp_path, a.port, "eve", password=PASSWORD)
+        assert eve.finish() == 1
+        assert "too many failed logins" in "\n".join(eve.err.rest())
+    finally:
+        stop_all([], [a, b])
+
+
+def test_members_of_a_killed_node_leave_within_30_s(tmp_path: Path, redis: RedisServer,
+                                                    password_file: Path) -> None:
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    clients: list[Client] = []
+    try:
+        alice = member(tmp_path, a, "alice")
+        clients.append(alice)
+        bob = member(tmp_path, b, "bob")
+        clients.append(bob)
+        bob.out.wait_for(r"In the room: alice")
+        a.kill()
+        bob.out.wait_for(r"\* alice \(127\.0\.0\.1:\d+\) left the room", timeout=30)
+        b.log.wait_for(r"node \w+ is gone; alice left room 'main'")
+        assert "alice" not in redis.cli("HKEYS", "twistchat:room:main:members")
+    finally:
+        stop_all(clients, [a, b])
+
+
+def test_redis_restart_refuses_then_resumes(tmp_path: Path, redis: RedisServer,
+                                            password_file: Path) -> None:
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    clients: list[Client] = []
+    try:
+        alice = member(tmp_path, a, "alice")
+        clients.append(alice)
+        bob = member(tmp_path, b, "bob")
+        clients.append(bob)
+        alice.say("before the outage")
+        bob.out.wait_for("before the outage")
+        redis.kill()
+        a.log.wait_for(r"redis: .* unavailable", timeout=15)
+        alice.say("during the outage")
+        alice.out.wait_for(r"cannot store messages right now", timeout=15)
+        redis.process = RedisServer(redis.folder, redis.port).process
+        a.log.wait_for(r"redis: .* reachable again", timeout=30)
+        b.log.wait_for(r"redis: .* reachable again", timeout=30)
+        alice.say("after the outage")
+        bob.out.wait_for("after the outage", timeout=15)
+        assert alice.process.poll() is None and bob.process.poll() is None
+        late = member(tmp_path, b, "late")
+        clients.append(late)
+        late.out.wait_for("--- live ---")
+        assert chat_lines(late.out.seen, "alice") == [
+            ("before the outage", True), ("after the outage", True)]
+        for node in (a, b):
+            log = "\n".join(node.log.seen)
+            assert len(re.findall(r"redis: .* unavailable", log)) == 1
+    finally:
+        stop_all(clients, [a, b])

@@ -86,6 +86,9 @@ DEFAULT_MAX_ENTRIES = 10000
 #: Stream entries scanned for one history replay, at most.
 MAX_REPLAY_SCAN = 5000
 
+#: Seconds between two reads of one address's shared failure count.
+REFRESH_INTERVAL = 0.5
+
 UNAVAILABLE = "unavailable"
 
 # Claim a name and announce the join, atomically.
@@ -857,6 +860,27 @@ def _row(room: str, at: tuple[int, int], entry: dict[str, bytes]) -> Row:
                message["sid"], message["n"], message["ct"])
 
 
+def publish_room(url: RedisURL, verifier: Verifier, clock: IReactorTime) -> defer.Deferred[str | None]:
+    """
+    Add or change a room of a Redis group (as C{twistchat-passwd --redis}).
+
+    @return: a Deferred firing with None once stored, or with the reason it
+        was not (one line).
+    """
+    link = RedisLink(url, clock)
+    link.log = Logger(observer=lambda event: None)  # the caller reports
+    link.open()
+    d = link.call("HSET", ROOMS_KEY, verifier.room, json.dumps(verifier.to_json()))
+
+    def outcome(result: Any) -> Any:
+        reason = None
+        if isinstance(result, Failure):
+            reason = str(result.value) or type(result.value).__name__
+        return link.close().addCallback(lambda _: reason)
+
+    return d.addBoth(outcome)
+
+
 class SharedAddressBook(AddressBook):
     """
     Failed logins and penalties counted in Redis too, across every node.
@@ -872,14 +896,21 @@ class SharedAddressBook(AddressBook):
         super().__init__(limits)
         self.link = link
         self.clock = clock
+        self._refreshed_at: dict[str, float] = {}
 
     def get(self, host: str) -> AddressRecord:
-        fresh = host not in self.records
         record = super().get(host)
-        if fresh and self.link.available:
+        now = self.clock.seconds()
+        if self.link.available and now - self._refreshed_at.get(host, -1.0) >= REFRESH_INTERVAL:
+            self._refreshed_at[host] = now
             d = self.link.call("MGET", fail_key(host), block_key(host))
             d.addCallbacks(self._refreshed, lambda f: None, (host,))
         return record
+
+    def expire(self, now: float) -> None:
+        super().expire(now)
+        for host in [h for h in self._refreshed_at if h not in self.records]:
+            del self._refreshed_at[host]
 
     def _refreshed(self, reply: list[bytes | None], host: str) -> None:
         record = self.records.get(host)
