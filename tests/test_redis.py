@@ -117,6 +117,7 @@ def stop_all(clients: list[Client], nodes: list[Server]) -> None:
             client.process.wait(timeout=10)
     for node in nodes:
         node.stop()
+        assert "Traceback" not in "\n".join(node.log.seen)
 
 
 def messages(lines: list[str]) -> list[str]:
