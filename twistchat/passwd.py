@@ -14,7 +14,7 @@ from twisted.python import usage
 
 from twistchat import __version__
 from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams, check_params
-from twistchat.crypto.verifier import make_verifier
+from twistchat.crypto.verifier import Verifier, make_verifier
 from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.errors import ConfigError, TwistchatError
 from twistchat.server.verifiers import check_room, room_path, save_verifier
@@ -41,6 +41,10 @@ class Options(usage.Options):
         ["output", "o", None, "Write the verifier to this file instead ('-': stdout)."],
         ["password-file", None, None, "Read the password from this file's first line."],
         ["scrypt-log-n", None, 15, "scrypt cost: N = 2**this (15 to 20).", int],
+        ["redis", None, None,
+         "Store the verifier in this Redis (redis://HOST:PORT/DB) instead: every "
+         "node of a --redis group serves the change within 5 seconds."],
+        ["redis-password-file", None, None, "File whose first line is the Redis password."],
     ]
 
     def opt_version(self) -> None:
@@ -80,6 +84,8 @@ def main(argv: list[str]) -> int:
     try:
         options.parseOptions(argv)
         verifier = make_verifier(read_password(options), options["room"], options.params)
+        if options["redis"] is not None:
+            return _to_redis(options, verifier)
         if options["output"] == "-":
             json.dump(verifier.to_json(), sys.stdout, indent=1)
             sys.stdout.write("\n")
@@ -95,6 +101,34 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"twistchat-passwd: {getattr(e, 'message', e)}\n")
         return 1
     sys.stderr.write(f"twistchat-passwd: wrote the verifier of room {options['room']!r} to {path}\n")
+    return 0
+
+
+def _to_redis(options: Options, verifier: Verifier) -> int:
+    """
+    Store C{verifier} in Redis (runs the reactor once).
+
+    @raise ConfigError: for a URL that is not one or an unreadable password file.
+    """
+    from twisted.internet import reactor
+
+    from twistchat.server.redisnode import RedisURL, publish_room
+
+    url = RedisURL.parse(options["redis"])
+    if options["redis-password-file"]:
+        url = url.with_password(read_password_file(options["redis-password-file"]))
+    outcome: list[str] = []
+
+    def done(error: str | None) -> None:
+        outcome.append(error or "")
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: publish_room(url, verifier, reactor).addBoth(done))
+    reactor.run(installSignalHandlers=False)
+    if outcome and outcome[0]:
+        sys.stderr.write(f"twistchat-passwd: cannot store the verifier in {url}: {outcome[0]}\n")
+        return 1
+    sys.stderr.write(f"twistchat-passwd: stored the verifier of room {options['room']!r} in {url}\n")
     return 0
 
 

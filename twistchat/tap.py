@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import MutableMapping
+from typing import TYPE_CHECKING, Any, MutableMapping
 
+from twisted.application import service
 from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString, wrapServerTLS
 from twisted.internet.interfaces import IStreamServerEndpoint
@@ -38,6 +39,8 @@ from twistchat.server.limits import Limits
 from twistchat.server.room import Rooms
 from twistchat.server.service import CannotStart, ChatServerFactory, ChatService
 from twistchat.server.tls import fingerprint, load_certificate, server_options
+if TYPE_CHECKING:
+    from twistchat.server.redisnode import RedisURL
 from twistchat.server.verifiers import (
     check_room,
     decoy_secret,
@@ -123,6 +126,13 @@ class Options(usage.Options):
          "(nothing is stored).", _count],
         ["history-days", None, 0.0,
          "Delete stored messages older than this many days (0: keep them).", float],
+        ["redis", None, None,
+         "Serve the rooms together with every other node on this Redis "
+         "(redis://HOST:PORT/DB or rediss:// for TLS; needs twistchat[redis]). "
+         "History, rooms and penalties then live in Redis; see docs/operations.md."],
+        ["redis-password-file", None, None, "File whose first line is the Redis password."],
+        ["redis-max-entries", None, 10000,
+         "With --redis: entries kept per room stream, about (the size cap).", _count],
     ]
 
     # One option per server limit, e.g. --max-members; see docs/operations.md.
@@ -198,6 +208,7 @@ class Options(usage.Options):
                 "(e.g. --listen tcp:7777:interface=127.0.0.1)"
             )
         self.endpoints = self._endpoints()
+        self.redis = self._redis()
         # From here on the options are fine; what fails is a file or folder.
         self.data_dir = Path(self["data-dir"])
         try:
@@ -258,6 +269,37 @@ class Options(usage.Options):
                     f"twistd can use ({e})"
                 ) from None
         return endpoints
+
+    def _redis(self) -> "RedisURL | None":
+        """
+        The --redis URL with its password, or None.
+
+        @raise usage.UsageError: for a URL that is not one.
+        @raise CannotStart: for a password file that cannot be read, or
+            without txredisapi installed.
+        """
+        if self["redis"] is None:
+            if self["redis-password-file"] is not None:
+                raise usage.UsageError("--redis-password-file needs --redis")
+            return None
+        from twistchat.server.redisnode import RedisURL
+
+        try:
+            url = RedisURL.parse(self["redis"])
+        except ConfigError as e:
+            raise usage.UsageError(e.message) from None
+        if self["redis-max-entries"] < 1:
+            raise usage.UsageError("--redis-max-entries must be more than 0")
+        try:
+            import txredisapi  # noqa: F401
+        except ImportError:
+            raise CannotStart("--redis needs txredisapi: pip install 'twistchat[redis]'") from None
+        if self["redis-password-file"] is not None:
+            try:
+                url = url.with_password(read_password_file(self["redis-password-file"]))
+            except ConfigError as e:
+                raise CannotStart(e.message) from None
+        return url
 
     def _password(self) -> str | None:
         if self["password"] is not None:
@@ -341,14 +383,16 @@ def _os_reason(error: OSError) -> str:
     return f"{reason} ({error.filename})" if error.filename else reason
 
 
-def makeService(options: Options) -> ChatService:
+def makeService(options: Options) -> service.IService:
     """
     Build (not start) the relay service described by parsed C{options}.
     """
     from twisted.internet import reactor
 
     certificate: ssl.PrivateCertificate = options.certificate
-    history = None
+    history: Any = None
+    if options.redis is not None:
+        return _redis_service(options)
     if options["history"] > 0:
         history = History(
             HistoryStore(options.data_dir / HISTORY_FILE, reactor),
@@ -361,6 +405,14 @@ def makeService(options: Options) -> ChatService:
         Rooms(options.verifiers), reactor, options.limits, history=history,
         decoy_secret=options.decoy_secret,
     )
+    return _chat_service(options, factory)
+
+
+def _chat_service(options: Options, factory: ChatServerFactory,
+                  watch_rooms: bool = True) -> ChatService:
+    from twisted.internet import reactor
+
+    certificate: ssl.PrivateCertificate = options.certificate
     tls = server_options(certificate)
     endpoint: IStreamServerEndpoint | list[tuple[str, IStreamServerEndpoint]]
     if options.endpoints:
@@ -377,6 +429,35 @@ def makeService(options: Options) -> ChatService:
         factory,
         description=f", rooms: {rooms}; TLS certificate SHA-256 {fingerprint(certificate)}",
         # A --verifier-file room is served alone: rooms/ is not watched then.
-        rooms_dir=None if options["verifier-file"] is not None else options.data_dir / ROOMS_DIR,
+        rooms_dir=None if options["verifier-file"] is not None or not watch_rooms
+        else options.data_dir / ROOMS_DIR,
         err=options.err,
     )
+
+
+def _redis_service(options: Options) -> service.IService:
+    """
+    A node of a Redis-backed group: the rooms, history and penalties shared
+    through Redis (L{twistchat.server.redisnode}); it listens once it has
+    reached Redis.
+    """
+    from twisted.internet import reactor
+
+    from twistchat.server.redisnode import (
+        RedisHistory, RedisLink, RedisNodeService, RedisRooms, SharedAddressBook,
+    )
+
+    assert options.redis is not None
+    link = RedisLink(options.redis, reactor)
+    rooms = RedisRooms()
+    history = RedisHistory(
+        link, rooms, reactor, limit=options["history"], keep_days=options["history-days"],
+        max_entries=options["redis-max-entries"], max_bytes=options.limits.max_send_queue // 2,
+    )
+    factory = ChatServerFactory(rooms, reactor, options.limits, history=history,
+                                decoy_secret=options.decoy_secret)
+    factory.addresses = SharedAddressBook(options.limits, link, reactor)
+    node = RedisNodeService(link, factory, history, options.verifiers, options.decoy_secret)
+    # Rooms come from Redis (twistchat-passwd --redis), not the rooms folder.
+    _chat_service(options, factory, watch_rooms=False).setServiceParent(node)
+    return node

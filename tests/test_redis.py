@@ -1,0 +1,302 @@
+"""
+Scale-out through Redis, end to end: a real C{redis-server} (started here on
+a free loopback port, in a temporary folder, with its append-only file),
+real C{twistd socketchat --redis} nodes and real clients, as processes.
+
+A missing redis-server fails these tests (tests/system-packages.sh installs
+it); it never skips them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from twistchat.bench.processes import Lines
+from tests.test_e2e import BIN, Client, Server, chat_lines, env
+
+PASSWORD = "scale out e2e room password"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """
+    A real redis-server on 127.0.0.1, its files in C{folder}.
+    """
+
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None, "redis-server is missing: run tests/system-packages.sh"
+        self.folder = folder
+        folder.mkdir(exist_ok=True)
+        self.port = port or free_port()
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        assert self.process.stdout is not None
+        self.log = Lines(self.process.stdout)
+        self.log.wait_for("Ready to accept connections", timeout=20)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(["redis-cli", "-p", str(self.port), *args],
+                                capture_output=True, text=True, timeout=20)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=20)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Node(Server):
+    """
+    One twistd node on C{redis}, its data in C{workdir/NAME}.
+    """
+
+    def __init__(self, workdir: Path, name: str, redis: RedisServer, *args: str) -> None:
+        folder = workdir / name
+        folder.mkdir(exist_ok=True)
+        super().__init__(folder, "--port", "0", "--interface", "127.0.0.1",
+                         "--redis", redis.url, *args)
+
+
+@pytest.fixture
+def password_file(tmp_path: Path) -> Path:
+    path = tmp_path / "room.pw"
+    path.write_text(PASSWORD + "\n")
+    return path
+
+
+def member(workdir: Path, node: Server, name: str, *options: str) -> Client:
+    client = Client(workdir, node.port, name, password=PASSWORD, options=options)
+    client.out.wait_for("connected — you can start sending messages")
+    return client
+
+
+def stop_all(clients: list[Client], nodes: list[Server]) -> None:
+    for client in clients:
+        if client.process.poll() is None:
+            client.process.kill()
+            client.process.wait(timeout=10)
+    for node in nodes:
+        node.stop()
+        assert "Traceback" not in "\n".join(node.log.seen)
+
+
+def messages(lines: list[str]) -> list[str]:
+    """
+    Every chat line (sender and text) a client printed, in order.
+    """
+    return [line for line in lines if re.match(r"^\[ [^:]+: \] ", line)]
+
+
+def test_two_nodes_chat_in_one_order(tmp_path: Path, redis: RedisServer,
+                                     password_file: Path) -> None:
+    """
+    alice on node A and bob on node B chat both ways; with both sending at
+    once, two listeners (one per node) see every message in the same order.
+    """
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    clients: list[Client] = []
+    try:
+        alice = member(tmp_path, a, "alice")
+        clients.append(alice)
+        bob = member(tmp_path, b, "bob")
+        clients.append(bob)
+        bob.out.wait_for(r"In the room: alice \(127\.0\.0\.1:\d+\)")
+        alice.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) entered the room")
+        # Name uniqueness is room-wide.
+        twin = Client(tmp_path, a.port, "Bob", password=PASSWORD)
+        assert twin.finish() == 1
+        assert "already taken" in "\n".join(twin.err.rest())
+
+        alice.say("hello from node A")
+        bob.out.wait_for(re.escape("[ alice: ] hello from node A"))
+        bob.say("hello from node B")
+        alice.out.wait_for(re.escape("[ bob: ] hello from node B"))
+
+        carol = member(tmp_path, a, "carol")
+        clients.append(carol)
+        dave = member(tmp_path, b, "dave")
+        clients.append(dave)
+        carol.out.wait_for(r"\* dave \(127\.0\.0\.1:\d+\) entered the room")
+        count = 15
+        for i in range(count):  # both senders at once, on both nodes
+            alice.say(f"a{i}")
+            bob.say(f"b{i}")
+        for listener in (carol, dave, alice, bob):
+            last_other = f"b{count - 1}" if listener is not bob else f"a{count - 1}"
+            listener.out.wait_for(re.escape(last_other), timeout=30)
+        carol.out.wait_for(re.escape(f"[ alice: ] a{count - 1}"))
+        dave.out.wait_for(re.escape(f"[ alice: ] a{count - 1}"))
+        dave.out.wait_for(re.escape(f"[ bob: ] b{count - 1}"))
+        carol.out.wait_for(re.escape(f"[ bob: ] b{count - 1}"))
+        seen_carol = [line for line in messages(carol.out.seen) if "hello" not in line]
+        seen_dave = [line for line in messages(dave.out.seen) if "hello" not in line]
+        assert len(seen_carol) == 2 * count
+        assert seen_carol == seen_dave
+        # Each member sees the others' messages in that one order too.
+        assert [m for m in messages(alice.out.seen) if "bob" in m and "hello" not in m] == [
+            m for m in seen_carol if "bob" in m]
+        assert bob.finish() == 0
+        alice.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) left the room")
+        dave.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) left the room")
+    finally:
+        stop_all(clients, [a, b])
+    for node in (a, b):
+        assert "Traceback" not in "\n".join(node.log.seen)
+
+
+def test_history_replayed_on_the_other_node(tmp_path: Path, redis: RedisServer,
+                                            password_file: Path) -> None:
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    clients: list[Client] = []
+    try:
+        alice = member(tmp_path, a, "alice")
+        clients.append(alice)
+        for i in range(3):
+            alice.say(f"said on A {i}")
+        bob = member(tmp_path, b, "bob")
+        clients.append(bob)
+        bob.out.wait_for("--- live ---")
+        alice.say("live after bob joined")
+        bob.out.wait_for("live after bob joined")
+        assert chat_lines(bob.out.seen, "alice") == [
+            *((f"said on A {i}", True) for i in range(3)), ("live after bob joined", False)]
+    finally:
+        stop_all(clients, [a, b])
+
+
+def test_room_added_with_passwd_is_served_by_every_node(tmp_path: Path, redis: RedisServer,
+                                                        password_file: Path) -> None:
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    clients: list[Client] = []
+    try:
+        (tmp_path / "dev.pw").write_text("dev room password\n")
+        started = time.monotonic()
+        result = subprocess.run(
+            [str(BIN / "twistchat-passwd"), "--redis", redis.url, "--room", "dev",
+             "--password-file", str(tmp_path / "dev.pw")],
+            capture_output=True, text=True, timeout=60, env=env(tmp_path),
+        )
+        assert result.returncode == 0, result.stderr
+        for node in (a, b):
+            node.log.wait_for(r"rooms: room 'dev' added", timeout=5)
+        assert time.monotonic() - started < 15  # 5 s after the (scrypt) verifier is written
+        dev = Client(tmp_path, b.port, "devon", password="dev room password", room="dev")
+        clients.append(dev)
+        dev.out.wait_for("connected — you can start sending messages")
+        assert "dev room password" not in redis.cli("HGETALL", "twistchat:rooms")
+    finally:
+        stop_all(clients, [a, b])
+
+
+def test_failed_logins_count_across_nodes(tmp_path: Path, redis: RedisServer,
+                                          password_file: Path) -> None:
+    limits = ("--free-failures", "1", "--failure-penalty", "60")
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file), *limits)
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file), *limits)
+    try:
+        for node in (a, b):  # one free failure on each node: two in all
+            eve = Client(tmp_path, node.port, "eve", password="not the password")
+            assert eve.finish() == 1
+            assert "wrong password" in "\n".join(eve.err.rest())
+        # Node A saw only one; the second, on B, earned the penalty everywhere.
+        eve = Client(tmp_path, a.port, "eve", password=PASSWORD)
+        assert eve.finish() == 1
+        assert "too many failed logins" in "\n".join(eve.err.rest())
+    finally:
+        stop_all([], [a, b])
+
+
+def test_members_of_a_killed_node_leave_within_30_s(tmp_path: Path, redis: RedisServer,
+                                                    password_file: Path) -> None:
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    clients: list[Client] = []
+    try:
+        alice = member(tmp_path, a, "alice")
+        clients.append(alice)
+        bob = member(tmp_path, b, "bob")
+        clients.append(bob)
+        bob.out.wait_for(r"In the room: alice")
+        a.kill()
+        bob.out.wait_for(r"\* alice \(127\.0\.0\.1:\d+\) left the room", timeout=30)
+        b.log.wait_for(r"node \w+ is gone; alice left room 'main'")
+        assert "alice" not in redis.cli("HKEYS", "twistchat:room:main:members")
+    finally:
+        stop_all(clients, [a, b])
+
+
+def test_redis_restart_refuses_then_resumes(tmp_path: Path, redis: RedisServer,
+                                            password_file: Path) -> None:
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    clients: list[Client] = []
+    try:
+        alice = member(tmp_path, a, "alice")
+        clients.append(alice)
+        bob = member(tmp_path, b, "bob")
+        clients.append(bob)
+        alice.say("before the outage")
+        bob.out.wait_for("before the outage")
+        redis.kill()
+        a.log.wait_for(r"redis: .* unavailable", timeout=15)
+        alice.say("during the outage")
+        alice.out.wait_for(r"cannot store messages right now", timeout=15)
+        redis.process = RedisServer(redis.folder, redis.port).process
+        a.log.wait_for(r"redis: .* reachable again", timeout=30)
+        b.log.wait_for(r"redis: .* reachable again", timeout=30)
+        alice.say("after the outage")
+        bob.out.wait_for("after the outage", timeout=15)
+        assert alice.process.poll() is None and bob.process.poll() is None
+        late = member(tmp_path, b, "late")
+        clients.append(late)
+        late.out.wait_for("--- live ---")
+        assert chat_lines(late.out.seen, "alice") == [
+            ("before the outage", True), ("after the outage", True)]
+        for node in (a, b):
+            log = "\n".join(node.log.seen)
+            assert len(re.findall(r"redis: .* unavailable", log)) == 1
+    finally:
+        stop_all(clients, [a, b])
