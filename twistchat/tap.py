@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
-from typing import MutableMapping
+from typing import cast
 
 from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString, wrapServerTLS
@@ -30,20 +31,26 @@ from twisted.python import usage
 
 from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.crypto.kdf import random_password
-from twistchat.crypto.verifier import Verifier, make_verifier
 from twistchat.crypto.keyfile import make_private_dirs
+from twistchat.crypto.verifier import Verifier, make_verifier
 from twistchat.errors import ConfigError
-from twistchat.server.history import DEFAULT_LIMIT, HISTORY_FILE, History, HistoryStore
+from twistchat.server.history import (
+    DEFAULT_LIMIT,
+    HISTORY_FILE,
+    History,
+    HistoryStore,
+    PoolReactor,
+)
 from twistchat.server.limits import Limits
 from twistchat.server.room import Rooms
 from twistchat.server.service import CannotStart, ChatServerFactory, ChatService
 from twistchat.server.tls import fingerprint, load_certificate, server_options
 from twistchat.server.verifiers import (
+    ROOMS_DIR,
     check_room,
     decoy_secret,
     load_rooms,
     load_verifier,
-    ROOMS_DIR,
     room_path,
     save_verifier,
 )
@@ -127,7 +134,8 @@ class Options(usage.Options):
 
     # One option per server limit, e.g. --max-members; see docs/operations.md.
     optParameters += [
-        [name.replace("_", "-"), None, getattr(Limits(), name), help_, type(getattr(Limits(), name))]
+        [name.replace("_", "-"), None, getattr(Limits(), name), help_,
+         type(getattr(Limits(), name))]
         for name, help_ in LIMIT_HELP.items()
     ]
 
@@ -351,7 +359,9 @@ def makeService(options: Options) -> ChatService:
     history = None
     if options["history"] > 0:
         history = History(
-            HistoryStore(options.data_dir / HISTORY_FILE, reactor),
+            # Twisted types its global reactor without IReactorThreads, which
+            # every real reactor provides.
+            HistoryStore(options.data_dir / HISTORY_FILE, cast(PoolReactor, reactor)),
             reactor,
             limit=options["history"],
             keep_days=options["history-days"],
