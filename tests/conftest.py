@@ -8,20 +8,20 @@ port still open).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
-from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.logger import globalLogPublisher
-
 from twistchat.client.api import ChatListener, ChatMessage, Member
 from twistchat.crypto.verifier import make_verifier
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
 from twistchat.server.tls import load_certificate, server_options
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.logger import globalLogPublisher
 
 pytest_plugins = ["pytester"]
 

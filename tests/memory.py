@@ -35,16 +35,10 @@ from __future__ import annotations
 import functools
 import itertools
 import struct
-from typing import Any, Callable, Iterable
-
 from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
-
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.testing import MemoryReactorClock
-from twisted.python.failure import Failure
-from twisted.test.iosim import FakeTransport
+from typing import Any
 
 from twistchat import wire
 from twistchat.client.keyring import Keyring
@@ -55,6 +49,11 @@ from twistchat.server.history import Row
 from twistchat.server.limits import Limits
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.test.iosim import FakeTransport
 
 #: The TLS channel binding both sides use in memory.
 BINDING = b"\x01" * 64
@@ -66,7 +65,7 @@ def binding(transport: Any) -> bytes:
     return BINDING
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _derive(password: str, salt: bytes, params: ScryptParams) -> PasswordSecrets:
     return derive_secrets(password, salt, params)
 

@@ -16,13 +16,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import protocol, reactor, ssl
-from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.threads import deferToThread
-
 from twistchat import errors, wire
 from twistchat.client import TrustOnFirstUse, connect
 from twistchat.crypto import spake2plus
+from twisted.internet import protocol, reactor, ssl
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.threads import deferToThread
 
 from .conftest import PASSWORD
 from .test_client_hostile import Scripted, login_error

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from twistchat.bench import cli, relay
 from twistchat.bench.results import METRICS
 

@@ -11,11 +11,16 @@ import io
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
+from twistchat import errors, wire
+from twistchat.client import TrustOnFirstUse, connect
+from twistchat.client.api import ChatListener, ChatMessage, Member, Reconnect
+from twistchat.client.cli import Options, describe, read_password
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.error import (
     ConnectionRefusedError,
@@ -25,11 +30,6 @@ from twisted.internet.error import (
 )
 from twisted.python import usage
 from twisted.python.failure import Failure
-
-from twistchat import errors, wire
-from twistchat.client import TrustOnFirstUse, connect
-from twistchat.client.api import ChatListener, ChatMessage, Member, Reconnect
-from twistchat.client.cli import Options, describe, read_password
 
 from . import conftest
 from .conftest import OTHER_PASSWORD, PASSWORD
@@ -537,8 +537,14 @@ def test_console_lines_while_reconnecting() -> None:
     """
     from twistchat.client.ui import ChatConsole
 
-    from .test_client_reconnect import NO_JITTER, FakeHandler, FakeProtocol, drop, welcome
-    from .test_client_reconnect import session_on_clock
+    from .test_client_reconnect import (
+        NO_JITTER,
+        FakeHandler,
+        FakeProtocol,
+        drop,
+        session_on_clock,
+        welcome,
+    )
 
     lines: list[str] = []
     console = ChatConsole(lines.append)
@@ -580,8 +586,14 @@ def test_console_says_when_the_connection_keeps_dropping() -> None:
     from twistchat.client.api import STABLE_AFTER
     from twistchat.client.ui import ChatConsole
 
-    from .test_client_reconnect import NO_JITTER, FakeHandler, FakeProtocol, drop, welcome
-    from .test_client_reconnect import session_on_clock
+    from .test_client_reconnect import (
+        NO_JITTER,
+        FakeHandler,
+        FakeProtocol,
+        drop,
+        session_on_clock,
+        welcome,
+    )
 
     lines: list[str] = []
     console = ChatConsole(lines.append)
@@ -660,7 +672,7 @@ def test_a_rate_notice_is_reported_as_not_delivered() -> None:
 def test_lines_the_client_refuses_are_counted_and_reported() -> None:
     from twistchat.client.ui import ChatConsole, LineInput
 
-    from .test_client_reconnect import NO_JITTER, drop, session_on_clock
+    from .test_client_reconnect import drop, session_on_clock
 
     lines: list[str] = []
     warnings: list[str] = []
@@ -727,8 +739,14 @@ def test_console_live_message_ends_history_without_notice() -> None:
 def test_console_says_the_room_is_empty_once_after_a_reconnect() -> None:
     from twistchat.client.ui import ChatConsole
 
-    from .test_client_reconnect import NO_JITTER, FakeHandler, FakeProtocol, drop, welcome
-    from .test_client_reconnect import session_on_clock
+    from .test_client_reconnect import (
+        NO_JITTER,
+        FakeHandler,
+        FakeProtocol,
+        drop,
+        session_on_clock,
+        welcome,
+    )
 
     lines: list[str] = []
     console = ChatConsole(lines.append)

@@ -19,14 +19,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from twisted.internet import reactor
-from twisted.internet.endpoints import SSL4ServerEndpoint
-
 from twistchat import errors
 from twistchat.client import CertificateAuthority, connect
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
 from twistchat.server.tls import create_self_signed, load_certificate, server_options
+from twisted.internet import reactor
+from twisted.internet.endpoints import SSL4ServerEndpoint
 
 from .conftest import PASSWORD
 from .test_cli import run_client
@@ -48,7 +47,7 @@ class ThrowawayCA:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "twistchat test CA")])
         self.cert = (
             x509.CertificateBuilder().subject_name(name).issuer_name(name)
@@ -71,7 +70,7 @@ class ThrowawayCA:
         A server certificate for C{names} (DNS names or IP addresses).
         """
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         sans: list[x509.GeneralName] = []
         for name in names:
             try:

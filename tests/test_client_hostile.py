@@ -10,18 +10,14 @@ protocol arbitrary bytes and malformed messages.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer, protocol, reactor, task
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
-from twisted.internet.testing import StringTransport
-from twisted.protocols.basic import Int32StringReceiver
-
 from twistchat import errors, wire
 from twistchat.client import TrustOnFirstUse, connect
 from twistchat.client.api import Reconnect
@@ -31,6 +27,10 @@ from twistchat.crypto.spake2plus import VerifierSession, context
 from twistchat.server.room import Rooms
 from twistchat.server.tls import server_options
 from twistchat.tlsbinding import server_binding
+from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.testing import StringTransport
+from twisted.protocols.basic import Int32StringReceiver
 
 from .conftest import PASSWORD, Recorder
 from .test_cli import run_client

@@ -12,11 +12,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
-from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.error import ConnectionRefusedError
-from twisted.python.failure import Failure
-
 from twistchat import errors, wire
 from twistchat.client import TrustOnFirstUse, connect
 from twistchat.client.api import (
@@ -33,6 +28,10 @@ from twistchat.crypto.kdf import PasswordSecrets, ScryptParams
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
 from twistchat.server.tls import server_options
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.error import ConnectionRefusedError
+from twisted.python.failure import Failure
 
 from .conftest import PASSWORD, Recorder
 

@@ -12,11 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer, task
-from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
-
 from twistchat import errors, wire
 from twistchat.client import session as session_module
 from twistchat.client.keyring import Keyring, RoomKeys
@@ -41,6 +36,10 @@ from twistchat.crypto.spake2plus import (
     context,
     encode_point,
 )
+from twisted.internet import defer, task
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from .test_client_reconnect import Events, FakeHandler, FakeProtocol, ScriptedConnector, welcome
 

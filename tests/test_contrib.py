@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from twistchat.tap import Options
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,6 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from twistchat.crypto import identity as identity_module
 from twistchat.crypto.identity import (
     MAX_FILE_BYTES,

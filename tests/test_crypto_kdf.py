@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from twistchat.crypto import kdf
 from twistchat.crypto.kdf import (
     DEFAULT_PARAMS,
@@ -28,7 +27,7 @@ from twistchat.crypto.kdf import (
     hkdf_sha256,
     random_password,
 )
-from twistchat.crypto.spake2plus import G, ORDER, decode_point, encode_point
+from twistchat.crypto.spake2plus import ORDER, G, decode_point, encode_point
 from twistchat.crypto.verifier import Verifier, make_verifier
 from twistchat.errors import ConfigError, WeakParameters
 
@@ -93,7 +92,7 @@ def test_derive_secrets_uses_scrypt_output() -> None:
     derive_secrets is scrypt(NFC UTF-8 password, salt, params, 112) cut 40|40|32.
     """
     salt = b"s" * 16
-    out = kdf.scrypt("pässword".encode("utf-8"), salt, PARAMS, 112)
+    out = kdf.scrypt("pässword".encode(), salt, PARAMS, 112)
     got = derive_secrets("pässword", salt, PARAMS)
     assert got.w0 == int.from_bytes(out[:40], "big") % ORDER
     assert got.w1 == int.from_bytes(out[40:80], "big") % ORDER

@@ -8,7 +8,6 @@ import hashlib
 import re
 
 import pytest
-
 from twistchat.crypto import safety
 from twistchat.crypto.identity import Identity
 from twistchat.crypto.kdf import hkdf_sha256

@@ -9,7 +9,6 @@ import secrets
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from twistchat.crypto.kdf import MIN_PARAMS, content_key, derive_secrets
 from twistchat.crypto.seal import (
     MAX_COUNTER,

@@ -11,7 +11,6 @@ import hashlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from twistchat.crypto.identity import Identity
 from twistchat.crypto.seal import MAX_TEXT_BYTES, Opener, Sealer, associated_data
 from twistchat.crypto.signed import (

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from Crypto.PublicKey import ECC
-
 from twistchat.crypto import spake2plus as s
 from twistchat.crypto.kdf import ScryptParams, derive_secrets
 from twistchat.crypto.verifier import make_verifier

@@ -13,11 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import pytest
-
 from twistchat.bench.processes import Lines, ServerProcess, socketchat_command
 
 BIN = Path(sys.executable).parent

@@ -16,12 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer
-from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
-
 import twistchat
 from twistchat import errors
 from twistchat.client.api import is_final
@@ -30,6 +24,11 @@ from twistchat.client.protocol import ChatClientProtocol, State
 from twistchat.server.limits import Limits
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from .conftest import PASSWORD
 

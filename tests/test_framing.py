@@ -8,16 +8,16 @@ buffer), never timed.
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.testing import StringTransport
-from twisted.protocols.basic import Int32StringReceiver, IntNStringReceiver
-
 from twistchat.errors import FrameTooLong
 from twistchat.framing import Int32Framer, LinearInt32StringReceiver
+from twisted.internet.testing import StringTransport
+from twisted.protocols.basic import Int32StringReceiver, IntNStringReceiver
 
 
 class Collect:
@@ -161,9 +161,8 @@ def test_nothing_after_an_oversize_header_is_delivered_again() -> None:
     With Twisted's own lengthLimitExceeded (which only closes), frames already
     delivered in the same chunk are not delivered a second time by later data.
     """
-    from twisted.internet.testing import StringTransport
-
     from twistchat.framing import LinearInt32StringReceiver
+    from twisted.internet.testing import StringTransport
 
     class Receiver(LinearInt32StringReceiver):
         MAX_LENGTH = 10

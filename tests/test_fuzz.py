@@ -28,19 +28,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-
 from twistchat import wire
 from twistchat.client.keyring import Keyring, RoomKeys
 from twistchat.client.protocol import ChatClientProtocol, State
 from twistchat.crypto.kdf import DEFAULT_PARAMS
-from twistchat.crypto.verifier import Verifier
 from twistchat.crypto.seal import Opener, Sealer
 from twistchat.crypto.spake2plus import (
-    G,
     ORDER,
+    G,
     Prover,
     VerifierKey,
     VerifierSession,
@@ -48,6 +43,7 @@ from twistchat.crypto.spake2plus import (
     decode_point,
     encode_point,
 )
+from twistchat.crypto.verifier import Verifier
 from twistchat.errors import (
     AuthFailed,
     BadMessage,
@@ -60,6 +56,9 @@ from twistchat.server.limits import Limits
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
 from twistchat.server.verifiers import load_verifier
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
 from .test_server_protocol import BINDING, Peer
 

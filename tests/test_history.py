@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
-from twisted.logger import globalLogPublisher
-
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
-
 from twistchat import errors, wire
 from twistchat.client import TrustOnFirstUse, connect
 from twistchat.client.api import ChatMessage
 from twistchat.crypto.verifier import make_verifier
-from twistchat.server.limits import Limits
 from twistchat.server.history import (
     HISTORY_FILE,
     SCHEMA_VERSION,
@@ -30,10 +25,14 @@ from twistchat.server.history import (
     HistoryStore,
     Row,
 )
+from twistchat.server.limits import Limits
 from twistchat.server.room import Room, Rooms
 from twistchat.server.service import ChatServerFactory, ChatService
 from twistchat.server.tls import server_options
 from twistchat.server.verifiers import ROOMS_DIR, load_rooms, room_path, save_verifier
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.logger import globalLogPublisher
 
 from .conftest import PASSWORD, Recorder, deferLater
 from .memory import MemoryStore
@@ -500,7 +499,7 @@ async def test_full_disk_live_relay_goes_on_and_storing_resumes(
         n += 1
         assert n < 200, "the store never filled up"
         send(history, room, alice, n, size=2048)
-        await until(lambda: len(bob.messages()) == n, clock=clock)
+        await until(lambda n=n: len(bob.messages()) == n, clock=clock)
     assert "full" in history.failing
     failed_at = n
     for _ in range(20):  # live relay goes on, in order, at once
@@ -781,7 +780,7 @@ async def test_three_rooms_learn_nothing_of_each_other(hserver: HistoryServer) -
     await members["ops"][1].wait_for(
         lambda e: isinstance(e, tuple) and e[0] == "joined" and e[1].name == "late"
     )
-    for room, (session, events) in members.items():
+    for room, (_session, events) in members.items():
         texts = [t for _, t, _ in events.chat()]
         assert texts == [], f"{room} heard another room: {texts}"
         joined = [e[1].name for e in events.events if isinstance(e, tuple) and e[0] == "joined"]

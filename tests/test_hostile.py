@@ -59,20 +59,12 @@ import json
 import ssl as stdlib_ssl
 import struct
 import unicodedata
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.ssl import CertificateOptions
-from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
-from twisted.protocols.basic import Int32StringReceiver
-from zope.interface import implementer
-
 from twistchat import errors, wire
 from twistchat.client.api import ChatMessage
 from twistchat.crypto.kdf import ScryptParams, content_key, derive_secrets
@@ -83,6 +75,14 @@ from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
 from twistchat.server.tls import server_options
 from twistchat.tlsbinding import client_binding
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.ssl import CertificateOptions
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.protocols.basic import Int32StringReceiver
+from zope.interface import implementer
 
 from .conftest import OTHER_PASSWORD, PASSWORD, RunningServer, deferLater, stop_server, until
 from .test_integration import is_message, join

@@ -12,10 +12,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import protocol, reactor
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
-from twisted.internet.ssl import CertificateOptions
-
 from twistchat import errors
 from twistchat.client import TrustOnFirstUse, connect
 from twistchat.client.api import ChatMessage
@@ -23,6 +19,9 @@ from twistchat.crypto.verifier import make_verifier
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
 from twistchat.server.tls import create_self_signed, load_certificate, server_options
+from twisted.internet import protocol, reactor
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.ssl import CertificateOptions
 
 from .conftest import OTHER_PASSWORD, PASSWORD, Recorder
 

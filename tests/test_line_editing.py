@@ -11,10 +11,9 @@ import subprocess
 import sys
 
 import pytest
+from twistchat.client.ui import ChatConsole, EditLine, TerminalInput, columns
 from twisted.conch.insults.insults import ServerProtocol
 from twisted.internet.testing import StringTransport
-
-from twistchat.client.ui import ChatConsole, EditLine, TerminalInput, columns
 
 FAMILY = "👩\u200d👩\u200d👧"  # a ZWJ sequence
 FLAG = "🇯🇵"  # two regional indicators
@@ -135,7 +134,7 @@ def test_controls_and_bidi_are_not_typed() -> None:
 
 def test_history_recall_and_redraw() -> None:
     editor, console, transport = terminal()
-    feed(editor, f"日{E_ACUTE}{FAMILY}\r".encode("utf-8"))
+    feed(editor, f"日{E_ACUTE}{FAMILY}\r".encode())
     transport.clear()
     feed(editor, b"\x1b[A")  # up
     assert editor.line.text == f"日{E_ACUTE}{FAMILY}"
@@ -150,7 +149,7 @@ def test_history_recall_and_redraw() -> None:
 
 def test_show_keeps_the_line_being_typed() -> None:
     editor, console, transport = terminal()
-    feed(editor, "日本語".encode("utf-8") + b"\x1b[D")
+    feed(editor, "日本語".encode() + b"\x1b[D")
     transport.clear()
     editor.show("[ bob: ] hi")
     assert transport.value().decode("utf-8") == (

@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.testing import MemoryReactorClock
-
 from twistchat import errors
 from twistchat.server.history import History
 from twistchat.server.limits import Limits
+from twisted.internet.testing import MemoryReactorClock
 
 from .conftest import OTHER_PASSWORD, PASSWORD
 from .memory import MemoryRelay, MemoryStore

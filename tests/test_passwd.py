@@ -12,9 +12,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
-from twisted.internet.endpoints import SSL4ServerEndpoint
-
 from twistchat import errors
 from twistchat.client import ChatListener, TrustOnFirstUse, connect
 from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams
@@ -24,6 +21,8 @@ from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
 from twistchat.server.tls import server_options
 from twistchat.server.verifiers import load_verifier
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import SSL4ServerEndpoint
 
 from .conftest import OTHER_PASSWORD, PASSWORD, stop_server
 

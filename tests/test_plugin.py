@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import twistchat.tap
 from twisted.application.service import IServiceMaker
 from twisted.plugin import IPlugin, getPlugins
-
-import twistchat.tap
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -38,12 +38,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from twistchat.bench.processes import ServerProcess
 
 from .test_e2e import BIN, Client, Lines, env
@@ -255,7 +254,9 @@ def heard(member: Process, pattern: str, example: Process) -> None:
     try:
         member.out.wait_for(pattern)
     except AssertionError as e:
-        raise AssertionError(f"{e}\nthe example's stderr:\n" + "\n".join(example.err.rest(2)))
+        raise AssertionError(
+            f"{e}\nthe example's stderr:\n" + "\n".join(example.err.rest(2))
+        ) from e
 
 
 def shell(workdir: Path, command: str, **extra: str) -> Process:

@@ -8,20 +8,20 @@ the table as the code has it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from twisted.internet.task import Clock
-
 from twistchat import errors, wire
 from twistchat.crypto.seal import Sealer
 from twistchat.server import lifecycle
 from twistchat.server.lifecycle import TABLE, Input, Row, Stage
 from twistchat.server.limits import Limits
-from twistchat.server.protocol import ChatServerProtocol, PHASES, Refusal, State
+from twistchat.server.protocol import PHASES, ChatServerProtocol, Refusal, State
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
+from twisted.internet.task import Clock
 
 from .test_server_limits import start_guess
 from .test_server_protocol import BINDING, Peer
@@ -197,7 +197,7 @@ def test_every_name_in_the_table_is_a_method() -> None:
 def test_the_table_is_total_and_closed_stages_are_closed() -> None:
     assert set(TABLE) == {(s, e) for s in Stage for e in Input}
     assert set(PHASES) == set(Stage)
-    for (stage, event), row in TABLE.items():
+    for (stage, _event), row in TABLE.items():
         if PHASES[stage] is State.CLOSED:
             assert PHASES[row.next] is State.CLOSED
         if row.check in ("unexpected", "bug"):

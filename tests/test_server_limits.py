@@ -7,8 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.task import Clock
-
 from twistchat import wire
 from twistchat.crypto.seal import Sealer
 from twistchat.crypto.spake2plus import G, encode_point
@@ -16,6 +14,7 @@ from twistchat.server.limits import AddressBook, Limits, TokenBucket
 from twistchat.server.protocol import State
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
+from twisted.internet.task import Clock
 
 from .conftest import OTHER_PASSWORD
 from .test_server_protocol import BINDING, Peer, closed

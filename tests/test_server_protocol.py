@@ -9,10 +9,6 @@ import struct
 from typing import Any
 
 import pytest
-from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-
 from twistchat import errors, wire
 from twistchat.crypto.kdf import content_key, derive_secrets
 from twistchat.crypto.seal import Opener, Sealer
@@ -21,6 +17,9 @@ from twistchat.server.limits import Limits
 from twistchat.server.protocol import ChatServerProtocol, State
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
 from .conftest import OTHER_PASSWORD, PASSWORD
 

@@ -11,19 +11,13 @@ import json
 import os
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.application.service import IService
-from twisted.internet import defer, reactor, ssl
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
-from twisted.logger import globalLogPublisher
-from twisted.python import usage
-
+from twistchat.client import TrustOnFirstUse, connect
 from twistchat.crypto.kdf import content_key, derive_secrets
 from twistchat.crypto.verifier import make_verifier
 from twistchat.server.history import History
@@ -32,8 +26,13 @@ from twistchat.server.service import CannotStart, ChatServerFactory, ChatService
 from twistchat.server.tls import CERT_FILE, KEY_FILE, create_self_signed, fingerprint
 from twistchat.server.verifiers import load_verifier, room_path, save_verifier
 from twistchat.tap import Options, makeService
-
-from twistchat.client import TrustOnFirstUse, connect
+from twisted.application.service import IService
+from twisted.internet import defer, reactor, ssl
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import globalLogPublisher
+from twisted.python import usage
 
 from .conftest import OTHER_PASSWORD, PASSWORD, Recorder
 

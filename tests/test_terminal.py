@@ -16,7 +16,6 @@ the line-editing object only, in test_line_editing.py).
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import shlex
@@ -25,8 +24,8 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import wcwidth

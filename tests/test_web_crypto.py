@@ -20,12 +20,12 @@ import hashlib
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-
 from twistchat import wire
 from twistchat.crypto import kdf, safety, seal, signed, spake2plus
 from twistchat.crypto.identity import Identity

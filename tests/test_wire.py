@@ -9,7 +9,6 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from twistchat import wire
 from twistchat.errors import BadMessage
 

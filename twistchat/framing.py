@@ -23,8 +23,9 @@ from __future__ import annotations
 from collections import deque
 from struct import Struct
 from typing import Any
+from typing import Protocol as TypingProtocol
 
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import IAddress, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.protocols.basic import StringTooLongError
 
@@ -33,7 +34,7 @@ from twistchat.errors import FrameTooLong
 _PREFIX = Struct(">I")
 
 
-def no_delay(transport: Any) -> None:
+def no_delay(transport: object) -> None:
     """
     Turn Nagle's algorithm off for C{transport}'s TCP connection, if it has one.
 
@@ -191,6 +192,25 @@ class Int32Framer:
         return b"".join(pieces)
 
 
+class FramedTransport(TypingProtocol):
+    """
+    What the framed protocols use of their transport: TCP's (L{ITCPTransport}),
+    which TLS over TCP passes on, and a consumer's, for backpressure. Only a type.
+    """
+
+    def write(self, data: bytes) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+    def abortConnection(self) -> None: ...
+
+    def getPeer(self) -> IAddress: ...
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
+
+
 class LinearInt32StringReceiver(Protocol):
     """
     A protocol of Int32 length-prefixed frames, gathered in linear time by an
@@ -209,6 +229,9 @@ class LinearInt32StringReceiver(Protocol):
     #: Set to stop delivering frames (checked between frames).
     paused = False
 
+    # Narrower than Protocol's ITransport | None, which mypy reports: set by
+    # makeConnection before any frame is read or sent, to a FramedTransport.
+    transport: FramedTransport  # type: ignore[assignment]
     _framer: Int32Framer | None = None
 
     @property

@@ -13,9 +13,9 @@ from pathlib import Path
 from twisted.python import usage
 
 from twistchat import __version__
+from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams, check_params
 from twistchat.crypto.verifier import Verifier, make_verifier
-from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.errors import ConfigError, TwistchatError
 from twistchat.server.verifiers import check_room, room_path, save_verifier
 
@@ -57,7 +57,9 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             check_room(self["room"])
-            self.params = ScryptParams(2 ** self["scrypt-log-n"], DEFAULT_PARAMS.r, DEFAULT_PARAMS.p)
+            self.params = ScryptParams(
+                2 ** self["scrypt-log-n"], DEFAULT_PARAMS.r, DEFAULT_PARAMS.p
+            )
             check_params(self.params)
         except TwistchatError as e:
             raise usage.UsageError(e.message) from None
@@ -100,7 +102,9 @@ def main(argv: list[str]) -> int:
     except (TwistchatError, OSError) as e:
         sys.stderr.write(f"twistchat-passwd: {getattr(e, 'message', e)}\n")
         return 1
-    sys.stderr.write(f"twistchat-passwd: wrote the verifier of room {options['room']!r} to {path}\n")
+    sys.stderr.write(
+        f"twistchat-passwd: wrote the verifier of room {options['room']!r} to {path}\n"
+    )
     return 0
 
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, MutableMapping
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application import service
 from twisted.internet import ssl
@@ -31,10 +32,16 @@ from twisted.python import usage
 
 from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.crypto.kdf import random_password
-from twistchat.crypto.verifier import Verifier, make_verifier
 from twistchat.crypto.keyfile import make_private_dirs
+from twistchat.crypto.verifier import Verifier, make_verifier
 from twistchat.errors import ConfigError
-from twistchat.server.history import DEFAULT_LIMIT, HISTORY_FILE, History, HistoryStore
+from twistchat.server.history import (
+    DEFAULT_LIMIT,
+    HISTORY_FILE,
+    History,
+    HistoryStore,
+    PoolReactor,
+)
 from twistchat.server.limits import Limits
 from twistchat.server.room import Rooms
 from twistchat.server.service import CannotStart, ChatServerFactory, ChatService
@@ -42,11 +49,11 @@ from twistchat.server.tls import fingerprint, load_certificate, server_options
 if TYPE_CHECKING:
     from twistchat.server.redisnode import RedisURL
 from twistchat.server.verifiers import (
+    ROOMS_DIR,
     check_room,
     decoy_secret,
     load_rooms,
     load_verifier,
-    ROOMS_DIR,
     room_path,
     save_verifier,
 )
@@ -137,7 +144,8 @@ class Options(usage.Options):
 
     # One option per server limit, e.g. --max-members; see docs/operations.md.
     optParameters += [
-        [name.replace("_", "-"), None, getattr(Limits(), name), help_, type(getattr(Limits(), name))]
+        [name.replace("_", "-"), None, getattr(Limits(), name), help_,
+         type(getattr(Limits(), name))]
         for name, help_ in LIMIT_HELP.items()
     ]
 
@@ -395,7 +403,9 @@ def makeService(options: Options) -> service.IService:
         return _redis_service(options)
     if options["history"] > 0:
         history = History(
-            HistoryStore(options.data_dir / HISTORY_FILE, reactor),
+            # Twisted types its global reactor without IReactorThreads, which
+            # every real reactor provides.
+            HistoryStore(options.data_dir / HISTORY_FILE, cast(PoolReactor, reactor)),
             reactor,
             limit=options["history"],
             keep_days=options["history-days"],

@@ -37,7 +37,13 @@ from typing import Any
 
 from twistchat.bench import hardening, history, relay
 from twistchat.bench.config import (
-    DEFAULT_SCENARIOS, HARDENING_SCENARIOS, MODES, SCENARIOS, SERVERS, BenchConfig)
+    DEFAULT_SCENARIOS,
+    HARDENING_SCENARIOS,
+    MODES,
+    SCENARIOS,
+    SERVERS,
+    BenchConfig,
+)
 from twistchat.bench.measure import available, machine
 from twistchat.bench.plot import plot
 from twistchat.bench.processes import BenchError, raise_fd_limit

@@ -25,10 +25,12 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IPushProducer
 
 from twistchat.bench.measure import cpu_seconds, rss_kib
 from twistchat.client import ChatListener, ChatMessage, ChatSession, TrustOnFirstUse, connect
@@ -77,7 +79,8 @@ async def _pause(reactor: Any, seconds: float) -> None:
 async def slow(reactor: Any, config: dict[str, Any]) -> dict[str, Any]:
     pid, seconds, chatters_count = config["pid"], config["seconds"], config["chatters"]
     reader = await _join(reactor, config, "neverreads")
-    reader.protocol.transport.pauseProducing()  # stops reading its socket
+    # stops reading its socket (a TCP or TLS transport is a push producer)
+    IPushProducer(reader.protocol.transport).pauseProducing()
     counter = _Count()
     chatters = [await _join(reactor, config, f"chatter{i}", counter)
                 for i in range(chatters_count)]

@@ -30,13 +30,20 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from twistchat import wire
 from twistchat.bench.config import BenchConfig
 from twistchat.bench.measure import rss_kib
-from twistchat.bench.processes import BenchError, ServerProcess, raise_fd_limit, run_clients, start_twistd
+from twistchat.bench.processes import (
+    BenchError,
+    ServerProcess,
+    raise_fd_limit,
+    run_clients,
+    start_twistd,
+)
 
 #: Members that chat in hardening-slow, and the characters of each message.
 CHATTERS = 10
@@ -207,7 +214,8 @@ def slow(config: BenchConfig, workdir: Path) -> dict[str, Any]:
     print(f"slow: {CHATTERS} members sent {sent} messages of {SLOW_TEXT} characters in "
           f"{seconds:g} s; each other member received "
           f"{got['received'] / CHATTERS:.0f} on average (of {sent * (CHATTERS - 1) // CHATTERS})")
-    print(f"slow: server RSS {got['rss_kib_start']} KiB at start, at most {got['rss_kib_max']} KiB, "
+    print(f"slow: server RSS {got['rss_kib_start']} KiB at start, "
+          f"at most {got['rss_kib_max']} KiB, "
           f"{got['rss_kib_end']} KiB at the end; "
           f"'is not reading' log lines: {not_reading}", flush=True)
     return {"members": CHATTERS + 1, "seconds": seconds, "sent": sent,

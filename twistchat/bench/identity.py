@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from twistchat.crypto.identity import Identity
 from twistchat.crypto.seal import Opener, Sealer

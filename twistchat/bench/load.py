@@ -39,7 +39,7 @@ from twistchat.client.keyring import Keyring
 from twistchat.client.protocol import ChatClientProtocol, State
 from twistchat.client.trust import tofu_options
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, content_key, derive_secrets
-from twistchat.crypto.seal import Sealer
+from twistchat.crypto.seal import PAD_BLOCK, Sealer
 from twistchat.framing import no_delay
 from twistchat.tlsbinding import client_binding
 
@@ -169,7 +169,9 @@ class Load:
 
     # --- logging in -------------------------------------------------------------
 
-    def derive(self, password: str, salt: bytes, params: ScryptParams) -> defer.Deferred[PasswordSecrets]:
+    def derive(
+        self, password: str, salt: bytes, params: ScryptParams
+    ) -> defer.Deferred[PasswordSecrets]:
         # scrypt once per process: every member has the same password (and the
         # rooms of a run share one salt), so the load is not scrypt-bound.
         key = (bytes(salt), params)
@@ -233,10 +235,11 @@ class Load:
         if self.kind == "twistchat":
             member = self.members[0]
             secrets = next(iter(self._cache.values()))
-            sealer = Sealer(content_key(secrets.content_secret, member.room), member.room, member.name)
+            sealer = Sealer(content_key(secrets.content_secret, member.room),
+                            member.room, member.name)
             sid, _, ct = sealer.seal("x" * size)
         else:
-            sid, ct = b"s" * 16, b"c" * (wire.messages.PAD_BLOCK * -(-size // 32) + 16)
+            sid, ct = b"s" * 16, b"c" * (PAD_BLOCK * -(-size // 32) + 16)
         frame = wire.encode("send", sid=sid, n=COUNTER_BASE, ct=ct)
         prefix, suffix = frame.split(b'"n":%d' % COUNTER_BASE)
         return prefix + b'"n":', suffix
@@ -408,6 +411,7 @@ class Commands(LineReceiver):
         self._reply({"event": "started"})
 
     def _reply(self, result: dict[str, Any]) -> None:
+        assert self.transport is not None, "connected before any reply"
         self.transport.write(json.dumps(result).encode() + b"\n")
 
     def lineReceived(self, line: bytes) -> None:

@@ -28,8 +28,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any
 
 from twistchat.config import PASSWORD_ENV
 
@@ -84,7 +85,8 @@ class Lines:
         if self._ended:
             return False
         try:
-            line = self._queue.get(timeout=max(0.0, timeout)) if timeout else self._queue.get_nowait()
+            line = (self._queue.get(timeout=max(0.0, timeout)) if timeout
+                    else self._queue.get_nowait())
         except queue.Empty:
             return False
         if line is None:

@@ -22,14 +22,20 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from twistchat.bench.config import MAIN_ROOM, MODES, BenchConfig
 from twistchat.bench.load import COUNTER_BASE
 from twistchat.bench.measure import children, cpu_seconds, rss_bytes
 from twistchat.bench.processes import (
-    STEP_TIMEOUT, BenchError, LoadProcess, ServerProcess, socketchat_command)
+    STEP_TIMEOUT,
+    BenchError,
+    LoadProcess,
+    ServerProcess,
+    socketchat_command,
+)
 from twistchat.bench.results import median_result
 from twistchat.config import PASSWORD_ENV
 
@@ -141,7 +147,8 @@ def frame_length(kind: str, size: int) -> int:
     if kind == "threaded":
         return 4 + len(b"n=%d;" % COUNTER_BASE) + 12 + size + 16
     if kind == "twistchat":
-        body = wire.encode("msg", **{"from": "m00000"}, sid=b"s" * 16, n=COUNTER_BASE, ct=b"c" * padded)
+        body = wire.encode("msg", **{"from": "m00000"}, sid=b"s" * 16, n=COUNTER_BASE,
+                           ct=b"c" * padded)
     else:
         body = wire.encode("send", sid=b"s" * 16, n=COUNTER_BASE, ct=b"c" * padded)
     return 4 + len(body)
@@ -239,7 +246,8 @@ def run_one(kind: str, setting: Setting, config: BenchConfig) -> dict[str, Any]:
     """
     password = secrets.token_urlsafe(18)
     twistchat = kind in ("twistchat", "before")
-    options = [*server_options(setting, config.size), *extra_options(config.server_args)] if twistchat else []
+    options = ([*server_options(setting, config.size), *extra_options(config.server_args)]
+               if twistchat else [])
     with tempfile.TemporaryDirectory(prefix="twistchat-bench-") as tmp:
         workdir = Path(tmp)
         (workdir / "data").mkdir()

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python import threadable
 
 from twistchat.client.api import ChatListener, ChatMessage, ChatSession, Member, connect
@@ -53,7 +55,7 @@ def _reactor() -> Any:
     return reactor
 
 
-def _call(reactor: Any, timeout: float | None, f: Callable[[], Any]) -> Any:
+def _call(reactor: IReactorFromThreads, timeout: float | None, f: Callable[[], Any]) -> Any:
     """
     Run C{f} in the reactor thread; wait for its (possibly Deferred) result.
 
@@ -122,7 +124,9 @@ class BlockingChat:
     A room session driven from ordinary (non-Twisted) code.
     """
 
-    def __init__(self, reactor: Any, session: ChatSession, listener: _Queueing) -> None:
+    def __init__(
+        self, reactor: IReactorFromThreads, session: ChatSession, listener: _Queueing
+    ) -> None:
         self._reactor = reactor
         self._session = session
         self._listener = listener
@@ -160,7 +164,8 @@ class BlockingChat:
         """
         Everyone in the room, asked of the server.
         """
-        return _call(self._reactor, timeout, self._session.who)
+        members: list[Member] = _call(self._reactor, timeout, self._session.who)
+        return members
 
     def next_event(self, timeout: float | None = None) -> Any:
         """

@@ -33,11 +33,11 @@ from twisted.python.failure import Failure
 
 from twistchat import __version__
 from twistchat.client.api import Reconnect, connect, describe
+from twistchat.client.connector import ClientReactor
 from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
 from twistchat.client.ui import ChatConsole, LineInput, install_terminal
 from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.errors import ConfigError
-
 
 #: Exit status of a piped client that left the room knowing that some lines
 #: were not delivered.
@@ -149,7 +149,7 @@ def say(out: TextIO) -> Any:
     return write
 
 
-async def main(reactor: Any, argv: list[str]) -> int:
+async def main(reactor: ClientReactor, argv: list[str]) -> int:
     out, err = sys.stdout, sys.stderr
     options = Options()
     try:
@@ -222,7 +222,7 @@ def run(argv: list[str] | None = None) -> None:
     """
     args = sys.argv[1:] if argv is None else argv
 
-    def start(reactor: Any) -> defer.Deferred[None]:
+    def start(reactor: ClientReactor) -> defer.Deferred[None]:
         async def go() -> None:
             code = await main(reactor, args)
             if code:

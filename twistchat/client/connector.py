@@ -14,12 +14,18 @@ from typing import Any
 from twisted.internet import threads
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import (
+    IReactorPluggableNameResolver,
+    IReactorTCP,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from twistchat import wire
 from twistchat.client.events import ChatListener
-from twistchat.client.keyring import Keyring
+from twistchat.client.keyring import Deriver, Keyring
 from twistchat.client.policy import Reconnect
 from twistchat.client.protocol import HANDSHAKE_TIMEOUT, ChatClientProtocol
 from twistchat.client.session import ChatSession
@@ -70,7 +76,15 @@ class Login:
             self.session._closed(reason)
 
 
-def thread_deriver(reactor: Any):
+class ClientReactor(IReactorTCP, IReactorTime, IReactorThreads, IReactorPluggableNameResolver):
+    """
+    What connecting uses of the reactor: TCP, name resolution and timers for
+    L{HostnameEndpoint}, timers for the session, threads for scrypt. Only a
+    type: every real reactor provides all four.
+    """
+
+
+def thread_deriver(reactor: IReactorThreads) -> Deriver:
     """
     Run scrypt in the reactor's thread pool, so the reactor never blocks on it.
     """
@@ -88,7 +102,7 @@ class Connector:
     Opens one connection and logs in: for the first login and each reconnect.
     """
 
-    def __init__(self, reactor: Any, host: str, port: int, name: str, room: str,
+    def __init__(self, reactor: ClientReactor, host: str, port: int, name: str, room: str,
                  keyring: Keyring, trust: TrustOnFirstUse | CertificateAuthority,
                  timeout: float) -> None:
         self.reactor = reactor
@@ -133,7 +147,8 @@ class Connector:
                 except TwistchatError:
                     result = Failure()
             if isinstance(result, Failure):
-                if result.check(TrustError) and isinstance(self.trust, CertificateAuthority):
+                if (isinstance(result.value, TrustError)
+                        and isinstance(self.trust, CertificateAuthority)):
                     # Say which CAs were trusted, for a refused certificate.
                     result = Failure(TrustError(
                         f"{result.value.message}; trusted: {self.trust.source}"
@@ -154,7 +169,7 @@ class Connector:
 
 
 def connect(
-    reactor: Any,
+    reactor: ClientReactor,
     host: str,
     port: int,
     name: str,

@@ -13,8 +13,8 @@ answered: that login fails with L{SaltChanged}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure

@@ -7,8 +7,8 @@ failure reads in one line (L{describe}), and how fast to send (L{pacing}).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError

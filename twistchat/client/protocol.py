@@ -17,10 +17,11 @@ row's next state is set.
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from service_identity import VerificationError
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -28,6 +29,7 @@ from zope.interface import implementer
 
 from twistchat import wire
 from twistchat.client.keyring import Keyring, RoomKeys
+from twistchat.client.table import Row, Table, rows
 from twistchat.crypto.kdf import ScryptParams, check_params
 from twistchat.crypto.seal import Opener, Sealer
 from twistchat.crypto.spake2plus import Prover, context
@@ -44,7 +46,6 @@ from twistchat.errors import (
     UnexpectedMessage,
     from_code,
 )
-from twistchat.client.table import Row, Table, rows
 from twistchat.framing import LinearInt32StringReceiver, no_delay
 
 
@@ -122,7 +123,7 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
         keyring: Keyring,
         channel_binding: Callable[[Any], bytes],
         check_peer: Callable[[Any], None] = lambda transport: None,
-        clock: Any = None,
+        clock: IReactorTime | None = None,
         timeout: float | None = HANDSHAKE_TIMEOUT,
         keepalive: tuple[float, float] | None = KEEPALIVE,
     ) -> None:
@@ -261,7 +262,7 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
         d.addCallbacks(lambda keys: self._input(KEYS_DERIVED, keys), self._derive_failed)
 
     def _derive_failed(self, failure: Failure) -> None:
-        if failure.check(TwistchatError):
+        if isinstance(failure.value, TwistchatError):
             self._abandon(failure.value)
             return
         self.log.failure("deriving keys from the password failed", failure)
@@ -413,17 +414,17 @@ def _identity(mismatch: Any) -> str:
 def _lost_reason(reason: Failure | None) -> TwistchatError:
     if reason is None:
         return ConnectionClosed()
-    if reason.check(VerificationError):
+    if isinstance(reason.value, VerificationError):
         # service_identity refused the host name (--ca). (OpenSSL no longer
         # shows the refused certificate here, so its names cannot be listed.)
         wanted = ", ".join(_identity(e) for e in reason.value.errors) or "this host"
         return TrustError(f"the server's certificate is not valid for {wanted}")
-    text = reason.getErrorMessage() or reason.type.__name__
+    text = reason.getErrorMessage() or type(reason.value).__name__
     if "certificate verify failed" in text:
         return TrustError(
             "the server's certificate is not signed by a trusted certificate authority "
             "(certificate verify failed)"
         )
-    if "SSL" in reason.type.__name__ or "ssl" in text.lower():
+    if "SSL" in type(reason.value).__name__ or "ssl" in text.lower():
         return TLSFailed(f"TLS failed: {text}")
     return ConnectionClosed(f"the server closed the connection during the handshake ({text})")

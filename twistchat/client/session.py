@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Any, Callable, ParamSpec, Protocol
+from collections.abc import Callable
+from typing import Any, ParamSpec, Protocol
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -86,7 +88,7 @@ class ChatSession:
     """
 
     def __init__(self, protocol: ChatClientProtocol, welcome: wire.Message,
-                 listener: ChatListener, clock: Any, connector: Connector | None = None,
+                 listener: ChatListener, clock: IReactorTime, connector: Connector | None = None,
                  reconnect: Reconnect | None = None) -> None:
         self.state = SessionState.CONNECTED
         self._inputs = Serial(self)
@@ -289,7 +291,8 @@ class ChatSession:
             self._members[member.name] = member
             self._tell(self._listener.member_joined, member)
         elif message.type == "left":
-            member = self._members.pop(message["name"], None) or Member(
+            gone = self._members.pop(message["name"], None)
+            member = gone or Member(
                 message["name"], message["addr"]
             )
             self._tell(self._listener.member_left, member)

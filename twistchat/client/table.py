@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterable, TypeVar
+from typing import Any, Generic, TypeVar
 
 S = TypeVar("S", bound=enum.Enum)
 
@@ -129,9 +130,9 @@ class Table(Generic[S]):
         for (input, to, note), states in by_input.items():
             by_states.setdefault((" | ".join(states), to, note), []).append(input)
         lines = []
-        for (states, to, note), inputs in by_states.items():
+        for (sources, to, note), inputs in by_states.items():
             target = "(stays)" if to is None else to.name
-            lines.append(f"{states}  --{' | '.join(inputs)}-->  {target}  {note}".rstrip())
+            lines.append(f"{sources}  --{' | '.join(inputs)}-->  {target}  {note}".rstrip())
         if self.footer:
             lines.append(self.footer)
         return "\n".join(lines)

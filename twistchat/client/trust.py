@@ -37,7 +37,8 @@ def default_known_hosts() -> Path:
 
 def peer_fingerprint(transport: Any) -> str:
     cert = ssl.Certificate.peerFromTransport(transport)
-    return cert.digest("sha256").decode("ascii")
+    digest: bytes = cert.digest("sha256")
+    return digest.decode("ascii")
 
 
 class TrustOnFirstUse:

@@ -18,7 +18,8 @@ import os
 import select
 import time
 import unicodedata
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import wcwidth
 from twisted.conch import recvline
@@ -223,7 +224,8 @@ class ChatConsole(ChatListener):
             try:
                 d = self.session.who()
             except ProtocolError:
-                self.write("! Not connected" + (": reconnecting" if self.session.reconnecting else ""))
+                self.write("! Not connected"
+                           + (": reconnecting" if self.session.reconnecting else ""))
                 return
             d.addCallbacks(self.show_members, lambda f: None)
         else:
@@ -549,7 +551,7 @@ class TerminalInput(recvline.HistoricRecvLine):
         self.draw()
         self.lineReceived(text)
 
-    def lineReceived(self, line: str) -> None:  # type: ignore[override]
+    def lineReceived(self, line: str) -> None:
         self.console.line_typed(line)
 
     def show(self, text: str) -> None:

@@ -131,7 +131,9 @@ def read_private_file(path: Path, max_bytes: int, what: str = "file") -> bytes:
         raise
     except OSError as e:
         if e.errno == errno.ELOOP or os.path.islink(path):
-            raise ConfigError(f"{path} is a symbolic link; refusing to use it as a {what}") from None
+            raise ConfigError(
+                f"{path} is a symbolic link; refusing to use it as a {what}"
+            ) from None
         raise ConfigError(f"cannot open {path}: {e.strerror}") from None
     try:
         st = os.fstat(fd)

@@ -54,7 +54,7 @@ get different codes.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
+from collections.abc import Iterable
 
 from twistchat.crypto.identity import PUBLIC_KEY_BYTES
 from twistchat.crypto.kdf import hkdf_sha256

@@ -43,7 +43,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import OrderedDict
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from Crypto.Cipher import AES
 
@@ -395,7 +396,8 @@ class Opener:
         session = self._sessions.get(ident)
         key = session.key if session is not None else session_key(self._content_key, sid)
         body, tag = bytes(ciphertext[:body_len]), bytes(ciphertext[body_len:])
-        for version, ad in zip(versions, ads):
+        # version is read after the loop: the one whose data opened the message
+        for version, ad in zip(versions, ads):  # noqa: B007
             cipher = AES.new(key, AES.MODE_GCM, nonce=_nonce(n), mac_len=TAG_BYTES)
             cipher.update(ad)
             try:

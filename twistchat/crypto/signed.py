@@ -92,7 +92,6 @@ from twistchat.crypto.identity import (
     verify,
 )
 from twistchat.crypto.seal import (
-    encode_field,
     MAX_COUNTER,
     MAX_TEXT_BYTES,
     PAD_BLOCK,
@@ -101,6 +100,7 @@ from twistchat.crypto.seal import (
     Opened,
     Opener,
     Sealer,
+    encode_field,
 )
 from twistchat.errors import BadEnvelope
 
@@ -219,7 +219,10 @@ def to_be_signed(room: str, sender: str, sid: bytes, n: int, body: bytes) -> byt
     @raise ValueError: a name longer than 65535 bytes of UTF-8, a sid that is not 16
         bytes, n outside [0, 2^63 - 1].
     """
-    return _SIGN_LABEL + encode_field("room", room) + encode_field("sender", sender) + _slot(sid, n) + body
+    return (
+        _SIGN_LABEL + encode_field("room", room) + encode_field("sender", sender)
+        + _slot(sid, n) + body
+    )
 
 
 def message_hash(sid: bytes, n: int, data: bytes) -> bytes:

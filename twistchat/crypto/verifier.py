@@ -31,8 +31,8 @@ from twistchat.crypto.kdf import (
     check_params,
     derive_secrets,
 )
-from twistchat.crypto.spake2plus import G, ORDER, decode_point, encode_point
 from twistchat.crypto.keyfile import check_header
+from twistchat.crypto.spake2plus import ORDER, G, decode_point, encode_point
 from twistchat.errors import BadPoint, ConfigError, WeakParameters
 
 __all__ = [

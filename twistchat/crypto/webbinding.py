@@ -50,4 +50,7 @@ def web_binding(origin: str, nonce: bytes, cert_sha256: bytes) -> bytes:
     data = origin.encode("utf-8")
     if len(data) > 0xFFFF:
         raise ValueError("origin is too long")
-    return WEB_BINDING_LABEL + bytes(nonce) + bytes(cert_sha256) + len(data).to_bytes(2, "big") + data
+    return (
+        WEB_BINDING_LABEL + bytes(nonce) + bytes(cert_sha256)
+        + len(data).to_bytes(2, "big") + data
+    )

@@ -33,13 +33,14 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -133,6 +134,13 @@ def migrate(conn: sqlite3.Connection) -> int:
     return version
 
 
+class PoolReactor(IReactorCore, IReactorThreads):
+    """
+    What L{adbapi.ConnectionPool} uses of its reactor (start and shutdown
+    triggers, its thread pool). Only a type: every real reactor provides both.
+    """
+
+
 class HistoryStore:
     """
     The SQLite history file, used through an adbapi pool of one connection.
@@ -146,7 +154,7 @@ class HistoryStore:
     def __init__(
         self,
         path: Path,
-        reactor: Any = None,
+        reactor: PoolReactor | None = None,
         pragmas: Sequence[str] = (),
         busy_timeout: float = BUSY_TIMEOUT,
     ) -> None:
@@ -194,27 +202,33 @@ class HistoryStore:
         """
         Connect and migrate now (it would otherwise happen at the first use).
         """
-        return self.pool.runInteraction(lambda txn: None)
+        d: defer.Deferred[None] = self.pool.runInteraction(lambda txn: None)
+        return d
 
-    def append(self, rows: Sequence[tuple[str, str, float, bytes, int, bytes]]) -> defer.Deferred[list[int]]:
+    def append(
+        self, rows: Sequence[tuple[str, str, float, bytes, int, bytes]]
+    ) -> defer.Deferred[list[int]]:
         """
         Store (room, sender, ts, sid, n, ct) rows in one transaction.
 
         @return: a Deferred firing with their row ids, once committed.
         """
-        return self.pool.runInteraction(_append, list(rows))
+        d: defer.Deferred[list[int]] = self.pool.runInteraction(_append, list(rows))
+        return d
 
     def recent(self, room: str, limit: int) -> defer.Deferred[list[Row]]:
         """
         The last C{limit} messages of C{room}, oldest first.
         """
-        return self.pool.runInteraction(_recent, room, limit)
+        d: defer.Deferred[list[Row]] = self.pool.runInteraction(_recent, room, limit)
+        return d
 
     def expire(self, before: float) -> defer.Deferred[int]:
         """
         Delete messages stored before server time C{before}; fires with the count.
         """
-        return self.pool.runInteraction(_expire, before)
+        d: defer.Deferred[int] = self.pool.runInteraction(_expire, before)
+        return d
 
     def close(self) -> None:
         if self._pool is not None:
@@ -456,8 +470,10 @@ class History:
         self._writing = True
         if self.failing is None:
             self._write_timer = self.clock.callLater(self.hold_limit, self._write_late)
-        d = self.store.append([e.row for e in batch])
-        d.addCallbacks(self._written, self._write_failed, (batch,), None, (batch,))
+        # Only relay() queues entries here, each with its row.
+        d = self.store.append([e.row for e in batch if e.row is not None])
+        d.addCallbacks(self._written, self._write_failed,
+                       callbackArgs=(batch,), errbackArgs=(batch,))
         d.addBoth(self._write_done)
 
     def _written(self, ids: list[int], batch: list[_Entry]) -> None:
@@ -555,7 +571,8 @@ class History:
         self._joiners.setdefault(room, {})[member] = joiner
         joiner.timer = self.clock.callLater(self.hold_limit, self._history_late, room, joiner)
         d = self.store.recent(room.name, self.limit)
-        d.addCallbacks(self._history_ready, self._history_failed, (room, joiner), None, (room, joiner))
+        d.addCallbacks(self._history_ready, self._history_failed,
+                       callbackArgs=(room, joiner), errbackArgs=(room, joiner))
 
     def _take_joiner(self, room: Room, joiner: _Joiner) -> bool:
         joiners = self._joiners.get(room, {})

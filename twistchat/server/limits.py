@@ -129,7 +129,7 @@ class AddressBook:
         over = record.failures - self.limits.free_failures
         if over <= 0:
             return 0.0
-        penalty = min(
+        penalty: float = min(
             self.limits.failure_penalty * 2 ** min(over - 1, 30),
             self.limits.max_failure_penalty,
         )
@@ -141,5 +141,6 @@ class AddressBook:
         # penalty period does not buy a fresh set of free failures.
         keep = 6 * self.limits.max_failure_penalty
         for host, record in list(self.records.items()):
-            if record.preauth == 0 and record.guessing == 0 and now - record.last_failure > keep and now >= record.blocked_until:
+            if (record.preauth == 0 and record.guessing == 0
+                    and now - record.last_failure > keep and now >= record.blocked_until):
                 del self.records[host]

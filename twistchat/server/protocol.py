@@ -26,7 +26,8 @@ imports nothing from the service module.
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -589,7 +590,8 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         limits = self.factory.limits
         self._too_fast += 1
         if self._too_fast == 1:
-            self.log.info("{name} ({peer}) is over the message rate", name=self.name, peer=self._peer)
+            self.log.info("{name} ({peer}) is over the message rate",
+                          name=self.name, peer=self._peer)
             self.sendString(wire.encode(
                 "notice",
                 code="rate",

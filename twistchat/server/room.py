@@ -13,11 +13,12 @@ member sees a room's events in the order the server received them.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Protocol
+from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 from twistchat import wire
-from twistchat.crypto.verifier import Verifier
 from twistchat.crypto.spake2plus import VerifierKey
+from twistchat.crypto.verifier import Verifier
 from twistchat.errors import NameInvalid, NameTaken
 
 #: Names: 1 to 32 ASCII letters, digits, '_', '.', '-', starting with a letter or
@@ -170,5 +171,5 @@ class Rooms:
         """
         return self._rooms.pop(name, None)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Room]:
         return iter(self._rooms.values())

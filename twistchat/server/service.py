@@ -14,8 +14,9 @@ import hmac
 import os
 import secrets
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Protocol, Sequence, cast
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -28,7 +29,7 @@ from twisted.python.failure import Failure
 
 from twistchat import wire
 from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams
-from twistchat.crypto.spake2plus import ORDER, VerifierKey, encode_point, G
+from twistchat.crypto.spake2plus import ORDER, G, VerifierKey, encode_point
 from twistchat.errors import (
     Busy,
     ConfigError,
@@ -40,8 +41,8 @@ from twistchat.errors import (
 from twistchat.server.limits import AddressBook, Limits
 from twistchat.server.protocol import ChatServerProtocol
 from twistchat.server.room import Member, Room, Rooms
-from twistchat.tlsbinding import server_binding
 from twistchat.server.verifiers import check_room, load_verifier
+from twistchat.tlsbinding import server_binding
 
 if TYPE_CHECKING:
     from twistchat.server.history import History
@@ -114,7 +115,9 @@ class ChatServerFactory(ServerFactory):
     only as L{Connection}s.
     """
 
-    protocol = ChatServerProtocol
+    # Twisted types Factory.protocol as making protocols that see a Factory; ours
+    # sees its factory only through ConnectionServices, which this class provides.
+    protocol = ChatServerProtocol  # type: ignore[assignment]
     log = Logger()
     noisy = False
 
@@ -317,7 +320,7 @@ class ChatServerFactory(ServerFactory):
     def _room_closed(self, member: Member) -> None:
         # The members of a factory's rooms are its connections.
         if member in self.connections:
-            cast(Connection, member).room_closed()
+            member.room_closed()  # narrowed to a Connection by the test
 
     def login_failed(self, protocol: Connection) -> None:
         """
@@ -482,7 +485,7 @@ class ChatService(service.Service):
         self.factory = factory
         self.description = description
         self.ports: list[IListeningPort] = []
-        self._listening: list[defer.Deferred[IListeningPort | None]] = []
+        self._listening: list[defer.Deferred[IListeningPort]] = []
         # Listen failures while startService runs; None once it has returned.
         self._failed_now: list[tuple[str, Failure]] | None = None
         self.reloader = RoomReloader(factory, rooms_dir) if rooms_dir is not None else None
@@ -530,7 +533,7 @@ class ChatService(service.Service):
                 port.stopListening()
             self.ports = []
             self._cannot_start(*failed[0])
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self._expiry = task.LoopingCall(self.factory.expire)
         self._expiry.clock = self.factory.clock
         self._expiry.start(60, now=False)
@@ -590,7 +593,7 @@ class ChatService(service.Service):
             )
 
     def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         if self._expiry.running:
             self._expiry.stop()
         if self._reload is not None and self._reload.running:
@@ -601,7 +604,10 @@ class ChatService(service.Service):
             listening.cancel()  # one still under way; no-op for the others
         self._listening = []
         ports, self.ports = self.ports, []
-        stopped = [defer.maybeDeferred(port.stopListening) for port in ports]
+        # Twisted's maybeDeferred types a Deferred | None result as Deferred[Deferred | None].
+        stopped: list[defer.Deferred[Any]] = [
+            defer.maybeDeferred(port.stopListening) for port in ports
+        ]
         drained = self.factory.shutdown()
         done = defer.gatherResults([*stopped, drained])
         history = self.factory.history

@@ -43,7 +43,7 @@ def create_self_signed(cert_path: Path, key_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     hostname = socket.gethostname()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "twistchat")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     names: list[x509.GeneralName] = [
         x509.DNSName("localhost"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
@@ -92,7 +92,8 @@ def load_certificate(
     try:
         cert_pem = cert_file.read_bytes()
         key_pem = key_file.read_bytes()
-        return ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+        cert: ssl.PrivateCertificate = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+        return cert
     except OSError as e:
         raise ConfigError(f"cannot read the TLS certificate or key: {e}") from None
     except Exception as e:
@@ -103,7 +104,8 @@ def fingerprint(cert: ssl.Certificate) -> str:
     """
     The certificate's SHA-256 fingerprint, as clients show and pin it.
     """
-    return cert.digest("sha256").decode("ascii")
+    digest: bytes = cert.digest("sha256")
+    return digest.decode("ascii")
 
 
 def server_options(cert: ssl.PrivateCertificate) -> ssl.CertificateOptions:

@@ -11,8 +11,8 @@ import os
 import re
 from pathlib import Path
 
-from twistchat.crypto.verifier import Verifier
 from twistchat.crypto.keyfile import write_private_file
+from twistchat.crypto.verifier import Verifier
 from twistchat.errors import ConfigError
 
 ROOMS_DIR = "rooms"

@@ -2,6 +2,7 @@
 The wire format: frame limits and the message schema. No I/O here.
 """
 
+from twistchat.crypto.seal import MAX_TEXT_BYTES
 from twistchat.wire.messages import (
     FROM_CLIENT,
     FROM_SERVER,
@@ -10,7 +11,6 @@ from twistchat.wire.messages import (
     MAX_FRAME_PREAUTH,
     MAX_NAME,
     MAX_ROOM,
-    MAX_TEXT_BYTES,
     PROTOCOL_VERSION,
     Message,
     decode,

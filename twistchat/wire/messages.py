@@ -3,8 +3,8 @@ The twistchat message schema: strict encode and decode, no I/O.
 
 Every frame body is one UTF-8 JSON object with a C{"type"} member. Each type has a
 fixed set of fields, each of a fixed kind; binary fields travel as standard base64.
-Decoding is strict: invalid UTF-8, invalid JSON, a repeated member, an unknown type, a missing, extra or
-ill-typed field, a string holding control characters, or a value out of range all
+Decoding is strict: invalid UTF-8, invalid JSON, a repeated member, an unknown type, a missing,
+extra or ill-typed field, a string holding control characters, or a value out of range all
 raise L{BadMessage}, and nothing else escapes L{decode}. docs/protocol.md describes
 each message with an example.
 """
@@ -12,10 +12,12 @@ each message with an example.
 from __future__ import annotations
 
 import binascii
+import dataclasses
 import json
 import math
 import unicodedata
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from twistchat.crypto.kdf import MAX_SALT_BYTES, MIN_SALT_BYTES
 from twistchat.crypto.seal import (
@@ -67,7 +69,8 @@ MAX_TEXT_FIELD = 1024
 MAX_MEMBERS_LISTED = 10000
 
 
-class Message(NamedTuple):
+@dataclasses.dataclass(frozen=True, slots=True)
+class Message:
     """
     A decoded message: its type and its fields (already validated), and the
     fields as they came in the JSON (base64 text for binary fields), so a relay
@@ -76,9 +79,9 @@ class Message(NamedTuple):
 
     type: str
     fields: Mapping[str, Any]
-    raw: Mapping[str, Any] = {}
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
-    def __getitem__(self, key: str) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: str) -> Any:
         return self.fields[key]
 
     def get(self, key: str, default: Any = None) -> Any:

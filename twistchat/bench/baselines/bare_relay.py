@@ -15,6 +15,7 @@ from pathlib import Path
 
 from twisted.internet import protocol
 from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import ITCPTransport
 from twisted.protocols.basic import Int32StringReceiver
 
 from twistchat.server.tls import load_certificate, server_options
@@ -26,7 +27,7 @@ class Relay(Int32StringReceiver):
     def connectionMade(self) -> None:
         # As twistchat does: no Nagle delay on small frames (the one change
         # made to this baseline, so that latency figures stay comparable).
-        self.transport.setTcpNoDelay(True)
+        ITCPTransport(self.transport).setTcpNoDelay(True)
         self.factory.clients.add(self)
 
     def connectionLost(self, reason: object = None) -> None:

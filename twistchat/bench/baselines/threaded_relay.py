@@ -22,7 +22,7 @@ from pathlib import Path
 from Crypto.Cipher import AES
 from Crypto.Random import get_random_bytes
 
-from twistchat.server.tls import load_certificate, CERT_FILE, KEY_FILE
+from twistchat.server.tls import CERT_FILE, KEY_FILE, load_certificate
 
 #: The shared key of this baseline (the server knows it: that is the point).
 KEY = bytes(range(32))
