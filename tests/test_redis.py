@@ -14,12 +14,12 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from twistchat.bench.processes import Lines
+
 from tests.test_e2e import BIN, Client, Server, chat_lines, env
 
 PASSWORD = "scale out e2e room password"

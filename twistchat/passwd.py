@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from twisted.python import usage
 
@@ -110,29 +111,35 @@ def main(argv: list[str]) -> int:
 
 def _to_redis(options: Options, verifier: Verifier) -> int:
     """
-    Store C{verifier} in Redis (runs the reactor once).
+    Store C{verifier} in Redis (runs the reactor, with L{task.react}, once).
 
     @raise ConfigError: for a URL that is not one or an unreadable password file.
     """
-    from twisted.internet import reactor
+    from twisted.internet import task
 
     from twistchat.server.redisnode import RedisURL, publish_room
 
     url = RedisURL.parse(options["redis"])
     if options["redis-password-file"]:
         url = url.with_password(read_password_file(options["redis-password-file"]))
-    outcome: list[str] = []
 
-    def done(error: str | None) -> None:
-        outcome.append(error or "")
-        reactor.stop()
+    def store(reactor: Any) -> Any:
+        def report(error: str | None) -> None:
+            if error:
+                sys.stderr.write(
+                    f"twistchat-passwd: cannot store the verifier in {url}: {error}\n"
+                )
+                raise SystemExit(1)
+            sys.stderr.write(
+                f"twistchat-passwd: stored the verifier of room {options['room']!r} in {url}\n"
+            )
 
-    reactor.callWhenRunning(lambda: publish_room(url, verifier, reactor).addBoth(done))
-    reactor.run(installSignalHandlers=False)
-    if outcome and outcome[0]:
-        sys.stderr.write(f"twistchat-passwd: cannot store the verifier in {url}: {outcome[0]}\n")
-        return 1
-    sys.stderr.write(f"twistchat-passwd: stored the verifier of room {options['room']!r} in {url}\n")
+        return publish_room(url, verifier, reactor).addCallback(report)
+
+    try:
+        task.react(store)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
     return 0
 
 

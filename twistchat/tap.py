@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from twisted.application import service
 from twisted.internet import ssl
@@ -46,6 +46,7 @@ from twistchat.server.limits import Limits
 from twistchat.server.room import Rooms
 from twistchat.server.service import CannotStart, ChatServerFactory, ChatService
 from twistchat.server.tls import fingerprint, load_certificate, server_options
+
 if TYPE_CHECKING:
     from twistchat.server.redisnode import RedisURL
 from twistchat.server.verifiers import (
@@ -278,7 +279,7 @@ class Options(usage.Options):
                 ) from None
         return endpoints
 
-    def _redis(self) -> "RedisURL | None":
+    def _redis(self) -> RedisURL | None:
         """
         The --redis URL with its password, or None.
 
@@ -397,8 +398,7 @@ def makeService(options: Options) -> service.IService:
     """
     from twisted.internet import reactor
 
-    certificate: ssl.PrivateCertificate = options.certificate
-    history: Any = None
+    history: History | None = None
     if options.redis is not None:
         return _redis_service(options)
     if options["history"] > 0:
@@ -454,7 +454,11 @@ def _redis_service(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     from twistchat.server.redisnode import (
-        RedisHistory, RedisLink, RedisNodeService, RedisRooms, SharedAddressBook,
+        RedisHistory,
+        RedisLink,
+        RedisNodeService,
+        RedisRooms,
+        SharedAddressBook,
     )
 
     assert options.redis is not None

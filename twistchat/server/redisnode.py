@@ -47,15 +47,17 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, LogEvent, Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from twistchat import wire
 from twistchat.crypto.verifier import Verifier
@@ -533,7 +535,8 @@ class RedisHistory:
             member.name.casefold(), value, self.max_entries, member.name, member.addr,
             origin, frame,
         )
-        d.addCallbacks(self._claimed, self._claim_failed, (local,), None, (local,))
+        d.addCallbacks(self._claimed, self._claim_failed,
+                       callbackArgs=(local,), errbackArgs=(local,))
         self._track(d)
 
     def _claimed(self, entry_id: bytes | None, local: _Local) -> None:
@@ -737,7 +740,7 @@ class RedisHistory:
     def _replay(self, local: _Local) -> Any:
         assert local.since is not None
         key = stream_key(local.room.name)
-        end = "%d-%d" % local.since
+        end = "{}-{}".format(*local.since)
         rows: list[Row] = []
         scanned = 0
         try:
@@ -860,7 +863,14 @@ def _row(room: str, at: tuple[int, int], entry: dict[str, bytes]) -> Row:
                message["sid"], message["n"], message["ct"])
 
 
-def publish_room(url: RedisURL, verifier: Verifier, clock: IReactorTime) -> defer.Deferred[str | None]:
+@implementer(ILogObserver)
+def _silent(event: LogEvent) -> None:
+    """A log observer that drops every event."""
+
+
+def publish_room(
+    url: RedisURL, verifier: Verifier, clock: IReactorTime
+) -> defer.Deferred[str | None]:
     """
     Add or change a room of a Redis group (as C{twistchat-passwd --redis}).
 
@@ -868,7 +878,7 @@ def publish_room(url: RedisURL, verifier: Verifier, clock: IReactorTime) -> defe
         was not (one line).
     """
     link = RedisLink(url, clock)
-    link.log = Logger(observer=lambda event: None)  # the caller reports
+    link.log = Logger(observer=_silent)  # the caller reports
     link.open()
     d = link.call("HSET", ROOMS_KEY, verifier.room, json.dumps(verifier.to_json()))
 
@@ -954,7 +964,7 @@ class RedisNodeService(service.MultiService):
 
     def __init__(self, link: RedisLink, factory: Any, history: RedisHistory,
                  own: Iterable[Verifier], decoy: bytes) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.link = link
         self.factory = factory
         self.history = history
@@ -1037,4 +1047,6 @@ class RedisNodeService(service.MultiService):
         if not self.ready.called:
             service.Service.stopService(self)
             return self.link.close().addCallback(lambda _: None)
-        return super().stopService()  # the child stops the history, then the link
+        # The child stops the history, then the link.
+        stopped: defer.Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
+        return stopped

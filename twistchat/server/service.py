@@ -45,7 +45,7 @@ from twistchat.server.verifiers import check_room, load_verifier
 from twistchat.tlsbinding import server_binding
 
 if TYPE_CHECKING:
-    from twistchat.server.history import History
+    pass
 
 #: Seconds between two scans of the data directory's rooms/ folder.
 RELOAD_INTERVAL = 5.0
@@ -106,6 +106,32 @@ class Connection(Member, Protocol):
         """
 
 
+class RoomLog(Protocol):
+    """
+    What the factory needs of the store that orders and keeps a room's events:
+    L{twistchat.server.history.History} (SQLite) or
+    L{twistchat.server.redisnode.RedisHistory} (Redis).
+    """
+
+    def relay(self, room: Room, sender: Member, frame: bytes, message: wire.Message) -> None:
+        """Store C{frame} from C{sender}, then relay it in the room's order."""
+
+    def announce(self, room: Room, member: Member, frame: bytes) -> None:
+        """Relay a presence C{frame} in the room's order (not stored)."""
+
+    def joined(self, room: Room, member: Member) -> None:
+        """Replay the room's history to C{member}, who has just been welcomed."""
+
+    def then(self, room: Room, action: Callable[[Member], None]) -> None:
+        """Do C{action} to each member once every event accepted before has been relayed."""
+
+    def start(self) -> None:
+        """Open the store."""
+
+    def stop(self) -> defer.Deferred[None]:
+        """Finish pending writes and close the store."""
+
+
 class ChatServerFactory(ServerFactory):
     """
     State shared by every connection of one server: rooms, limits and the clock.
@@ -127,7 +153,7 @@ class ChatServerFactory(ServerFactory):
         clock: IReactorTime,
         limits: Limits = Limits(),
         channel_binding: Callable[[Any], bytes] = server_binding,
-        history: History | None = None,
+        history: RoomLog | None = None,
         decoy_secret: bytes | None = None,
     ) -> None:
         self.rooms = rooms
