@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from twisted.application import service
 from twisted.internet import ssl
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString, wrapServerTLS
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
@@ -48,6 +50,7 @@ from twistchat.server.service import CannotStart, ChatServerFactory, ChatService
 from twistchat.server.tls import fingerprint, load_certificate, server_options
 
 if TYPE_CHECKING:
+    from twistchat.server.metrics import Metrics
     from twistchat.server.redisnode import RedisURL
 from twistchat.server.verifiers import (
     ROOMS_DIR,
@@ -141,6 +144,15 @@ class Options(usage.Options):
         ["redis-password-file", None, None, "File whose first line is the Redis password."],
         ["redis-max-entries", None, 10000,
          "With --redis: entries kept per room stream, about (the size cap).", _count],
+        ["metrics", None, None,
+         "Serve Prometheus metrics (/metrics) and a health check (/healthz) on "
+         "this Twisted endpoint description, e.g. tcp:9108:interface=127.0.0.1 "
+         "(needs twistchat[metrics]; see docs/operations.md)."],
+    ]
+    optFlags = [
+        ["metrics-room-names", None,
+         "With --metrics: also give the members of each room, labelled with "
+         "the room's name (room names are otherwise kept out of metrics)."],
     ]
 
     # One option per server limit, e.g. --max-members; see docs/operations.md.
@@ -217,6 +229,7 @@ class Options(usage.Options):
                 "(e.g. --listen tcp:7777:interface=127.0.0.1)"
             )
         self.endpoints = self._endpoints()
+        self.metrics_endpoint = self._metrics_endpoint()
         self.redis = self._redis()
         # From here on the options are fine; what fails is a file or folder.
         self.data_dir = Path(self["data-dir"])
@@ -278,6 +291,43 @@ class Options(usage.Options):
                     f"twistd can use ({e})"
                 ) from None
         return endpoints
+
+    def _metrics_endpoint(self) -> IStreamServerEndpoint | None:
+        """
+        Parse --metrics, or None without it.
+
+        @raise usage.UsageError: for a description that is not one, or that
+            names the chat port.
+        @raise CannotStart: without prometheus_client installed.
+        """
+        description = self["metrics"]
+        if description is None:
+            if self["metrics-room-names"]:
+                raise usage.UsageError("--metrics-room-names needs --metrics")
+            return None
+        port = _tcp_port(description)
+        chat = ([_tcp_port(d) for d in self["listen"]] if self["listen"]
+                else [self["port"]])
+        if description in self["listen"] or (port and port in chat):
+            raise usage.UsageError(
+                f"--metrics {description}: that is the chat port; give metrics a "
+                "port of their own (e.g. tcp:9108:interface=127.0.0.1)"
+            )
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise CannotStart(
+                "--metrics needs prometheus_client: pip install 'twistchat[metrics]'"
+            ) from None
+        from twisted.internet import reactor
+
+        try:
+            return serverFromString(reactor, description)
+        except (ValueError, TypeError, AttributeError, LookupError) as e:
+            raise usage.UsageError(
+                f"--metrics {description}: not an endpoint description twistd "
+                f"can use ({e})"
+            ) from None
 
     def _redis(self) -> RedisURL | None:
         """
@@ -384,6 +434,25 @@ def _refuse_tls(description: str) -> None:
         )
 
 
+def _tcp_port(description: str) -> int | None:
+    """
+    The port a C{tcp:}/C{tcp6:} description names (its first argument or
+    C{port=}), or None for another kind or no port.
+    """
+    kind, _, rest = description.partition(":")
+    if kind.strip().lower() not in ("tcp", "tcp6"):
+        return None
+    for i, arg in enumerate(rest.split(":")):
+        key, eq, value = arg.partition("=")
+        text = value if eq and key.strip() == "port" else arg if i == 0 and not eq else None
+        if text is not None:
+            try:
+                return int(text)
+            except ValueError:
+                return None
+    return None
+
+
 def _os_reason(error: OSError) -> str:
     """
     An OS error as the reason and the file it is about.
@@ -401,21 +470,74 @@ def makeService(options: Options) -> service.IService:
     history: History | None = None
     if options.redis is not None:
         return _redis_service(options)
+    metrics = _metrics(options)
+    store: HistoryStore | None = None
     if options["history"] > 0:
+        # Twisted types its global reactor without IReactorThreads, which
+        # every real reactor provides.
+        path, pool_reactor = options.data_dir / HISTORY_FILE, cast(PoolReactor, reactor)
+        if metrics is None:
+            store = HistoryStore(path, pool_reactor)
+        else:
+            from twistchat.server.metrics import MeasuredStore
+
+            store = MeasuredStore(path, pool_reactor, metrics, reactor)
         history = History(
-            # Twisted types its global reactor without IReactorThreads, which
-            # every real reactor provides.
-            HistoryStore(options.data_dir / HISTORY_FILE, cast(PoolReactor, reactor)),
+            store,
             reactor,
             limit=options["history"],
             keep_days=options["history-days"],
             max_bytes=options.limits.max_send_queue // 2,
         )
-    factory = ChatServerFactory(
+    factory = _factory(metrics)(
         Rooms(options.verifiers), reactor, options.limits, history=history,
         decoy_secret=options.decoy_secret,
     )
-    return _chat_service(options, factory)
+    chat = _chat_service(options, factory)
+    if metrics is None:
+        return chat
+    top = service.MultiService()
+    chat.setServiceParent(top)
+    probe = getattr(store, "probe", None)
+    _metrics_service(options, factory, metrics, chat, probe).setServiceParent(top)
+    return top
+
+
+def _metrics(options: Options) -> Metrics | None:
+    """
+    The counters of a server run with --metrics, or None.
+    """
+    if options.metrics_endpoint is None:
+        return None
+    from twistchat.server.metrics import Metrics
+
+    return Metrics()
+
+
+def _factory(metrics: Metrics | None) -> Callable[..., ChatServerFactory]:
+    """
+    The factory class: one that counts into C{metrics} when there are any.
+    """
+    if metrics is None:
+        return ChatServerFactory
+    from twistchat.server.metrics import MeasuredFactory
+
+    return partial(MeasuredFactory, metrics=metrics)
+
+
+def _metrics_service(options: Options, factory: ChatServerFactory, metrics: Metrics,
+                     chat: ChatService,
+                     probe: Callable[[], Deferred[None]] | None) -> service.IService:
+    from twisted.internet import reactor
+
+    from twistchat.server.metrics import MetricsService, StateCollector
+
+    assert options.metrics_endpoint is not None
+    return MetricsService(
+        options.metrics_endpoint, options["metrics"], metrics,
+        StateCollector(factory, room_names=bool(options["metrics-room-names"])),
+        reactor, listening=lambda: bool(chat.ports), probe=probe,
+    )
 
 
 def _chat_service(options: Options, factory: ChatServerFactory,
@@ -468,10 +590,15 @@ def _redis_service(options: Options) -> service.IService:
         link, rooms, reactor, limit=options["history"], keep_days=options["history-days"],
         max_entries=options["redis-max-entries"], max_bytes=options.limits.max_send_queue // 2,
     )
-    factory = ChatServerFactory(rooms, reactor, options.limits, history=history,
+    metrics = _metrics(options)
+    factory = _factory(metrics)(rooms, reactor, options.limits, history=history,
                                 decoy_secret=options.decoy_secret)
     factory.addresses = SharedAddressBook(options.limits, link, reactor)
     node = RedisNodeService(link, factory, history, options.verifiers, options.decoy_secret)
     # Rooms come from Redis (twistchat-passwd --redis), not the rooms folder.
-    _chat_service(options, factory, watch_rooms=False).setServiceParent(node)
+    chat = _chat_service(options, factory, watch_rooms=False)
+    chat.setServiceParent(node)
+    if metrics is not None:
+        # Health is whether the node listens (it does once Redis answered).
+        _metrics_service(options, factory, metrics, chat, None).setServiceParent(node)
     return node

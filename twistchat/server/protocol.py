@@ -236,6 +236,13 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         """
         return self._stage
 
+    @property
+    def queued(self) -> int:
+        """
+        Bytes waiting for a member whose transport is full (0 when it reads).
+        """
+        return self._queued
+
     # --- running the table --------------------------------------------------------
 
     def _input(self, event: Input, arg: Any = None) -> None:
@@ -622,6 +629,10 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
     # --- outputs: refusing and closing ------------------------------------------------
 
     def _tell(self, error: TwistchatError) -> None:
+        # Every error a peer is sent (and so every refusal and disconnection
+        # by the server) is this one event: metrics count it by its code.
+        self.log.debug("({peer}) sent error {code}", event="twistchat.error_sent",
+                       peer=self._peer, code=error.code)
         self.sendString(wire.encode("error", code=error.code, text=error.message))
 
     def _refuse(self, refusal: Refusal) -> None:
