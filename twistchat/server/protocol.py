@@ -512,6 +512,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self.factory.login_failed(self)
         self.log.info(
             "({peer}) failed to join room {room!r} as {name}: {reason}",
+            event="twistchat.login_failed",
             peer=self._peer,
             room=self._room_name,
             name=self.name,
@@ -556,6 +557,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         assert self.room is not None
         self.log.info(
             "{name} ({peer}) connected to room {room!r}",
+            event="twistchat.login",
             name=self.name,
             peer=self._peer,
             room=self.room.name,
@@ -730,6 +732,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self.log.info(
             "{name} ({peer}) disconnected from room {room!r} "
             "after {count} messages, {size} bytes",
+            event="twistchat.logout",
             name=self.name,
             peer=self._peer,
             room=self.room.name,
