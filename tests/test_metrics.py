@@ -19,11 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twistchat.bench.processes import ServerProcess, socketchat_command
 from twistchat.logs import FIELDS, RECORD_SEPARATOR
 from twistchat.server.history import HISTORY_FILE
-from twistchat.server.metrics import HealthPage
+from twistchat.server.metrics import ERROR_EVENT, ErrorCounter, HealthPage, Metrics
 from twistchat.tap import Options
 from twisted.internet import defer, task
 from twisted.python import usage
@@ -236,3 +237,20 @@ def test_health_not_listening_and_late_probe() -> None:
     assert late.responseCode == 503
     assert b"".join(late.written) == b"history store: no answer within 4 s\n"
     probe.callback(None)  # too late: answered already, nothing more happens
+
+
+def test_errors_counted_from_the_log_event_by_code() -> None:
+    """
+    The observer counts the protocol's error event by code; a C{slow} one is
+    also a slow reader dropped. Other events are ignored.
+    """
+    metrics = Metrics()
+    count = ErrorCounter(metrics)
+    for code in ("slow", "slow", "timeout"):
+        count({"event": ERROR_EVENT, "code": code, "log_format": "x"})
+    count({"code": "busy", "log_format": "no event name"})
+    got = samples(generate_latest(metrics.registry).decode("utf-8"))
+    assert got["twistchat_errors_sent_total", (("code", "slow"),)] == 2
+    assert got["twistchat_errors_sent_total", (("code", "timeout"),)] == 1
+    assert ("twistchat_errors_sent_total", (("code", "busy"),)) not in got
+    assert got["twistchat_slow_readers_dropped_total", ()] == 2
