@@ -278,14 +278,17 @@ class MemoryRelay:
 
     @param verifiers: the rooms' verifiers.
     @param deriver: the clients' scrypt (default: L{cached_deriver}).
+    @param batch_window: the rooms' batch window in seconds (C{--batch-window}).
     """
 
     def __init__(self, verifiers: Iterable[Any], limits: Limits = Limits(),
                  history: Any = None, reactor: MemoryReactorClock | None = None,
-                 deriver: Callable[..., Deferred[PasswordSecrets]] = cached_deriver) -> None:
+                 deriver: Callable[..., Deferred[PasswordSecrets]] = cached_deriver,
+                 batch_window: float = 0.0) -> None:
         self.reactor = reactor or MemoryReactorClock()
         self.factory = ChatServerFactory(
-            Rooms(list(verifiers)), self.reactor, limits, channel_binding=binding,
+            Rooms(list(verifiers), self.reactor, batch_window), self.reactor, limits,
+            channel_binding=binding,
             history=history,
         )
         self.deriver = deriver

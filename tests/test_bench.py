@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from twistchat.bench import cli, relay
-from twistchat.bench.results import METRICS
+from twistchat.bench.results import METRICS, TARGETS, add_ratios, check_targets
 
 EXPECTED = {
     "fanout": {"deliveries_per_s", "cpu_us_per_delivery", "senders", "size", "sent"},
@@ -184,3 +184,73 @@ def test_setup_cfg_ships_every_package_with_the_bench() -> None:
              for init in (root / "twistchat").rglob("__init__.py")}
     assert {"twistchat.bench", "twistchat.bench.baselines"} <= found
     assert found <= listed, found - listed
+
+
+@needs_proc
+def test_targets_smoke_prints_each_target(tmp_path: Path) -> None:
+    """
+    C{--targets --smoke}: twistchat and bare only, the targets' settings that
+    fit a smoke run, then one line per target with its verdict and ratios.
+    """
+    lines, results = run_smoke(tmp_path, "--targets")
+    assert {(r["scenario"], r["server"]) for r in results} == {
+        (s, k) for s in EXPECTED for k in ("twistchat", "bare")}
+    assert sorted(r.get("rate") for r in results if r["scenario"] == "latency") == [
+        200, 200, 1000, 1000]
+    start = lines.index(next(line for line in lines if line.startswith("# targets")))
+    rows = lines[start + 1:start + 1 + len(TARGETS)]
+    assert [row.split(None, 2)[2].split(":")[0] for row in rows] == [
+        t.label.split(":")[0] for t in TARGETS]
+    for row, target in zip(rows, TARGETS):
+        server, verdict = row.split()[:2]
+        assert server == "twistchat"
+        if target.members == 100:  # not in the smoke sizes
+            assert verdict == "unmeasured"
+        else:
+            assert verdict in ("met", "MISSED") and "vs_bare" in row, row
+
+
+def _result(scenario: str, server: str, members: int = 100, rate: float | None = None,
+            **figures: float) -> dict[str, Any]:
+    return {"scenario": scenario, "server": server, "members": members, "rate": rate, **figures}
+
+
+def test_check_targets_compares_with_bare_and_the_limits() -> None:
+    results = [
+        _result("latency", "twistchat", rate=1000, p99_ms=8.0, cpu_us_per_delivery=4.0),
+        _result("latency", "bare", rate=1000, p99_ms=20.0, cpu_us_per_delivery=8.0),
+        _result("fanout", "twistchat", members=10, deliveries_per_s=300.0),
+        _result("fanout", "bare", members=10, deliveries_per_s=200.0),
+        _result("idle", "twistchat", members=2000, rss_kib_per_member=30.0),
+        _result("handshake", "twistchat", members=0, cpu_ms_per_login=1.5),
+    ]
+    rows = {row["target"]: row for row in check_targets(results)}
+    p99 = rows["latency 1000/s into 100: p99 < 10 ms"]
+    assert (p99["figure"], p99["bare"], p99["vs_bare"], p99["met"], p99["margin"]) == (
+        8.0, 20.0, 0.4, True, 0.8)
+    cpu = rows["latency 1000/s into 100: CPU/delivery <= 0.4 x bare"]
+    assert (cpu["vs_bare"], cpu["met"], cpu["margin"]) == (0.5, False, 1.25)
+    fan = rows["fanout at 10, history on: deliveries/s >= 1.0 x bare"]
+    assert (fan["vs_bare"], fan["met"]) == (1.5, True)
+    assert rows["fanout at 100, history on: deliveries/s >= 1.0 x bare"]["met"] is None
+    assert rows["idle members: <= 24 KiB RSS each"]["met"] is False
+    assert rows["server CPU per login <= 2 ms"]["met"] is True
+    assert rows["latency 200/s into 100: p99 < 10 ms"]["met"] is None
+
+
+def test_variants_run_twistchat_with_more_options() -> None:
+    config = cli.parse(["--targets", "--variant", "w0=--batch-window 0"])
+    assert (config.mode, config.scenarios, config.servers, config.repeat) == (
+        "targets", ["fanout", "latency", "idle", "handshake"], ["twistchat", "bare", "w0"], 5)
+    assert cli.parse(["--targets", "--smoke"]).mode == "targets-smoke"
+    assert relay.server_command("w0", Path("d"), ["--batch-window", "0"])[-2:] == [
+        "--batch-window", "0"]
+    for bad in ("bare=--history 0", "nameless", "w1=--port 1"):
+        with pytest.raises(SystemExit):
+            cli.parse(["--variant", bad])
+    results = [_result("fanout", k, deliveries_per_s=v)
+               for k, v in (("twistchat", 2.0), ("bare", 4.0), ("w0", 3.0))]
+    add_ratios(results)
+    assert results[2]["vs_bare"] == {"deliveries_per_s": 0.75}
+    assert results[2]["vs_twistchat"] == {"deliveries_per_s": 1.5}
+    assert "vs_twistchat" not in results[0]

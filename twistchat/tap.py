@@ -85,6 +85,10 @@ LIMIT_HELP = {
 ZERO_ALLOWED = {"free_failures"}
 #: Most messages a join may replay (each join reads them into memory).
 MAX_HISTORY = 1000
+#: --batch-window: the default and the most allowed, in milliseconds (the
+#: trade-off measured in docs/performance.md, "Adaptive batching").
+DEFAULT_BATCH_WINDOW = 0.0
+MAX_BATCH_WINDOW = 50.0
 #: A member frame limit below this leaves too little room for a message.
 MIN_MAX_FRAME = 1024
 #: Endpoint types that are TLS already: twistd adds its own TLS to a --listen
@@ -137,6 +141,11 @@ class Options(usage.Options):
          "(nothing is stored).", _count],
         ["history-days", None, 0.0,
          "Delete stored messages older than this many days (0: keep them).", float],
+        ["batch-window", None, DEFAULT_BATCH_WINDOW,
+         "Milliseconds a busy room may hold a message to send it together with "
+         "the next ones, one write per member (0: every message at once). A room "
+         "that sent nothing in the last window sends at once. Not with --redis.",
+         float],
         ["redis", None, None,
          "Serve the rooms together with every other node on this Redis "
          "(redis://HOST:PORT/DB or rediss:// for TLS; needs twistchat[redis]). "
@@ -202,6 +211,9 @@ class Options(usage.Options):
                 f"--max-frame must be at least {MIN_MAX_FRAME} bytes, "
                 "so that a message of some length fits"
             )
+        if not 0 <= self["batch-window"] <= MAX_BATCH_WINDOW:
+            raise usage.UsageError(
+                f"--batch-window must be within 0..{MAX_BATCH_WINDOW:g} milliseconds")
         for name in ("history", "history-days"):
             if self[name] < 0:
                 raise usage.UsageError(f"--{name} must not be negative")
@@ -490,7 +502,8 @@ def makeService(options: Options) -> service.IService:
             max_bytes=options.limits.max_send_queue // 2,
         )
     factory = _factory(metrics)(
-        Rooms(options.verifiers), reactor, options.limits, history=history,
+        Rooms(options.verifiers, reactor, options["batch-window"] / 1000),
+        reactor, options.limits, history=history,
         decoy_secret=options.decoy_secret,
     )
     chat = _chat_service(options, factory)

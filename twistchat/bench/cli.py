@@ -23,6 +23,10 @@ Hardening scenarios (twistd alone; docs/operations.md, "Measured"):
   hardening-ping   a member that answers no ping: time until it is dropped
   hardening-guess  one address guessing passwords for --guess-seconds
 
+--targets: the settings of the speed targets in docs/performance.md, twistchat
+and bare only (5 interleaved runs of 3 s; with --smoke, tiny), then one line per
+target: twistchat's figure, bare's, their ratio, the limit, met or missed.
+
 history: --repeat rounds with history off, then on: msg/s and server CPU per
 1000 messages (--history-senders, --history-receivers, --history-messages).
 """
@@ -40,19 +44,29 @@ from twistchat.bench.config import (
     DEFAULT_SCENARIOS,
     HARDENING_SCENARIOS,
     MODES,
+    RELAY_SCENARIOS,
     SCENARIOS,
     SERVERS,
+    TARGET_SERVERS,
     BenchConfig,
 )
 from twistchat.bench.measure import available, machine
 from twistchat.bench.plot import plot
 from twistchat.bench.processes import BenchError, raise_fd_limit
 from twistchat.bench.relay import extra_options
-from twistchat.bench.results import add_ratios, table
+from twistchat.bench.results import add_ratios, table, targets
 
 
 def _numbers(kind: type) -> Any:
     return lambda text: [kind(x) for x in text.split(",")]
+
+
+def _variant(text: str) -> tuple[str, str]:
+    name, sep, options = text.partition("=")
+    if not sep or not name.isidentifier() or name in (*SERVERS, "before"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give NAME=OPTIONS, NAME a new server name")
+    return name, options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,6 +103,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--before", metavar="PYTHON",
                         help="also run the twistchat installed for this interpreter, as "
                         "server 'before' (to measure a change against the previous code)")
+    parser.add_argument("--variant", dest="variants", action="append", default=[],
+                        type=_variant, metavar="NAME=OPTIONS",
+                        help="also run twistchat with these twistd options as server NAME, "
+                        "interleaved with the others (repeatable), e.g. "
+                        "'w0=--batch-window 0'")
+    parser.add_argument("--targets", action="store_true",
+                        help="measure the settings of the speed targets (fanout at 10 and "
+                        "100, latency at 200 and 1000 msgs/s, idle, handshake; twistchat "
+                        "and bare, in a few minutes) and print each against its target")
     parser.add_argument("--server-args", default="", metavar="OPTIONS",
                         help="more twistd socketchat options for the twistchat server, "
                         "e.g. '--history 0' (shown in server_options)")
@@ -114,6 +137,8 @@ def _parser() -> argparse.ArgumentParser:
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     try:
         extra_options(args.server_args)
+        for _, options in args.variants:
+            extra_options(options)
     except (BenchError, ValueError) as e:
         parser.error(str(e))
     for name, allowed in (("scenarios", SCENARIOS), ("servers", SERVERS)):
@@ -141,9 +166,13 @@ def parse(argv: list[str]) -> BenchConfig:
         scenarios += list(HARDENING_SCENARIOS) if name == "hardening" else [name] if name else []
     args.scenarios = scenarios
     args.servers = [s for s in args.servers.split(",") if s]
+    if args.targets:
+        args.scenarios, args.servers = list(RELAY_SCENARIOS), list(TARGET_SERVERS)
+        args.mode = {"full": "targets", "smoke": "targets-smoke"}.get(args.mode, args.mode)
     _check(parser, args)
     if args.before:
         args.servers.append("before")
+    args.servers += [name for name, _ in args.variants]
     if args.repeat is None:
         args.repeat = MODES[args.mode]["repeat"]
     return BenchConfig(**vars(args))
@@ -170,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     add_ratios(results)
     print(table(results))
+    if config.targets:
+        print(targets(results))
     for r in results:
         r["mode"] = config.mode
         print(json.dumps(r, sort_keys=True))

@@ -19,6 +19,8 @@ SCENARIOS = RELAY_SCENARIOS + HARDENING_SCENARIOS + HISTORY_SCENARIOS
 #: What C{--scenarios} runs when it is not given.
 DEFAULT_SCENARIOS = RELAY_SCENARIOS
 SERVERS = ("twistchat", "bare", "threaded")
+#: The servers a --targets run compares (the targets are ratios to bare).
+TARGET_SERVERS = ("twistchat", "bare")
 MAIN_ROOM = "main"
 
 #: Settings per mode: member counts, seconds per run, repeats, and the sizes
@@ -34,6 +36,18 @@ MODES: dict[str, dict[str, Any]] = {
                   connections=200, waves=2, handshake_timeout=3.0, chat_seconds=5.0,
                   guess_seconds=5.0, history_senders=4, history_receivers=4,
                   history_messages=200),
+    # --targets: exactly the settings of the issue's targets, in a few minutes.
+    "targets": dict(fanout=[10, 100], latency_members=100, rates=[200, 1000],
+                    idle=[2000], seconds=3.0, handshake_seconds=3.0, repeat=5,
+                    connections=1000, waves=2, handshake_timeout=20.0, chat_seconds=60.0,
+                    guess_seconds=60.0, history_senders=4, history_receivers=4,
+                    history_messages=500),
+    # --targets --smoke: the targets' settings that fit in seconds.
+    "targets-smoke": dict(fanout=[10], latency_members=6, rates=[200, 1000],
+                          idle=[6], seconds=0.5, handshake_seconds=0.5, repeat=1,
+                          connections=4, waves=2, handshake_timeout=1.0, chat_seconds=0.5,
+                          guess_seconds=0.5, history_senders=2, history_receivers=2,
+                          history_messages=10),
     "smoke": dict(fanout=[6], latency_members=6, rates=[50],
                   idle=[6], seconds=0.5, handshake_seconds=0.5, repeat=1,
                   connections=4, waves=2, handshake_timeout=1.0, chat_seconds=0.5,
@@ -63,6 +77,12 @@ class BenchConfig:
     probes: int = 10
     load_processes: int = 1
     before: str | None = None
+    #: Extra twistchat servers, as (name, twistd options): e.g. ("w0",
+    #: "--batch-window 0") runs twistchat with those options as server "w0",
+    #: interleaved with the others.
+    variants: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    #: Print the issue's targets against the figures (L{results.targets}).
+    targets: bool = False
     server_args: str = ""
     plot: str | None = None
     profile: str | None = None

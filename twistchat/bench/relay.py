@@ -39,6 +39,8 @@ from twistchat.bench.processes import (
 from twistchat.bench.results import median_result
 from twistchat.config import PASSWORD_ENV
 
+#: The servers that are not twistchat.
+BASELINES = ("bare", "threaded")
 #: The thread-per-client baseline is not run above this many idle members
 #: (one thread each).
 THREADED_IDLE_MAX = 1000
@@ -159,16 +161,17 @@ def server_command(kind: str, data: Path, options: list[str], before: str | None
     """
     The command line of the server under test.
 
-    @param kind: C{twistchat} (this interpreter's twistd), C{before} (the
-        twistd of interpreter C{before}), or a baseline's name.
+    @param kind: C{twistchat} (this interpreter's twistd, also for a
+        variant's name), C{before} (the twistd of interpreter C{before}), or
+        a baseline's name.
     @param profile: for C{twistchat}, run it under py-spy, which writes raw
         flame-graph lines to this file.
     """
-    if kind not in ("twistchat", "before"):
+    if kind in BASELINES:
         return [sys.executable, "-m", f"twistchat.bench.baselines.{kind}_relay", str(data)]
     command = socketchat_command("--data-dir", str(data), "--room", MAIN_ROOM, *options,
                      python=before if kind == "before" else None)
-    if profile and kind == "twistchat":
+    if profile and kind != "before":
         spy = Path(sys.executable).with_name("py-spy")
         command = [str(spy) if spy.exists() else "py-spy", "record", "--format", "raw",
                    "-o", profile, "--", *command]
@@ -183,9 +186,9 @@ class RelayServer(ServerProcess):
 
     def __init__(self, kind: str, workdir: Path, options: list[str], password: str,
                  before: str | None = None, profile: str | None = None) -> None:
-        self.profiled = bool(profile) and kind == "twistchat"
+        self.profiled = bool(profile) and kind not in (*BASELINES, "before")
         env = dict(os.environ)
-        if kind in ("twistchat", "before"):
+        if kind not in BASELINES:
             env[PASSWORD_ENV] = password
         command = server_command(kind, workdir / "data", options, before, profile)
         super().__init__(command, workdir, env)
@@ -232,7 +235,7 @@ class Run:
         """
         The kind of member the load processes simulate.
         """
-        return "twistchat" if self.kind == "before" else self.kind
+        return self.kind if self.kind in BASELINES else "twistchat"
 
 
 _profiles = itertools.count()
@@ -245,8 +248,9 @@ def run_one(kind: str, setting: Setting, config: BenchConfig) -> dict[str, Any]:
     @raise BenchError: when a process fails or a login is refused.
     """
     password = secrets.token_urlsafe(18)
-    twistchat = kind in ("twistchat", "before")
-    options = ([*server_options(setting, config.size), *extra_options(config.server_args)]
+    twistchat = kind not in BASELINES
+    options = ([*server_options(setting, config.size), *extra_options(config.server_args),
+                *extra_options(dict(config.variants).get(kind, ""))]
                if twistchat else [])
     with tempfile.TemporaryDirectory(prefix="twistchat-bench-") as tmp:
         workdir = Path(tmp)
@@ -335,7 +339,7 @@ def _drive(run: Run) -> dict[str, Any]:
     result: dict[str, Any] = {
         "scenario": setting.scenario, "server": run.kind, "members": setting.members,
     }
-    if run.kind in ("twistchat", "before"):
+    if run.kind not in BASELINES:
         result["server_options"] = " ".join(run.options)
     if setting.scenario == "idle":
         time.sleep(1.0)  # let the last welcomes and presence notices settle

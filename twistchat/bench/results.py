@@ -6,6 +6,7 @@ lines. A result is a flat dict (one JSON line); nothing here measures.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from typing import Any
 
@@ -55,16 +56,24 @@ def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+#: The servers twistchat's figures are divided by (a variant's also by
+#: twistchat's), in the order shown.
+BASES = ("bare", "threaded", "before", "twistchat")
+
+
 def add_ratios(results: list[dict[str, Any]]) -> None:
     """
-    Give each twistchat result C{vs_bare}, C{vs_threaded} and C{vs_before}:
-    its figures divided by those of the same setting on that server.
+    Give each twistchat result (and each variant's) C{vs_bare},
+    C{vs_threaded}, C{vs_before} (and C{vs_twistchat}): its figures divided
+    by those of the same setting on that server.
     """
     index = {(r["scenario"], r["members"], r.get("rate"), r["server"]): r for r in results}
     for r in results:
-        if r["server"] != "twistchat":
+        if r["server"] in ("bare", "threaded", "before"):
             continue
-        for base in ("bare", "threaded", "before"):
+        for base in BASES:
+            if base == r["server"]:
+                continue
             other = index.get((r["scenario"], r["members"], r.get("rate"), base))
             if other is None:
                 continue
@@ -87,9 +96,104 @@ def table(results: list[dict[str, Any]]) -> str:
         figures = ", ".join(
             f"{m}={r[m]:g}" for m, _ in METRICS[r["scenario"]] if r.get(m) is not None
         )
-        for base in ("bare", "threaded", "before"):
+        for base in BASES:
             ratios = r.get(f"vs_{base}")
             if ratios:
                 figures += f" | x{base}: " + ", ".join(f"{k}={v:g}" for k, v in ratios.items())
         lines.append(f"{r['scenario']:<{width}} {r['server']:<10} {setting:<16} {figures}")
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """
+    One speed target: a figure of one setting, either absolute (C{limit} in
+    the figure's unit) or relative (C{limit} times bare's figure).
+    """
+
+    label: str
+    scenario: str
+    metric: str
+    limit: float
+    #: Whether the figure must be at least (True) or at most (False) the limit.
+    at_least: bool
+    #: Whether the limit is a ratio to the bare relay's figure.
+    vs_bare: bool = False
+    members: int | None = None
+    rate: float | None = None
+
+
+#: The targets of docs/performance.md, "Targets" (issue 13), in the order
+#: printed. The idle target is set at 10,000 members; --targets measures
+#: it at the mode's count (the figure per member hardly varies with it).
+TARGETS = (
+    Target("latency 1000/s into 100: p99 < 10 ms", "latency", "p99_ms", 10, False,
+           rate=1000),
+    Target("latency 1000/s into 100: CPU/delivery <= 0.4 x bare", "latency",
+           "cpu_us_per_delivery", 0.4, False, vs_bare=True, rate=1000),
+    Target("latency 200/s into 100: p99 < 10 ms", "latency", "p99_ms", 10, False, rate=200),
+    Target("latency 200/s into 100: CPU/delivery <= 0.7 x bare", "latency",
+           "cpu_us_per_delivery", 0.7, False, vs_bare=True, rate=200),
+    Target("fanout at 10, history on: deliveries/s >= 1.0 x bare", "fanout",
+           "deliveries_per_s", 1.0, True, vs_bare=True, members=10),
+    Target("fanout at 100, history on: deliveries/s >= 1.0 x bare", "fanout",
+           "deliveries_per_s", 1.0, True, vs_bare=True, members=100),
+    Target("idle members: <= 24 KiB RSS each", "idle", "rss_kib_per_member", 24, False),
+    Target("server CPU per login <= 2 ms", "handshake", "cpu_ms_per_login", 2, False),
+)
+
+
+def _find(results: list[dict[str, Any]], target: Target, server: str) -> dict[str, Any] | None:
+    for r in results:
+        if (r["scenario"] == target.scenario and r["server"] == server
+                and (target.members is None or r["members"] == target.members)
+                and (target.rate is None or r.get("rate") == target.rate)):
+            return r
+    return None
+
+
+def check_targets(results: list[dict[str, Any]], server: str = "twistchat"
+                  ) -> list[dict[str, Any]]:
+    """
+    Each target against C{server}'s figures and bare's, from the same run.
+
+    @return: per target: its label, the figure, bare's, their ratio, the
+        value compared with the limit (the ratio for relative targets),
+        C{met} (None when a figure is missing) and C{margin} (that value
+        divided by the limit).
+    """
+    checked = []
+    for target in TARGETS:
+        mine, bare = _find(results, target, server), _find(results, target, "bare")
+        figure = None if mine is None else mine.get(target.metric)
+        base = None if bare is None else bare.get(target.metric)
+        ratio = figure / base if figure is not None and base else None
+        value = ratio if target.vs_bare else figure
+        met = None
+        if value is not None:
+            met = value >= target.limit if target.at_least else value <= target.limit
+        checked.append({
+            "target": target.label, "server": server, "figure": figure, "bare": base,
+            "vs_bare": None if ratio is None else round(ratio, 3), "met": met,
+            "margin": None if value is None else round(value / target.limit, 3),
+        })
+    return checked
+
+
+def targets(results: list[dict[str, Any]]) -> str:
+    """
+    The targets table of a --targets run: one line per target and
+    twistchat-like server (twistchat and each variant).
+    """
+    servers = [s for s in dict.fromkeys(r["server"] for r in results)
+               if s not in ("bare", "threaded", "before")]
+    lines = ["# targets (figure; bare; figure / bare; value / limit, where < 1 is "
+             "better for an upper limit and > 1 for a lower one)"]
+    for server in servers:
+        for row in check_targets(results, server):
+            verdict = {True: "met", False: "MISSED", None: "unmeasured"}[row["met"]]
+            numbers = ", ".join(
+                f"{k} {row[k]:g}" for k in ("figure", "bare", "vs_bare", "margin")
+                if row[k] is not None)
+            lines.append(f"{server:<10} {verdict:<12} {row['target']}: {numbers}")
     return "\n".join(lines)

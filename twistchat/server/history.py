@@ -545,12 +545,20 @@ class History:
     def _deliver(self, entry: _Entry) -> None:
         room = entry.room
         joiners = self._joiners.get(room, {})
+        live = []
         for member in entry.recipients():
             joiner = joiners.get(member)
             if joiner is not None:
                 joiner.held.append(entry)
             else:
-                entry.give(member)
+                live.append(member)
+        if entry.data is not None:
+            # Through the room, which may batch it (in order) with the next.
+            room.send_to(live, entry.data)
+        if entry.action is not None:
+            room.flush()  # what the room sent before goes first
+            for member in live:
+                entry.action(member)
 
     # --- late joiners -----------------------------------------------------------------
 

@@ -5,9 +5,17 @@ A room never sees plaintext. It receives frames already encoded once by the
 sender's connection and hands the same bytes to every other member.
 
 A room only keeps its member list and fans frames out. It does not decide
-when a frame goes out: the factory (L{twistchat.server.service}) announces
-joins and leaves through the same ordered path as messages, so that every
-member sees a room's events in the order the server received them.
+which frame goes out next: the factory (L{twistchat.server.service})
+announces joins and leaves through the same ordered path as messages, so that
+every member sees a room's events in the order the server received them.
+
+Adaptive batching (L{Batcher}, C{--batch-window}): a frame the room sends
+goes out at once, unless the room already sent one less than a window ago;
+then it is held, with whatever else comes, until that window ends, and each
+member gets everything held for it as one write. A quiet room pays nothing;
+a busy one pays the per-write cost (a TLS record, a socket write) once per
+member per window instead of once per frame. Nothing is held longer than one
+window, and the order stays the room's.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from typing import Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from twistchat import wire
 from twistchat.crypto.spake2plus import VerifierKey
@@ -55,17 +65,89 @@ class Member(Protocol):
         """
 
 
+class Batcher:
+    """
+    Adaptive batching of one room's deliveries.
+
+    A frame goes out at once when the room sent nothing in the last
+    C{window} seconds. Otherwise it is held until C{window} seconds after
+    the room's last write, together with every frame sent meanwhile; then
+    each member still in the room gets its held frames joined, as one
+    delivery. So no frame waits longer than C{window}, and each member gets
+    the room's frames in the order they were sent.
+    """
+
+    __slots__ = ("room", "clock", "window", "_last", "_held", "_timer")
+
+    def __init__(self, room: Room, clock: IReactorTime, window: float) -> None:
+        self.room = room
+        self.clock = clock
+        self.window = window
+        #: When the room last wrote to its members.
+        self._last = -window
+        #: member -> frames held for it, in order.
+        self._held: dict[Member, list[bytes]] = {}
+        self._timer: IDelayedCall | None = None
+
+    def send(self, recipients: Iterable[Member], data: bytes) -> None:
+        """
+        Deliver C{data} to each of C{recipients}, now or at the end of the
+        current window.
+        """
+        if self._timer is None:
+            now = self.clock.seconds()
+            if now - self._last >= self.window:
+                self._last = now
+                for member in recipients:
+                    member.deliver(data)
+                return
+            self._timer = self.clock.callLater(self._last + self.window - now, self.flush)
+        held = self._held
+        for member in recipients:
+            frames = held.get(member)
+            if frames is None:
+                held[member] = [data]
+            else:
+                frames.append(data)
+
+    def flush(self) -> None:
+        """
+        Deliver everything held now (the window ended, or the room closes).
+        """
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        held, self._held = self._held, {}
+        if not held:
+            return
+        self._last = self.clock.seconds()
+        room = self.room
+        for member, frames in held.items():
+            # A member dropped meanwhile (it left, or was too slow) gets nothing.
+            if member in room:
+                member.deliver(frames[0] if len(frames) == 1 else b"".join(frames))
+
+
 class Room:
     """
     One password-protected room: its verifier and its members.
     """
 
-    def __init__(self, verifier: Verifier) -> None:
+    def __init__(self, verifier: Verifier, clock: IReactorTime | None = None,
+                 batch_window: float = 0.0) -> None:
+        """
+        @param clock: with a C{batch_window} above zero, the clock that
+            times the room's batches (L{Batcher}).
+        @param batch_window: seconds a busy room may hold a frame (0: never).
+        """
         self.name = verifier.room
         self.verifier = verifier
         self.key = VerifierKey.from_verifier(verifier)
         # casefolded name -> member: "Alice" and "alice" cannot both be present.
         self._members: dict[str, Member] = {}
+        self._batcher = (Batcher(self, clock, batch_window)
+                         if clock is not None and batch_window > 0 else None)
 
     def __len__(self) -> int:
         return len(self._members)
@@ -139,8 +221,27 @@ class Room:
         """
         Send one already length-prefixed frame to every member but C{exclude}.
         """
-        for member in self._recipients(exclude):
-            member.deliver(data)
+        self.send_to(self._recipients(exclude), data)
+
+    def send_to(self, recipients: Iterable[Member], data: bytes) -> None:
+        """
+        Send one already length-prefixed frame to C{recipients} (members of
+        this room), in order with the room's other frames: at once, or at the
+        end of the current batch window.
+        """
+        if self._batcher is None:
+            for member in recipients:
+                member.deliver(data)
+        else:
+            self._batcher.send(recipients, data)
+
+    def flush(self) -> None:
+        """
+        Deliver at once the frames held for the current batch window (before
+        something that must come after them, such as the room closing).
+        """
+        if self._batcher is not None:
+            self._batcher.flush()
 
     def _recipients(self, exclude: Member | None) -> Iterable[Member]:
         # A copy: a delivery may drop a member (slow consumer) mid-loop.
@@ -152,13 +253,20 @@ class Rooms:
     The rooms a server hosts, by name.
     """
 
-    def __init__(self, verifiers: Iterable[Verifier] = ()) -> None:
+    def __init__(self, verifiers: Iterable[Verifier] = (), clock: IReactorTime | None = None,
+                 batch_window: float = 0.0) -> None:
+        """
+        @param clock: times the rooms' batches (see L{Room}).
+        @param batch_window: seconds a busy room may hold a frame (0: never).
+        """
         self._rooms: dict[str, Room] = {}
+        self.clock = clock
+        self.batch_window = batch_window
         for verifier in verifiers:
             self.add(verifier)
 
     def add(self, verifier: Verifier) -> Room:
-        room = Room(verifier)
+        room = Room(verifier, self.clock, self.batch_window)
         self._rooms[room.name] = room
         return room
 

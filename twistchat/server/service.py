@@ -338,6 +338,7 @@ class ChatServerFactory(ServerFactory):
                 else:
                     protocol.room_closed()  # a closed connection ignores it
         if self.history is None:
+            room.flush()  # the messages the room received before go first
             for protocol in members:
                 protocol.room_closed()
         else:
@@ -372,6 +373,8 @@ class ChatServerFactory(ServerFactory):
         """
         shutdown = ServerShutdown()
         frame = wire.encode("error", code=shutdown.code, text=shutdown.message)
+        for room in self.rooms:
+            room.flush()  # what the rooms hold for their batch windows goes first
         for protocol in list(self.connections):
             protocol.shut_down(frame)  # a closed connection ignores it
         return self._wait_drained()
