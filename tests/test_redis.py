@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from twistchat.bench.processes import Lines
 
-from tests.test_e2e import BIN, Client, Server, chat_lines, env
+from tests.test_e2e import BIN, Client, Server, assert_one_line, chat_lines, env, twistd
 
 PASSWORD = "scale out e2e room password"
 
@@ -36,7 +36,7 @@ class RedisServer:
     A real redis-server on 127.0.0.1, its files in C{folder}.
     """
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, *extra: str) -> None:
         binary = shutil.which("redis-server")
         assert binary is not None, "redis-server is missing: run tests/system-packages.sh"
         self.folder = folder
@@ -44,7 +44,7 @@ class RedisServer:
         self.port = port or free_port()
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             stdin=subprocess.DEVNULL,
         )
@@ -300,3 +300,27 @@ def test_redis_restart_refuses_then_resumes(tmp_path: Path, redis: RedisServer,
             assert len(re.findall(r"redis: .* unavailable", log)) == 1
     finally:
         stop_all(clients, [a, b])
+
+
+def test_redis_unreachable_at_start_is_one_line(tmp_path: Path, password_file: Path) -> None:
+    port = free_port()  # nothing listens there
+    result = twistd(tmp_path, "--port", "0", "--password-file", str(password_file),
+                    "--redis", f"redis://127.0.0.1:{port}/0")
+    assert_one_line(result, f"cannot reach Redis at redis://127.0.0.1:{port}/0",
+                    "Connection refused")
+
+
+def test_redis_refusing_the_password_is_one_line(tmp_path: Path, password_file: Path) -> None:
+    guarded = RedisServer(tmp_path / "redis", None, "--requirepass", "the redis secret")
+    try:
+        (tmp_path / "redis.pw").write_text("not the redis secret\n")
+        result = twistd(tmp_path, "--port", "0", "--password-file", str(password_file),
+                        "--redis", guarded.url, "--redis-password-file", str(tmp_path / "redis.pw"))
+        assert_one_line(result, f"cannot use Redis at {guarded.url}: AUTH refused")
+        assert "not the redis secret" not in result.stdout + result.stderr
+        # No password at all: Redis refuses the first command.
+        result = twistd(tmp_path, "--port", "0", "--password-file", str(password_file),
+                        "--redis", guarded.url)
+        assert_one_line(result, f"cannot use Redis at {guarded.url}", "NOAUTH")
+    finally:
+        guarded.stop()

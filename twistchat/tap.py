@@ -471,7 +471,8 @@ def _redis_service(options: Options) -> service.IService:
     factory = ChatServerFactory(rooms, reactor, options.limits, history=history,
                                 decoy_secret=options.decoy_secret)
     factory.addresses = SharedAddressBook(options.limits, link, reactor)
-    node = RedisNodeService(link, factory, history, options.verifiers, options.decoy_secret)
+    node = RedisNodeService(link, factory, history, options.verifiers, options.decoy_secret,
+                            err=options.err)
     # Rooms come from Redis (twistchat-passwd --redis), not the rooms folder.
     _chat_service(options, factory, watch_rooms=False).setServiceParent(node)
     return node

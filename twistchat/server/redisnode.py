@@ -47,9 +47,12 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
+import ssl
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 from twisted.application import service
@@ -65,6 +68,7 @@ from twistchat.errors import ConfigError
 from twistchat.server.history import Row, history_frame
 from twistchat.server.limits import AddressBook, AddressRecord, Limits
 from twistchat.server.room import Member, Room, Rooms
+from twistchat.server.service import CannotStart
 
 #: Every key starts with this.
 PREFIX = "twistchat:"
@@ -189,6 +193,52 @@ class RedisURL:
         # Never the password: this is what logs show.
         scheme = "rediss" if self.tls else "redis"
         return f"{scheme}://{self.host}:{self.port}/{self.db}"
+
+
+def probe(url: RedisURL, timeout: float = COMMAND_TIMEOUT) -> None:
+    """
+    Check, blocking, that Redis answers at C{url} and takes its password and
+    database: a node runs this once from C{startService}, before the reactor
+    runs, so that Redis unreachable at start is a one-line failure with exit
+    status 1 (as a port in use is) rather than a log line and a clean exit.
+
+    It speaks just enough of Redis's protocol (RESP: C{AUTH}, C{SELECT},
+    C{PING}, each answered by one status or error line); txredisapi, which
+    needs the running reactor, does everything after.
+
+    @raise ConfigError: with the reason, on one line, never the password.
+    """
+    commands: list[list[str]] = []
+    if url.password is not None:
+        commands.append(["AUTH", *([url.username] if url.username else []), url.password])
+    commands += [["SELECT", str(url.db)], ["PING"]]
+    try:
+        with socket.create_connection((url.host, url.port), timeout=timeout) as raw:
+            sock: socket.socket = raw
+            if url.tls:
+                sock = ssl.create_default_context().wrap_socket(raw, server_hostname=url.host)
+            with sock.makefile("rb") as replies:
+                for command in commands:
+                    sock.sendall(_resp(command))
+                    reply = replies.readline(1024).decode("utf-8", "replace").strip()
+                    if not reply.startswith("+"):
+                        refused = reply.lstrip("-") or "the connection was closed"
+                        raise ConfigError(
+                            f"cannot use Redis at {url}: {command[0]} refused: {refused}")
+    except (OSError, ssl.SSLError) as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise ConfigError(f"cannot reach Redis at {url}: {reason}") from None
+
+
+def _resp(command: Sequence[str]) -> bytes:
+    """
+    One command as RESP: an array of bulk strings.
+    """
+    parts = [f"*{len(command)}\r\n".encode()]
+    for arg in command:
+        data = arg.encode("utf-8")
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 class RedisUnavailable(Exception):
@@ -963,8 +1013,9 @@ class RedisNodeService(service.MultiService):
     log = Logger()
 
     def __init__(self, link: RedisLink, factory: Any, history: RedisHistory,
-                 own: Iterable[Verifier], decoy: bytes) -> None:
+                 own: Iterable[Verifier], decoy: bytes, err: IO[str] | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
+        self.err = sys.stderr if err is None else err
         self.link = link
         self.factory = factory
         self.history = history
@@ -974,6 +1025,21 @@ class RedisNodeService(service.MultiService):
         self.ready: defer.Deferred[None] = defer.Deferred()
 
     def startService(self) -> None:
+        """
+        Check that Redis answers (blocking, once: twistd starts services
+        before it runs the reactor), then join the group.
+
+        @raise CannotStart: if Redis cannot be reached or refuses the
+            password or database; its line is written to C{err} and logged.
+        """
+        try:
+            probe(self.link.url, self.link.timeout)
+        except ConfigError as e:
+            stop = CannotStart(e.message, reported=True)
+            self.log.error("{line}", line=stop.line)
+            self.err.write(stop.line + "\n")
+            self.err.flush()
+            raise stop from None
         service.Service.startService(self)
         self.link.open()
         self._join().addCallbacks(self._joined, self._cannot_join)
