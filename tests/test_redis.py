@@ -9,8 +9,10 @@ it); it never skips them.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -324,3 +326,59 @@ def test_redis_refusing_the_password_is_one_line(tmp_path: Path, password_file: 
         assert_one_line(result, f"cannot use Redis at {guarded.url}", "NOAUTH")
     finally:
         guarded.stop()
+
+
+def test_workers_share_one_port(tmp_path: Path, redis: RedisServer,
+                                password_file: Path) -> None:
+    """
+    C{--workers 2}: members connecting to the one port land on both workers
+    and chat; a worker killed with SIGKILL is restarted, its members leave
+    the room within 30 s and can come back; SIGTERM stops everything cleanly.
+    """
+    node = Node(tmp_path, "w", redis, "--password-file", str(password_file), "--workers", "2")
+    clients: list[Client] = []
+    try:
+        for number in (1, 2):
+            node.log.wait_for(rf"\[worker-{number}#info\] twistchat listening on port {node.port}")
+        on: dict[str, int] = {}  # member -> worker
+        by_name: dict[str, Client] = {}
+        for i in range(12):  # bounded: until both workers have a member
+            name = f"m{i}"
+            by_name[name] = member(tmp_path, node, name)
+            clients.append(by_name[name])
+            on[name] = int(node.log.wait_for(
+                rf"\[worker-(\d)#info\] {name} \(127\.0\.0\.1, \d+\) connected").group(1))
+            if len(set(on.values())) == 2:
+                break
+        assert set(on.values()) == {1, 2}, on
+        first = next(n for n, w in on.items() if w == 1)
+        second = next(n for n, w in on.items() if w == 2)
+        by_name[first].say("from worker one")
+        by_name[second].out.wait_for(re.escape(f"[ {first}: ] from worker one"))
+        by_name[second].say("from worker two")
+        by_name[first].out.wait_for(re.escape(f"[ {second}: ] from worker two"))
+
+        pid = int(node.log.wait_for(r"workers: worker 1 started \(pid (\d+)\)").group(1))
+        os.kill(pid, signal.SIGKILL)
+        node.log.wait_for(r"workers: worker 1 ended \(signal 9\).*starting it again in 1 s")
+        by_name[second].out.wait_for(
+            rf"\* {first} \(127\.0\.0\.1:\d+\) left the room", timeout=30)
+        node.log.wait_for(rf"workers: worker 1 started \(pid (?!{pid}\))\d+\)", timeout=10)
+        again = member(tmp_path, node, first)  # as a client with --reconnect would
+        clients.append(again)
+        by_name[second].out.wait_for(rf"\* {first} \(127\.0\.0\.1:\d+\) entered the room")
+        again.say("back again")
+        by_name[second].out.wait_for(re.escape(f"[ {first}: ] back again"))
+    finally:
+        for client in clients:
+            if client.process.poll() is None:
+                client.process.kill()
+                client.process.wait(timeout=10)
+        assert node.stop()
+    log = "\n".join(node.log.seen)
+    assert "Traceback" not in log
+    for number in (1, 2):
+        assert re.search(rf"workers: worker {number} stopped \(", log), log
+        assert f"[worker-{number}#info] Server Shut Down." in log
+    # Worker 1 listened again after its restart.
+    assert len(re.findall(r"\[worker-1#info\] twistchat listening", log)) == 2

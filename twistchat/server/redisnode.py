@@ -230,6 +230,23 @@ def probe(url: RedisURL, timeout: float = COMMAND_TIMEOUT) -> None:
         raise ConfigError(f"cannot reach Redis at {url}: {reason}") from None
 
 
+def check_at_start(url: RedisURL, err: IO[str], timeout: float = COMMAND_TIMEOUT) -> None:
+    """
+    L{probe}, for a process that is starting.
+
+    @raise CannotStart: if the probe fails; its line is written to C{err}
+        and logged.
+    """
+    try:
+        probe(url, timeout)
+    except ConfigError as e:
+        stop = CannotStart(e.message, reported=True)
+        RedisNodeService.log.error("{line}", line=stop.line)
+        err.write(stop.line + "\n")
+        err.flush()
+        raise stop from None
+
+
 def _resp(command: Sequence[str]) -> bytes:
     """
     One command as RESP: an array of bulk strings.
@@ -1032,14 +1049,7 @@ class RedisNodeService(service.MultiService):
         @raise CannotStart: if Redis cannot be reached or refuses the
             password or database; its line is written to C{err} and logged.
         """
-        try:
-            probe(self.link.url, self.link.timeout)
-        except ConfigError as e:
-            stop = CannotStart(e.message, reported=True)
-            self.log.error("{line}", line=stop.line)
-            self.err.write(stop.line + "\n")
-            self.err.flush()
-            raise stop from None
+        check_at_start(self.link.url, self.err, self.link.timeout)
         service.Service.startService(self)
         self.link.open()
         self._join().addCallbacks(self._joined, self._cannot_join)
