@@ -18,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twistchat.bench.processes import Lines
@@ -382,3 +383,42 @@ def test_workers_share_one_port(tmp_path: Path, redis: RedisServer,
         assert f"[worker-{number}#info] Server Shut Down." in log
     # Worker 1 listened again after its restart.
     assert len(re.findall(r"\[worker-1#info\] twistchat listening", log)) == 2
+
+
+def test_password_checks_in_progress_count_across_nodes(tmp_path: Path, redis: RedisServer,
+                                                        password_file: Path) -> None:
+    """
+    With C{--max-guesses-per-address 1}, a check in progress on node A makes
+    a share from the same address on node B wait its turn; it is answered
+    once A's ends.
+    """
+    from twistchat import wire
+    from twistchat.bench.hardening import _frame_io, _tls_context
+    from twistchat.crypto.spake2plus import G, encode_point
+
+    limit = ("--max-guesses-per-address", "1")
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file), *limit)
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file), *limit)
+    context = _tls_context()
+    share = encode_point(G * 424242)  # a valid point: the server tests the guess
+
+    def guess_until_share(port: int) -> Any:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+        tls = context.wrap_socket(raw)
+        send, receive = _frame_io(tls)
+        send("hello", v=wire.PROTOCOL_VERSION, room="main", name="guesser")
+        assert receive().type == "params"
+        send("share", X=share)
+        return tls, receive
+
+    try:
+        on_a, receive_a = guess_until_share(a.port)
+        assert receive_a().type == "verify"  # A's check is in progress: its slot is taken
+        on_b, receive_b = guess_until_share(b.port)
+        b.log.wait_for(r"\(127\.0\.0\.1\) has 1 password checks in progress on all nodes: "
+                       r"1 wait", timeout=10)
+        on_a.close()  # A's check ends: B's share gets the slot
+        assert receive_b().type == "verify"
+        on_b.close()
+    finally:
+        stop_all([], [a, b])

@@ -509,6 +509,7 @@ def _redis_service(options: Options) -> service.IService:
         RedisNodeService,
         RedisRooms,
         SharedAddressBook,
+        SharedGuessFactory,
     )
 
     assert options.redis is not None
@@ -518,8 +519,9 @@ def _redis_service(options: Options) -> service.IService:
         link, rooms, reactor, limit=options["history"], keep_days=options["history-days"],
         max_entries=options["redis-max-entries"], max_bytes=options.limits.max_send_queue // 2,
     )
-    factory = ChatServerFactory(rooms, reactor, options.limits, history=history,
-                                decoy_secret=options.decoy_secret)
+    factory = SharedGuessFactory(rooms, reactor, options.limits, history=history,
+                                 decoy_secret=options.decoy_secret, link=link,
+                                 node=history.node)
     factory.addresses = SharedAddressBook(options.limits, link, reactor)
     node = RedisNodeService(link, factory, history, options.verifiers, options.decoy_secret,
                             err=options.err)

@@ -20,6 +20,9 @@ seams and changes none of them:
     script: C{HSETNX} on the room's member hash, then C{XADD} of the join).
   - L{SharedAddressBook}: failed-login counts and penalties kept in Redis too
     (C{INCR}/C{EXPIRE}), so that an attacker gains nothing from more nodes.
+  - L{SharedGuessFactory}: the password checks in progress per address
+    counted in Redis (a sorted set of slots that lapse), so that
+    C{--max-guesses-per-address} holds for the whole group.
   - L{RedisNodeService}: connects, publishes this node's rooms and adopts the
     shared ones and the shared decoy secret before the listener starts;
     heartbeats; notices dead nodes (an expired heartbeat) and announces their
@@ -33,7 +36,8 @@ instead of losing what was published meanwhile.
 Redis holds, per room: the stream (sealed messages as relayed: sender name,
 session id, counter, ciphertext, server time; joins and leaves with name and
 address), the member hash (name, address, node), the verifier; per node a
-heartbeat; per address its failed-login count and penalty, with expiry; and
+heartbeat; per address its failed-login count and penalty and its checks in
+progress, with expiry; and
 the decoy secret. Never plaintext, never a password or key. docs/operations.md
 lists the keys.
 
@@ -68,7 +72,7 @@ from twistchat.errors import ConfigError
 from twistchat.server.history import Row, history_frame
 from twistchat.server.limits import AddressBook, AddressRecord, Limits
 from twistchat.server.room import Member, Room, Rooms
-from twistchat.server.service import CannotStart
+from twistchat.server.service import CannotStart, ChatServerFactory
 
 #: Every key starts with this.
 PREFIX = "twistchat:"
@@ -126,6 +130,22 @@ return n
 """
 
 
+# Take one of an address's password-check slots if fewer than the limit are
+# taken on all nodes. A slot is a member of a sorted set scored by when it
+# lapses (a check cannot outlive the handshake timeout, so a dead node's slots
+# lapse by themselves). KEYS: slots. ARGV: now ms, lapse ms, limit, slot.
+TAKE_SLOT_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) - tonumber(ARGV[1]) + 1000)
+return 1
+"""
+
+#: Seconds between two tries for a slot while an address's checks wait.
+SLOT_RETRY = 0.25
+
+
 def stream_key(room: str) -> str:
     return f"{PREFIX}room:{room}:log"
 
@@ -144,6 +164,10 @@ def fail_key(host: str) -> str:
 
 def block_key(host: str) -> str:
     return f"{PREFIX}block:{host}"
+
+
+def guess_key(host: str) -> str:
+    return f"{PREFIX}guess:{host}"
 
 
 @dataclass(frozen=True)
@@ -1017,6 +1041,95 @@ class SharedAddressBook(AddressBook):
         record.blocked_until = max(record.blocked_until, now + penalty)
         self.link.call("SET", block_key(host), repr(record.blocked_until),
                        "EX", int(penalty) + 1).addErrback(lambda f: None)
+
+
+class SharedGuessFactory(ChatServerFactory):
+    """
+    The factory of a node: password checks in progress per address are
+    counted across nodes, so that C{--max-guesses-per-address} holds for the
+    whole group, as it does for one server.
+
+    Every share waits (the protocol's C{QUEUED} state) until this node has
+    taken one of the address's slots in Redis, atomically
+    (L{TAKE_SLOT_SCRIPT}); a node tries again every L{SLOT_RETRY} seconds
+    while its address's checks wait, and at once when one of its own ends.
+    Without Redis, the slots are counted on this node alone (a login then
+    fails a moment later anyway, at the name claim).
+    """
+
+    def __init__(self, *args: Any, link: RedisLink, node: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.link = link
+        self.node = node
+        self._serial = 0
+        #: The slot each connection holds in Redis (None: a local one).
+        self._slots: dict[Any, str | None] = {}
+        #: Addresses with a take under way or a retry scheduled.
+        self._trying: set[str] = set()
+        #: Addresses whose checks wait for another node's to end.
+        self._waiting: set[str] = set()
+
+    def guess_slot_free(self, host: str) -> bool:
+        return False  # every share asks Redis (queue_guess)
+
+    def queue_guess(self, protocol: Any) -> None:
+        self.addresses.get(protocol.host).queued.append(protocol)
+        self._try(protocol.host)
+
+    def guess_ended(self, protocol: Any) -> None:
+        record = self.addresses.get(protocol.host)
+        record.guessing -= 1
+        slot = self._slots.pop(protocol, None)
+        if slot is not None:
+            self.link.call("ZREM", guess_key(protocol.host), slot).addErrback(lambda f: None)
+        self._try(protocol.host)
+
+    def _try(self, host: str) -> None:
+        if host in self._trying or not self.addresses.get(host).queued:
+            return
+        self._trying.add(host)
+        self._serial += 1
+        slot = f"{self.node}.{self._serial}"
+        now = self.clock.seconds()
+        d = self.link.call("EVAL", TAKE_SLOT_SCRIPT, 1, guess_key(host), int(now * 1000),
+                           int((now + self.limits.handshake_timeout) * 1000),
+                           self.limits.max_guesses_per_address, slot)
+        d.addCallbacks(self._taken, self._not_taken, (host, slot), errbackArgs=(host,))
+
+    def _taken(self, taken: Any, host: str, slot: str) -> None:
+        record = self.addresses.get(host)
+        if not int(taken):
+            if record.queued and host not in self._waiting:
+                self._waiting.add(host)  # logged once per wait, not per retry
+                self.log.info(
+                    "({host}) has {count} password checks in progress on all nodes: "
+                    "{waiting} wait", host=host, count=self.limits.max_guesses_per_address,
+                    waiting=len(record.queued))
+            self.clock.callLater(SLOT_RETRY, self._retry, host)
+            return
+        self._trying.discard(host)
+        self._waiting.discard(host)
+        if not record.queued:  # the waiting connection went away meanwhile
+            self.link.call("ZREM", guess_key(host), slot).addErrback(lambda f: None)
+            return
+        self._grant(record.queued.popleft(), slot)
+        self._try(host)
+
+    def _not_taken(self, failure: Failure, host: str) -> None:
+        failure.trap(Exception)
+        self._trying.discard(host)
+        record = self.addresses.get(host)
+        while record.queued and record.guessing < self.limits.max_guesses_per_address:
+            self._grant(record.queued.popleft(), None)
+
+    def _grant(self, protocol: Any, slot: str | None) -> None:
+        self.addresses.get(protocol.host).guessing += 1
+        self._slots[protocol] = slot
+        protocol.slot_granted()
+
+    def _retry(self, host: str) -> None:
+        self._trying.discard(host)
+        self._try(host)
 
 
 class RedisNodeService(service.MultiService):
