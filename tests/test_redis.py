@@ -422,3 +422,45 @@ def test_password_checks_in_progress_count_across_nodes(tmp_path: Path, redis: R
         on_b.close()
     finally:
         stop_all([], [a, b])
+
+
+@pytest.mark.parametrize("pause", [2, 6])
+def test_slow_redis_delays_but_loses_nothing(tmp_path: Path, redis: RedisServer,
+                                             password_file: Path, pause: int) -> None:
+    """
+    Redis paused (C{CLIENT PAUSE}, every command held) for C{pause} seconds,
+    shorter and longer than a command's deadline: what alice sends meanwhile
+    reaches bob on the other node afterwards, every message once and in
+    order, and nobody is told a message was not sent when it was; the nodes
+    answer their members meanwhile (C{/who}) and log no traceback.
+    """
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    clients: list[Client] = []
+    try:
+        alice = member(tmp_path, a, "alice")
+        clients.append(alice)
+        bob = member(tmp_path, b, "bob")
+        clients.append(bob)
+        alice.say("before the pause")
+        bob.out.wait_for("before the pause")
+        redis.cli("CLIENT", "PAUSE", str(pause * 1000), "ALL")
+        for i in range(5):
+            alice.say(f"paused {i}")
+        alice.say("/who")  # answered by node A without Redis
+        alice.out.wait_for(r"\* In the room: alice \(you\), bob", timeout=pause / 2)
+        alice.say("after the pause")
+        bob.out.wait_for("after the pause", timeout=pause + 20)
+        expected = ["before the pause", *(f"paused {i}" for i in range(5)), "after the pause"]
+        assert [text for text, _ in chat_lines(bob.out.seen, "alice")] == expected
+        late = member(tmp_path, b, "late")  # the history has each once, in order
+        clients.append(late)
+        late.out.wait_for("--- live ---")
+        assert [text for text, _ in chat_lines(late.out.seen, "alice")] == expected
+        alice.say("/who")  # a fence: alice has printed all that came before its answer
+        alice.out.wait_for(r"\* In the room: alice \(you\), bob \S+, late", timeout=10)
+        assert alice.out.count("cannot store") == 0
+        assert alice.out.count("could not confirm") == 0
+        assert a.process.poll() is None and b.process.poll() is None
+    finally:
+        stop_all(clients, [a, b])

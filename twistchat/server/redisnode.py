@@ -91,6 +91,10 @@ BLOCK_MS = 1000
 READ_COUNT = 500
 #: Seconds a command may take before Redis counts as unavailable.
 COMMAND_TIMEOUT = 3.0
+#: Seconds a message or a name claim waits for Redis's answer (Redis slow,
+#: not gone): past COMMAND_TIMEOUT Redis counts as unavailable, but a write
+#: already sent may still be carried out, so its sender is not told it failed.
+STORE_PATIENCE = 30.0
 #: Entries kept per room stream, about (XADD MAXLEN ~): the size cap.
 DEFAULT_MAX_ENTRIES = 10000
 #: Stream entries scanned for one history replay, at most.
@@ -100,6 +104,7 @@ MAX_REPLAY_SCAN = 5000
 REFRESH_INTERVAL = 0.5
 
 UNAVAILABLE = "unavailable"
+NO_ANSWER = "no answer in time"
 
 # Claim a name and announce the join, atomically.
 # KEYS: members hash, stream. ARGV: field, value, maxlen, name, addr, origin, frame.
@@ -331,15 +336,30 @@ class RedisLink:
         self._commands = self._reader = None
         return defer.gatherResults(done, consumeErrors=True).addErrback(lambda _: None)
 
-    def call(self, *args: Any, timeout: float | None = None) -> defer.Deferred[Any]:
+    def call(self, *args: Any, timeout: float | None = None,
+             patience: float | None = None) -> defer.Deferred[Any]:
         """
         Run one command.
 
+        @param patience: for a write whose outcome must be known (a message
+            stored, a name claimed): how long to wait for its answer. Past
+            C{timeout} Redis counts as unavailable (logged; new messages are
+            refused) but this command waits on, as Redis may still carry it
+            out: a slow Redis delays it rather than failing it.
         @return: a Deferred firing with the reply, or failing with
             L{RedisUnavailable} (or txredisapi's C{ResponseError} for a
             command Redis refused).
         """
-        return self._run(self._commands, args, timeout or self.timeout)
+        if patience is None:
+            return self._run(self._commands, args, timeout or self.timeout)
+        late = self.clock.callLater(timeout or self.timeout, self.down, NO_ANSWER)
+
+        def answered(result: Any) -> Any:
+            if late.active():
+                late.cancel()
+            return result
+
+        return self._run(self._commands, args, patience).addBoth(answered)
 
     def read(self, *args: Any) -> defer.Deferred[Any]:
         """
@@ -362,7 +382,9 @@ class RedisLink:
         def failed(failure: Failure) -> Failure:
             if failure.check(txredisapi.ResponseError):
                 return failure
-            reason = "no answer in time" if failure.check(defer.TimeoutError) else (
+            if failure.check(defer.CancelledError):
+                return Failure(RedisUnavailable("cancelled"))  # we stopped it: no outage
+            reason = NO_ANSWER if failure.check(defer.TimeoutError) else (
                 str(failure.value) or type(failure.value).__name__
             )
             self.down(reason)
@@ -581,7 +603,7 @@ class RedisHistory:
         d = self.link.call(
             "XADD", stream_key(room.name), "MAXLEN", "~", self.max_entries, "*",
             "k", "m", "o", local.origin, "f", frame,
-            "ts", repr(self.clock.seconds()),
+            "ts", repr(self.clock.seconds()), patience=STORE_PATIENCE,
         )
         d.addErrback(self._not_stored, sender)
         self._track(d)
@@ -590,14 +612,17 @@ class RedisHistory:
         failure.trap(Exception)
         if not failure.check(RedisUnavailable):
             self.log.warn("redis: a message was not stored: {reason}", reason=str(failure.value))
+        elif str(failure.value) == NO_ANSWER:
+            # Sent, but not answered even in STORE_PATIENCE: Redis may yet store it.
+            self._refuse(sender, "the server could not confirm in time that this message "
+                         "was stored: it may or may not reach the room")
+            return
         self._refuse(sender)
 
-    def _refuse(self, member: Member) -> None:
-        member.deliver(wire.prefixed(wire.encode(
-            "notice", code=UNAVAILABLE,
-            text="the server cannot store messages right now, so this one was not "
-            "sent; try again in a moment",
-        )))
+    def _refuse(self, member: Member, text: str = (
+            "the server cannot store messages right now, so this one was not "
+            "sent; try again in a moment")) -> None:
+        member.deliver(wire.prefixed(wire.encode("notice", code=UNAVAILABLE, text=text)))
 
     def announce(self, room: Room, member: Member, frame: bytes) -> None:
         """
@@ -624,7 +649,7 @@ class RedisHistory:
         d = self.link.call(
             "EVAL", JOIN_SCRIPT, 2, members_key(room.name), stream_key(room.name),
             member.name.casefold(), value, self.max_entries, member.name, member.addr,
-            origin, frame,
+            origin, frame, patience=STORE_PATIENCE,
         )
         d.addCallbacks(self._claimed, self._claim_failed,
                        callbackArgs=(local,), errbackArgs=(local,))
