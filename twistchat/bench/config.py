@@ -19,6 +19,9 @@ SCENARIOS = RELAY_SCENARIOS + HARDENING_SCENARIOS + HISTORY_SCENARIOS
 #: What C{--scenarios} runs when it is not given.
 DEFAULT_SCENARIOS = RELAY_SCENARIOS
 SERVERS = ("twistchat", "bare", "threaded")
+#: twistchat on a Redis the bench starts (not run unless asked for with
+#: --servers): one node, or two nodes with the members split between them.
+REDIS_SERVERS = ("redis1", "redis2")
 MAIN_ROOM = "main"
 
 #: Settings per mode: member counts, seconds per run, repeats, and the sizes
