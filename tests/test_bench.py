@@ -254,3 +254,20 @@ def test_variants_run_twistchat_with_more_options() -> None:
     assert results[2]["vs_bare"] == {"deliveries_per_s": 0.75}
     assert results[2]["vs_twistchat"] == {"deliveries_per_s": 1.5}
     assert "vs_twistchat" not in results[0]
+def test_redis_servers_run_one_and_two_nodes_on_their_own_redis(tmp_path: Path) -> None:
+    """
+    C{--servers redis1,redis2}: the bench starts its own redis-server and
+    one or two nodes on it (members split between them), and reports the
+    same figures as for one process.
+    """
+    lines, results = run_smoke(tmp_path, "--scenarios", "fanout,latency",
+                               "--servers", "redis1,redis2")
+    seen = {(r["scenario"], r["server"]) for r in results}
+    assert seen == {(s, k) for s in ("fanout", "latency") for k in ("redis1", "redis2")}
+    for r in results:
+        assert EXPECTED[r["scenario"]] <= set(r), r
+        assert "--redis redis://127.0.0.1:" in r["server_options"]
+        if r["scenario"] == "fanout":
+            assert r["deliveries_per_s"] > 0 and r["sent"] > 0
+        else:
+            assert r["latency_samples"] > 0

@@ -9,18 +9,21 @@ it); it never skips them.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twistchat.bench.processes import Lines
 
-from tests.test_e2e import BIN, Client, Server, chat_lines, env
+from tests.test_e2e import BIN, Client, Server, assert_one_line, chat_lines, env, twistd
 
 PASSWORD = "scale out e2e room password"
 
@@ -36,7 +39,7 @@ class RedisServer:
     A real redis-server on 127.0.0.1, its files in C{folder}.
     """
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, *extra: str) -> None:
         binary = shutil.which("redis-server")
         assert binary is not None, "redis-server is missing: run tests/system-packages.sh"
         self.folder = folder
@@ -44,7 +47,7 @@ class RedisServer:
         self.port = port or free_port()
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             stdin=subprocess.DEVNULL,
         )
@@ -298,5 +301,166 @@ def test_redis_restart_refuses_then_resumes(tmp_path: Path, redis: RedisServer,
         for node in (a, b):
             log = "\n".join(node.log.seen)
             assert len(re.findall(r"redis: .* unavailable", log)) == 1
+    finally:
+        stop_all(clients, [a, b])
+
+
+def test_redis_unreachable_at_start_is_one_line(tmp_path: Path, password_file: Path) -> None:
+    port = free_port()  # nothing listens there
+    result = twistd(tmp_path, "--port", "0", "--password-file", str(password_file),
+                    "--redis", f"redis://127.0.0.1:{port}/0")
+    assert_one_line(result, f"cannot reach Redis at redis://127.0.0.1:{port}/0",
+                    "Connection refused")
+
+
+def test_redis_refusing_the_password_is_one_line(tmp_path: Path, password_file: Path) -> None:
+    guarded = RedisServer(tmp_path / "redis", None, "--requirepass", "the redis secret")
+    try:
+        (tmp_path / "redis.pw").write_text("not the redis secret\n")
+        result = twistd(tmp_path, "--port", "0", "--password-file", str(password_file),
+                        "--redis", guarded.url, "--redis-password-file", str(tmp_path / "redis.pw"))
+        assert_one_line(result, f"cannot use Redis at {guarded.url}: AUTH refused")
+        assert "not the redis secret" not in result.stdout + result.stderr
+        # No password at all: Redis refuses the first command.
+        result = twistd(tmp_path, "--port", "0", "--password-file", str(password_file),
+                        "--redis", guarded.url)
+        assert_one_line(result, f"cannot use Redis at {guarded.url}", "NOAUTH")
+    finally:
+        guarded.stop()
+
+
+def test_workers_share_one_port(tmp_path: Path, redis: RedisServer,
+                                password_file: Path) -> None:
+    """
+    C{--workers 2}: members connecting to the one port land on both workers
+    and chat; a worker killed with SIGKILL is restarted, its members leave
+    the room within 30 s and can come back; SIGTERM stops everything cleanly.
+    """
+    node = Node(tmp_path, "w", redis, "--password-file", str(password_file), "--workers", "2")
+    clients: list[Client] = []
+    try:
+        for number in (1, 2):
+            node.log.wait_for(rf"\[worker-{number}#info\] twistchat listening on port {node.port}")
+        on: dict[str, int] = {}  # member -> worker
+        by_name: dict[str, Client] = {}
+        for i in range(12):  # bounded: until both workers have a member
+            name = f"m{i}"
+            by_name[name] = member(tmp_path, node, name)
+            clients.append(by_name[name])
+            on[name] = int(node.log.wait_for(
+                rf"\[worker-(\d)#info\] {name} \(127\.0\.0\.1, \d+\) connected").group(1))
+            if len(set(on.values())) == 2:
+                break
+        assert set(on.values()) == {1, 2}, on
+        first = next(n for n, w in on.items() if w == 1)
+        second = next(n for n, w in on.items() if w == 2)
+        by_name[first].say("from worker one")
+        by_name[second].out.wait_for(re.escape(f"[ {first}: ] from worker one"))
+        by_name[second].say("from worker two")
+        by_name[first].out.wait_for(re.escape(f"[ {second}: ] from worker two"))
+
+        pid = int(node.log.wait_for(r"workers: worker 1 started \(pid (\d+)\)").group(1))
+        os.kill(pid, signal.SIGKILL)
+        node.log.wait_for(r"workers: worker 1 ended \(signal 9\).*starting it again in 1 s")
+        by_name[second].out.wait_for(
+            rf"\* {first} \(127\.0\.0\.1:\d+\) left the room", timeout=30)
+        node.log.wait_for(rf"workers: worker 1 started \(pid (?!{pid}\))\d+\)", timeout=10)
+        again = member(tmp_path, node, first)  # as a client with --reconnect would
+        clients.append(again)
+        by_name[second].out.wait_for(rf"\* {first} \(127\.0\.0\.1:\d+\) entered the room")
+        again.say("back again")
+        by_name[second].out.wait_for(re.escape(f"[ {first}: ] back again"))
+    finally:
+        for client in clients:
+            if client.process.poll() is None:
+                client.process.kill()
+                client.process.wait(timeout=10)
+        assert node.stop()
+    log = "\n".join(node.log.seen)
+    assert "Traceback" not in log
+    for number in (1, 2):
+        assert re.search(rf"workers: worker {number} stopped \(", log), log
+        assert f"[worker-{number}#info] Server Shut Down." in log
+    # Worker 1 listened again after its restart.
+    assert len(re.findall(r"\[worker-1#info\] twistchat listening", log)) == 2
+
+
+def test_password_checks_in_progress_count_across_nodes(tmp_path: Path, redis: RedisServer,
+                                                        password_file: Path) -> None:
+    """
+    With C{--max-guesses-per-address 1}, a check in progress on node A makes
+    a share from the same address on node B wait its turn; it is answered
+    once A's ends.
+    """
+    from twistchat import wire
+    from twistchat.bench.hardening import _frame_io, _tls_context
+    from twistchat.crypto.spake2plus import G, encode_point
+
+    limit = ("--max-guesses-per-address", "1")
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file), *limit)
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file), *limit)
+    context = _tls_context()
+    share = encode_point(G * 424242)  # a valid point: the server tests the guess
+
+    def guess_until_share(port: int) -> Any:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+        tls = context.wrap_socket(raw)
+        send, receive = _frame_io(tls)
+        send("hello", v=wire.PROTOCOL_VERSION, room="main", name="guesser")
+        assert receive().type == "params"
+        send("share", X=share)
+        return tls, receive
+
+    try:
+        on_a, receive_a = guess_until_share(a.port)
+        assert receive_a().type == "verify"  # A's check is in progress: its slot is taken
+        on_b, receive_b = guess_until_share(b.port)
+        b.log.wait_for(r"\(127\.0\.0\.1\) has 1 password checks in progress on all nodes: "
+                       r"1 wait", timeout=10)
+        on_a.close()  # A's check ends: B's share gets the slot
+        assert receive_b().type == "verify"
+        on_b.close()
+    finally:
+        stop_all([], [a, b])
+
+
+@pytest.mark.parametrize("pause", [2, 6])
+def test_slow_redis_delays_but_loses_nothing(tmp_path: Path, redis: RedisServer,
+                                             password_file: Path, pause: int) -> None:
+    """
+    Redis paused (C{CLIENT PAUSE}, every command held) for C{pause} seconds,
+    shorter and longer than a command's deadline: what alice sends meanwhile
+    reaches bob on the other node afterwards, every message once and in
+    order, and nobody is told a message was not sent when it was; the nodes
+    answer their members meanwhile (C{/who}) and log no traceback.
+    """
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    clients: list[Client] = []
+    try:
+        alice = member(tmp_path, a, "alice")
+        clients.append(alice)
+        bob = member(tmp_path, b, "bob")
+        clients.append(bob)
+        alice.say("before the pause")
+        bob.out.wait_for("before the pause")
+        redis.cli("CLIENT", "PAUSE", str(pause * 1000), "ALL")
+        for i in range(5):
+            alice.say(f"paused {i}")
+        alice.say("/who")  # answered by node A without Redis
+        alice.out.wait_for(r"\* In the room: alice \(you\), bob", timeout=pause / 2)
+        alice.say("after the pause")
+        bob.out.wait_for("after the pause", timeout=pause + 20)
+        expected = ["before the pause", *(f"paused {i}" for i in range(5)), "after the pause"]
+        assert [text for text, _ in chat_lines(bob.out.seen, "alice")] == expected
+        late = member(tmp_path, b, "late")  # the history has each once, in order
+        clients.append(late)
+        late.out.wait_for("--- live ---")
+        assert [text for text, _ in chat_lines(late.out.seen, "alice")] == expected
+        alice.say("/who")  # a fence: alice has printed all that came before its answer
+        alice.out.wait_for(r"\* In the room: alice \(you\), bob \S+, late", timeout=10)
+        assert alice.out.count("cannot store") == 0
+        assert alice.out.count("could not confirm") == 0
+        assert a.process.poll() is None and b.process.poll() is None
     finally:
         stop_all(clients, [a, b])

@@ -19,8 +19,9 @@ is a usage error.
 from __future__ import annotations
 
 import os
+import socket
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -28,7 +29,12 @@ from typing import TYPE_CHECKING, cast
 from twisted.application import service
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString, wrapServerTLS
+from twisted.internet.endpoints import (
+    AdoptedStreamServerEndpoint,
+    SSL4ServerEndpoint,
+    serverFromString,
+    wrapServerTLS,
+)
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
 
@@ -157,6 +163,12 @@ class Options(usage.Options):
          "Serve Prometheus metrics (/metrics) and a health check (/healthz) on "
          "this Twisted endpoint description, e.g. tcp:9108:interface=127.0.0.1 "
          "(needs twistchat[metrics]; see docs/operations.md)."],
+        ["workers", None, 0,
+         "With --redis: run this many worker processes sharing the port (each a "
+         "node of the group), supervised by this one (0: serve in this process).", _count],
+        ["worker-fd", None, None,
+         "Used by --workers: serve the listening socket inherited on this file "
+         "descriptor, as a worker of the parent that passed it.", int],
     ]
     optFlags = [
         ["metrics-room-names", None,
@@ -178,6 +190,12 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        #: The arguments as given (the workers of --workers get them again).
+        self.argv: list[str] = []
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_listen(self, description: str) -> None:
         self["listen"].append(description)
@@ -240,6 +258,7 @@ class Options(usage.Options):
                 "give either --listen or --port/--interface, not both "
                 "(e.g. --listen tcp:7777:interface=127.0.0.1)"
             )
+        self._check_workers()
         self.endpoints = self._endpoints()
         self.metrics_endpoint = self._metrics_endpoint()
         self.redis = self._redis()
@@ -273,6 +292,23 @@ class Options(usage.Options):
                 f"cannot use the data directory {self.data_dir}: {_os_reason(e)}"
             ) from None
 
+    def _check_workers(self) -> None:
+        """
+        @raise usage.UsageError: for C{--workers} without C{--redis}, or with
+            C{--listen}.
+        """
+        if self["workers"] < 0:
+            raise usage.UsageError("--workers must not be negative")
+        if not self["workers"]:
+            return
+        if self["redis"] is None:
+            raise usage.UsageError(
+                "--workers needs --redis: the workers serve the rooms together through Redis")
+        if self["listen"]:
+            raise usage.UsageError("--workers shares one --port/--interface, not --listen")
+        if self["worker-fd"] is not None:
+            raise usage.UsageError("give --workers or --worker-fd, not both")
+
     def _endpoints(self) -> list[tuple[str, IStreamServerEndpoint]]:
         """
         Parse the --listen descriptions (without TLS: L{makeService} adds it).
@@ -284,6 +320,18 @@ class Options(usage.Options):
         """
         from twisted.internet import reactor
 
+        if self["worker-fd"] is not None:
+            try:
+                inherited = socket.socket(fileno=os.dup(self["worker-fd"]))
+            except OSError as e:
+                raise CannotStart(
+                    f"--worker-fd {self['worker-fd']}: no listening socket there ({e})"
+                ) from None
+            family = inherited.family
+            inherited.close()
+            # The worker's own TLS is added on top (by makeService), as for --listen.
+            return [("the socket of the parent", AdoptedStreamServerEndpoint(
+                reactor, self["worker-fd"], family))]
         endpoints: list[tuple[str, IStreamServerEndpoint]] = []
         for description in self["listen"]:
             _refuse_tls(description)
@@ -480,6 +528,8 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     history: History | None = None
+    if options["workers"]:
+        return _workers(options)
     if options.redis is not None:
         return _redis_service(options)
     metrics = _metrics(options)
@@ -527,15 +577,21 @@ def _metrics(options: Options) -> Metrics | None:
     return Metrics()
 
 
-def _factory(metrics: Metrics | None) -> Callable[..., ChatServerFactory]:
+def _factory(
+    metrics: Metrics | None, base: type[ChatServerFactory] = ChatServerFactory
+) -> Callable[..., ChatServerFactory]:
     """
-    The factory class: one that counts into C{metrics} when there are any.
+    The factory class C{base}, or, when there are C{metrics}, a subclass of it
+    that also counts into them.
     """
     if metrics is None:
-        return ChatServerFactory
+        return base
     from twistchat.server.metrics import MeasuredFactory
 
-    return partial(MeasuredFactory, metrics=metrics)
+    if base is ChatServerFactory:
+        return partial(MeasuredFactory, metrics=metrics)
+    measured = type(f"Measured{base.__name__}", (MeasuredFactory, base), {})
+    return partial(measured, metrics=metrics)
 
 
 def _metrics_service(options: Options, factory: ChatServerFactory, metrics: Metrics,
@@ -594,6 +650,7 @@ def _redis_service(options: Options) -> service.IService:
         RedisNodeService,
         RedisRooms,
         SharedAddressBook,
+        SharedGuessFactory,
     )
 
     assert options.redis is not None
@@ -604,14 +661,41 @@ def _redis_service(options: Options) -> service.IService:
         max_entries=options["redis-max-entries"], max_bytes=options.limits.max_send_queue // 2,
     )
     metrics = _metrics(options)
-    factory = _factory(metrics)(rooms, reactor, options.limits, history=history,
-                                decoy_secret=options.decoy_secret)
+    factory = _factory(metrics, SharedGuessFactory)(
+        rooms, reactor, options.limits, history=history,
+        decoy_secret=options.decoy_secret, link=link, node=history.node)
     factory.addresses = SharedAddressBook(options.limits, link, reactor)
-    node = RedisNodeService(link, factory, history, options.verifiers, options.decoy_secret)
+    node = RedisNodeService(link, factory, history, options.verifiers, options.decoy_secret,
+                            err=options.err)
     # Rooms come from Redis (twistchat-passwd --redis), not the rooms folder.
     chat = _chat_service(options, factory, watch_rooms=False)
     chat.setServiceParent(node)
     if metrics is not None:
         # Health is whether the node listens (it does once Redis answered).
         _metrics_service(options, factory, metrics, chat, None).setServiceParent(node)
-    return node
+    if options["worker-fd"] is None:
+        return node
+    from twistchat.server.workers import ParentWatchService
+
+    worker = service.MultiService()
+    ParentWatchService(reactor).setServiceParent(worker)
+    node.setServiceParent(worker)
+    return worker
+
+
+def _workers(options: Options) -> service.IService:
+    """
+    The parent of C{--workers N} (L{twistchat.server.workers}).
+    """
+    from twisted.internet import reactor
+
+    from twistchat.server.redisnode import check_at_start
+    from twistchat.server.workers import WorkerPool, worker_arguments
+
+    url = options.redis
+    assert url is not None
+    return WorkerPool(
+        reactor, options["workers"], options["interface"], options["port"],
+        worker_arguments(options.argv), dict(os.environ), err=options.err,
+        check=lambda: check_at_start(url, options.err),
+    )

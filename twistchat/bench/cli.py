@@ -27,6 +27,11 @@ Hardening scenarios (twistd alone; docs/operations.md, "Measured"):
 and bare only (5 interleaved runs of 3 s; with --smoke, tiny), then one line per
 target: twistchat's figure, bare's, their ratio, the limit, met or missed.
 
+With --servers redis1 or redis2 (fanout, latency, handshake), the bench
+starts its own redis-server (appendonly, appendfsync everysec) and one or two
+twistd nodes on it; members are split between the nodes; server CPU is the sum
+over every node and redis-server.
+
 history: --repeat rounds with history off, then on: msg/s and server CPU per
 1000 messages (--history-senders, --history-receivers, --history-messages).
 """
@@ -44,6 +49,7 @@ from twistchat.bench.config import (
     DEFAULT_SCENARIOS,
     HARDENING_SCENARIOS,
     MODES,
+    REDIS_SERVERS,
     RELAY_SCENARIOS,
     SCENARIOS,
     SERVERS,
@@ -84,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma-separated subset of: " + ", ".join(SCENARIOS)
                         + " ('hardening' for all four hardening scenarios)")
     parser.add_argument("--servers", default=",".join(SERVERS),
-                        help="comma-separated subset of: " + ", ".join(SERVERS))
+                        help="comma-separated subset of: " + ", ".join(SERVERS + REDIS_SERVERS)
+                        + " (redis1, redis2: one or two nodes on a Redis the bench starts)")
     parser.add_argument("--repeat", type=int, help="interleaved runs per setting (median)")
     parser.add_argument("--seconds", type=float, help="seconds per traffic run")
     parser.add_argument("--members", type=_numbers(int),
@@ -141,7 +148,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             extra_options(options)
     except (BenchError, ValueError) as e:
         parser.error(str(e))
-    for name, allowed in (("scenarios", SCENARIOS), ("servers", SERVERS)):
+    for name, allowed in (("scenarios", SCENARIOS), ("servers", SERVERS + REDIS_SERVERS)):
         bad = set(getattr(args, name)) - set(allowed)
         if bad:
             parser.error(f"unknown {name}: {', '.join(sorted(bad))}")

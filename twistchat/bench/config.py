@@ -21,6 +21,9 @@ DEFAULT_SCENARIOS = RELAY_SCENARIOS
 SERVERS = ("twistchat", "bare", "threaded")
 #: The servers a --targets run compares (the targets are ratios to bare).
 TARGET_SERVERS = ("twistchat", "bare")
+#: twistchat on a Redis the bench starts (not run unless asked for with
+#: --servers): one node, or two nodes with the members split between them.
+REDIS_SERVERS = ("redis1", "redis2")
 MAIN_ROOM = "main"
 
 #: Settings per mode: member counts, seconds per run, repeats, and the sizes

@@ -23,7 +23,9 @@ import queue
 import re
 import resource
 import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -232,6 +234,55 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+
+
+class RedisProcess:
+    """
+    A redis-server of the bench's own on 127.0.0.1 (a free port), its files
+    in C{folder}: append-only file with C{appendfsync everysec}, as a
+    deployment would run it.
+
+    @raise BenchError: when redis-server is missing or does not start.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise BenchError("redis-server is missing (Debian package redis-server)")
+        folder.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        assert self.process.stdout is not None
+        self.log = Lines(self.process.stdout)
+        try:
+            self.log.wait_for("Ready to accept connections", START_TIMEOUT)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def raise_fd_limit() -> int:

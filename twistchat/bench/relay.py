@@ -18,6 +18,7 @@ import math
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -26,13 +27,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from twistchat.bench.config import MAIN_ROOM, MODES, BenchConfig
+from twistchat.bench.config import MAIN_ROOM, MODES, REDIS_SERVERS, BenchConfig
 from twistchat.bench.load import COUNTER_BASE
 from twistchat.bench.measure import children, cpu_seconds, rss_bytes
 from twistchat.bench.processes import (
     STEP_TIMEOUT,
     BenchError,
     LoadProcess,
+    RedisProcess,
     ServerProcess,
     socketchat_command,
 )
@@ -229,6 +231,9 @@ class Run:
     password: str
     options: list[str]
     loads: list[LoadProcess] = dataclasses.field(default_factory=list)
+    #: Every server process: the nodes (C{server} first), then redis-server.
+    nodes: list[RelayServer] = dataclasses.field(default_factory=list)
+    redis: RedisProcess | None = None
 
     @property
     def load_kind(self) -> str:
@@ -236,6 +241,22 @@ class Run:
         The kind of member the load processes simulate.
         """
         return self.kind if self.kind in BASELINES else "twistchat"
+
+    @property
+    def ports(self) -> list[int]:
+        """
+        The ports members connect to (load process I{i} to the I{i}th, round).
+        """
+        return [node.port for node in self.nodes or [self.server]]
+
+    def cpu(self) -> float:
+        """
+        CPU seconds used by every server process (nodes and redis-server).
+        """
+        pids = [node.pid for node in self.nodes or [self.server]]
+        if self.redis is not None:
+            pids.append(self.redis.pid)
+        return sum(cpu_seconds(pid) for pid in pids)
 
 
 _profiles = itertools.count()
@@ -247,6 +268,8 @@ def run_one(kind: str, setting: Setting, config: BenchConfig) -> dict[str, Any]:
 
     @raise BenchError: when a process fails or a login is refused.
     """
+    if kind in REDIS_SERVERS:
+        return _run_redis(kind, setting, config)
     password = secrets.token_urlsafe(18)
     twistchat = kind not in BASELINES
     options = ([*server_options(setting, config.size), *extra_options(config.server_args),
@@ -270,6 +293,41 @@ def run_one(kind: str, setting: Setting, config: BenchConfig) -> dict[str, Any]:
             server.stop(15)
 
 
+def _run_redis(kind: str, setting: Setting, config: BenchConfig) -> dict[str, Any]:
+    """
+    One run on a redis-server of the run's own and one (C{redis1}) or two
+    (C{redis2}) twistd nodes on it, each with its own data directory and the
+    same room verifier.
+    """
+    password = secrets.token_urlsafe(18)
+    with tempfile.TemporaryDirectory(prefix="twistchat-bench-") as tmp:
+        workdir = Path(tmp)
+        redis = RedisProcess(workdir / "redis")
+        options = [*server_options(setting, config.size), *extra_options(config.server_args),
+                   "--redis", redis.url]
+        nodes: list[RelayServer] = []
+        run: Run | None = None
+        try:
+            for i in range(2 if kind == "redis2" else 1):
+                folder = workdir / f"node{i}"
+                folder.mkdir()
+                if i == 0:
+                    prepare_rooms(folder / "data", password, setting)
+                else:
+                    shutil.copytree(workdir / "node0" / "data" / "rooms",
+                                    folder / "data" / "rooms")
+                nodes.append(RelayServer("twistchat", folder, options, password))
+            run = Run(kind, setting, config, nodes[0], password, options, nodes=nodes,
+                      redis=redis)
+            return _drive(run)
+        finally:
+            for load in run.loads if run is not None else []:
+                load.stop()
+            for node in nodes:
+                node.stop(15)
+            redis.stop()
+
+
 def run_all(config: BenchConfig) -> list[dict[str, Any]]:
     """
     Every setting of the relay scenarios C{config} asks for, on every server.
@@ -288,6 +346,8 @@ def run_all(config: BenchConfig) -> list[dict[str, Any]]:
                 if (kind == "threaded" and setting.scenario == "idle"
                         and setting.members > THREADED_IDLE_MAX):
                     continue
+                if kind in REDIS_SERVERS and setting.scenario == "idle":
+                    continue  # memory per member is the single process's
                 runs[kind].append(run_one(kind, setting, config))
         for kind in config.servers:
             if runs[kind]:
@@ -310,19 +370,22 @@ def _sleep_until(when: float) -> None:
 def _drive(run: Run) -> dict[str, Any]:
     setting, config, server = run.setting, run.config, run.server
     specs = member_specs(setting)
-    nloads = max(1, min(config.load_processes, len(specs) // 2 or 1))
+    ports = run.ports
+    # At least one load process per node.
+    nloads = max(len(ports), min(config.load_processes, len(specs) // 2 or 1))
     # Senders first in each process, then its probes; sender ids are global.
     senders = list(range(setting.senders))
     sender_sets = _split(senders, nloads)
     listeners = _split(specs[setting.senders:], nloads)
     for i in range(nloads):
-        load_config = {"kind": run.load_kind, "port": server.port, "password": run.password,
+        load_config = {"kind": run.load_kind, "port": ports[i % len(ports)],
+                       "password": run.password,
                        "size": config.size, "sender_ids": sender_sets[i], "lifetime": 3600}
         run.loads.append(LoadProcess(load_config))
     loads = run.loads
     _all_reply(loads, 60)
     concurrency = max(1, setting.concurrency // nloads)
-    cpu0, rss0, t0 = cpu_seconds(server.pid), rss_bytes(server.pid), time.monotonic()
+    cpu0, rss0, t0 = run.cpu(), rss_bytes(server.pid), time.monotonic()
     for i, load in enumerate(loads):
         if setting.scenario == "handshake":
             # One member each, so that scrypt runs before the timed logins.
@@ -347,7 +410,7 @@ def _drive(run: Run) -> dict[str, Any]:
         result.update(
             room_size=setting.room_size,
             admit_seconds=round(admit_seconds, 3),
-            admit_cpu_seconds=round(cpu_seconds(server.pid) - cpu0, 3),
+            admit_cpu_seconds=round(run.cpu() - cpu0, 3),
             rss_kib_per_member=round((rss1 - rss0) / 1024 / setting.members, 2),
             rss_mib=round(rss1 / 2**20, 1),
         )
@@ -364,9 +427,9 @@ def _drive(run: Run) -> dict[str, Any]:
         else:
             load.send(cmd="churn", start=start, end=end, concurrency=concurrency, room=MAIN_ROOM)
     _sleep_until(start)
-    cpu_a = cpu_seconds(server.pid)
+    cpu_a = run.cpu()
     _sleep_until(end)
-    cpu = cpu_seconds(server.pid) - cpu_a
+    cpu = run.cpu() - cpu_a
     replies = _all_reply(loads, setting.seconds + 120)
     result["seconds"] = setting.seconds
     result["server_cpu_seconds"] = round(cpu, 3)

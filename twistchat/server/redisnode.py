@@ -20,6 +20,9 @@ seams and changes none of them:
     script: C{HSETNX} on the room's member hash, then C{XADD} of the join).
   - L{SharedAddressBook}: failed-login counts and penalties kept in Redis too
     (C{INCR}/C{EXPIRE}), so that an attacker gains nothing from more nodes.
+  - L{SharedGuessFactory}: the password checks in progress per address
+    counted in Redis (a sorted set of slots that lapse), so that
+    C{--max-guesses-per-address} holds for the whole group.
   - L{RedisNodeService}: connects, publishes this node's rooms and adopts the
     shared ones and the shared decoy secret before the listener starts;
     heartbeats; notices dead nodes (an expired heartbeat) and announces their
@@ -33,7 +36,8 @@ instead of losing what was published meanwhile.
 Redis holds, per room: the stream (sealed messages as relayed: sender name,
 session id, counter, ciphertext, server time; joins and leaves with name and
 address), the member hash (name, address, node), the verifier; per node a
-heartbeat; per address its failed-login count and penalty, with expiry; and
+heartbeat; per address its failed-login count and penalty and its checks in
+progress, with expiry; and
 the decoy secret. Never plaintext, never a password or key. docs/operations.md
 lists the keys.
 
@@ -47,9 +51,12 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
+import ssl
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 from twisted.application import service
@@ -65,6 +72,7 @@ from twistchat.errors import ConfigError
 from twistchat.server.history import Row, history_frame
 from twistchat.server.limits import AddressBook, AddressRecord, Limits
 from twistchat.server.room import Member, Room, Rooms
+from twistchat.server.service import CannotStart, ChatServerFactory
 
 #: Every key starts with this.
 PREFIX = "twistchat:"
@@ -83,6 +91,10 @@ BLOCK_MS = 1000
 READ_COUNT = 500
 #: Seconds a command may take before Redis counts as unavailable.
 COMMAND_TIMEOUT = 3.0
+#: Seconds a message or a name claim waits for Redis's answer (Redis slow,
+#: not gone): past COMMAND_TIMEOUT Redis counts as unavailable, but a write
+#: already sent may still be carried out, so its sender is not told it failed.
+STORE_PATIENCE = 30.0
 #: Entries kept per room stream, about (XADD MAXLEN ~): the size cap.
 DEFAULT_MAX_ENTRIES = 10000
 #: Stream entries scanned for one history replay, at most.
@@ -92,6 +104,7 @@ MAX_REPLAY_SCAN = 5000
 REFRESH_INTERVAL = 0.5
 
 UNAVAILABLE = "unavailable"
+NO_ANSWER = "no answer in time"
 
 # Claim a name and announce the join, atomically.
 # KEYS: members hash, stream. ARGV: field, value, maxlen, name, addr, origin, frame.
@@ -122,6 +135,22 @@ return n
 """
 
 
+# Take one of an address's password-check slots if fewer than the limit are
+# taken on all nodes. A slot is a member of a sorted set scored by when it
+# lapses (a check cannot outlive the handshake timeout, so a dead node's slots
+# lapse by themselves). KEYS: slots. ARGV: now ms, lapse ms, limit, slot.
+TAKE_SLOT_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) - tonumber(ARGV[1]) + 1000)
+return 1
+"""
+
+#: Seconds between two tries for a slot while an address's checks wait.
+SLOT_RETRY = 0.25
+
+
 def stream_key(room: str) -> str:
     return f"{PREFIX}room:{room}:log"
 
@@ -140,6 +169,10 @@ def fail_key(host: str) -> str:
 
 def block_key(host: str) -> str:
     return f"{PREFIX}block:{host}"
+
+
+def guess_key(host: str) -> str:
+    return f"{PREFIX}guess:{host}"
 
 
 @dataclass(frozen=True)
@@ -191,6 +224,69 @@ class RedisURL:
         return f"{scheme}://{self.host}:{self.port}/{self.db}"
 
 
+def probe(url: RedisURL, timeout: float = COMMAND_TIMEOUT) -> None:
+    """
+    Check, blocking, that Redis answers at C{url} and takes its password and
+    database: a node runs this once from C{startService}, before the reactor
+    runs, so that Redis unreachable at start is a one-line failure with exit
+    status 1 (as a port in use is) rather than a log line and a clean exit.
+
+    It speaks just enough of Redis's protocol (RESP: C{AUTH}, C{SELECT},
+    C{PING}, each answered by one status or error line); txredisapi, which
+    needs the running reactor, does everything after.
+
+    @raise ConfigError: with the reason, on one line, never the password.
+    """
+    commands: list[list[str]] = []
+    if url.password is not None:
+        commands.append(["AUTH", *([url.username] if url.username else []), url.password])
+    commands += [["SELECT", str(url.db)], ["PING"]]
+    try:
+        with socket.create_connection((url.host, url.port), timeout=timeout) as raw:
+            sock: socket.socket = raw
+            if url.tls:
+                sock = ssl.create_default_context().wrap_socket(raw, server_hostname=url.host)
+            with sock.makefile("rb") as replies:
+                for command in commands:
+                    sock.sendall(_resp(command))
+                    reply = replies.readline(1024).decode("utf-8", "replace").strip()
+                    if not reply.startswith("+"):
+                        refused = reply.lstrip("-") or "the connection was closed"
+                        raise ConfigError(
+                            f"cannot use Redis at {url}: {command[0]} refused: {refused}")
+    except (OSError, ssl.SSLError) as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise ConfigError(f"cannot reach Redis at {url}: {reason}") from None
+
+
+def check_at_start(url: RedisURL, err: IO[str], timeout: float = COMMAND_TIMEOUT) -> None:
+    """
+    L{probe}, for a process that is starting.
+
+    @raise CannotStart: if the probe fails; its line is written to C{err}
+        and logged.
+    """
+    try:
+        probe(url, timeout)
+    except ConfigError as e:
+        stop = CannotStart(e.message, reported=True)
+        RedisNodeService.log.error("{line}", line=stop.line)
+        err.write(stop.line + "\n")
+        err.flush()
+        raise stop from None
+
+
+def _resp(command: Sequence[str]) -> bytes:
+    """
+    One command as RESP: an array of bulk strings.
+    """
+    parts = [f"*{len(command)}\r\n".encode()]
+    for arg in command:
+        data = arg.encode("utf-8")
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
 class RedisUnavailable(Exception):
     """
     Redis did not answer (in time).
@@ -240,15 +336,30 @@ class RedisLink:
         self._commands = self._reader = None
         return defer.gatherResults(done, consumeErrors=True).addErrback(lambda _: None)
 
-    def call(self, *args: Any, timeout: float | None = None) -> defer.Deferred[Any]:
+    def call(self, *args: Any, timeout: float | None = None,
+             patience: float | None = None) -> defer.Deferred[Any]:
         """
         Run one command.
 
+        @param patience: for a write whose outcome must be known (a message
+            stored, a name claimed): how long to wait for its answer. Past
+            C{timeout} Redis counts as unavailable (logged; new messages are
+            refused) but this command waits on, as Redis may still carry it
+            out: a slow Redis delays it rather than failing it.
         @return: a Deferred firing with the reply, or failing with
             L{RedisUnavailable} (or txredisapi's C{ResponseError} for a
             command Redis refused).
         """
-        return self._run(self._commands, args, timeout or self.timeout)
+        if patience is None:
+            return self._run(self._commands, args, timeout or self.timeout)
+        late = self.clock.callLater(timeout or self.timeout, self.down, NO_ANSWER)
+
+        def answered(result: Any) -> Any:
+            if late.active():
+                late.cancel()
+            return result
+
+        return self._run(self._commands, args, patience).addBoth(answered)
 
     def read(self, *args: Any) -> defer.Deferred[Any]:
         """
@@ -271,7 +382,9 @@ class RedisLink:
         def failed(failure: Failure) -> Failure:
             if failure.check(txredisapi.ResponseError):
                 return failure
-            reason = "no answer in time" if failure.check(defer.TimeoutError) else (
+            if failure.check(defer.CancelledError):
+                return Failure(RedisUnavailable("cancelled"))  # we stopped it: no outage
+            reason = NO_ANSWER if failure.check(defer.TimeoutError) else (
                 str(failure.value) or type(failure.value).__name__
             )
             self.down(reason)
@@ -490,7 +603,7 @@ class RedisHistory:
         d = self.link.call(
             "XADD", stream_key(room.name), "MAXLEN", "~", self.max_entries, "*",
             "k", "m", "o", local.origin, "f", frame,
-            "ts", repr(self.clock.seconds()),
+            "ts", repr(self.clock.seconds()), patience=STORE_PATIENCE,
         )
         d.addErrback(self._not_stored, sender)
         self._track(d)
@@ -499,14 +612,17 @@ class RedisHistory:
         failure.trap(Exception)
         if not failure.check(RedisUnavailable):
             self.log.warn("redis: a message was not stored: {reason}", reason=str(failure.value))
+        elif str(failure.value) == NO_ANSWER:
+            # Sent, but not answered even in STORE_PATIENCE: Redis may yet store it.
+            self._refuse(sender, "the server could not confirm in time that this message "
+                         "was stored: it may or may not reach the room")
+            return
         self._refuse(sender)
 
-    def _refuse(self, member: Member) -> None:
-        member.deliver(wire.prefixed(wire.encode(
-            "notice", code=UNAVAILABLE,
-            text="the server cannot store messages right now, so this one was not "
-            "sent; try again in a moment",
-        )))
+    def _refuse(self, member: Member, text: str = (
+            "the server cannot store messages right now, so this one was not "
+            "sent; try again in a moment")) -> None:
+        member.deliver(wire.prefixed(wire.encode("notice", code=UNAVAILABLE, text=text)))
 
     def announce(self, room: Room, member: Member, frame: bytes) -> None:
         """
@@ -533,7 +649,7 @@ class RedisHistory:
         d = self.link.call(
             "EVAL", JOIN_SCRIPT, 2, members_key(room.name), stream_key(room.name),
             member.name.casefold(), value, self.max_entries, member.name, member.addr,
-            origin, frame,
+            origin, frame, patience=STORE_PATIENCE,
         )
         d.addCallbacks(self._claimed, self._claim_failed,
                        callbackArgs=(local,), errbackArgs=(local,))
@@ -952,6 +1068,95 @@ class SharedAddressBook(AddressBook):
                        "EX", int(penalty) + 1).addErrback(lambda f: None)
 
 
+class SharedGuessFactory(ChatServerFactory):
+    """
+    The factory of a node: password checks in progress per address are
+    counted across nodes, so that C{--max-guesses-per-address} holds for the
+    whole group, as it does for one server.
+
+    Every share waits (the protocol's C{QUEUED} state) until this node has
+    taken one of the address's slots in Redis, atomically
+    (L{TAKE_SLOT_SCRIPT}); a node tries again every L{SLOT_RETRY} seconds
+    while its address's checks wait, and at once when one of its own ends.
+    Without Redis, the slots are counted on this node alone (a login then
+    fails a moment later anyway, at the name claim).
+    """
+
+    def __init__(self, *args: Any, link: RedisLink, node: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.link = link
+        self.node = node
+        self._serial = 0
+        #: The slot each connection holds in Redis (None: a local one).
+        self._slots: dict[Any, str | None] = {}
+        #: Addresses with a take under way or a retry scheduled.
+        self._trying: set[str] = set()
+        #: Addresses whose checks wait for another node's to end.
+        self._waiting: set[str] = set()
+
+    def guess_slot_free(self, host: str) -> bool:
+        return False  # every share asks Redis (queue_guess)
+
+    def queue_guess(self, protocol: Any) -> None:
+        self.addresses.get(protocol.host).queued.append(protocol)
+        self._try(protocol.host)
+
+    def guess_ended(self, protocol: Any) -> None:
+        record = self.addresses.get(protocol.host)
+        record.guessing -= 1
+        slot = self._slots.pop(protocol, None)
+        if slot is not None:
+            self.link.call("ZREM", guess_key(protocol.host), slot).addErrback(lambda f: None)
+        self._try(protocol.host)
+
+    def _try(self, host: str) -> None:
+        if host in self._trying or not self.addresses.get(host).queued:
+            return
+        self._trying.add(host)
+        self._serial += 1
+        slot = f"{self.node}.{self._serial}"
+        now = self.clock.seconds()
+        d = self.link.call("EVAL", TAKE_SLOT_SCRIPT, 1, guess_key(host), int(now * 1000),
+                           int((now + self.limits.handshake_timeout) * 1000),
+                           self.limits.max_guesses_per_address, slot)
+        d.addCallbacks(self._taken, self._not_taken, (host, slot), errbackArgs=(host,))
+
+    def _taken(self, taken: Any, host: str, slot: str) -> None:
+        record = self.addresses.get(host)
+        if not int(taken):
+            if record.queued and host not in self._waiting:
+                self._waiting.add(host)  # logged once per wait, not per retry
+                self.log.info(
+                    "({host}) has {count} password checks in progress on all nodes: "
+                    "{waiting} wait", host=host, count=self.limits.max_guesses_per_address,
+                    waiting=len(record.queued))
+            self.clock.callLater(SLOT_RETRY, self._retry, host)
+            return
+        self._trying.discard(host)
+        self._waiting.discard(host)
+        if not record.queued:  # the waiting connection went away meanwhile
+            self.link.call("ZREM", guess_key(host), slot).addErrback(lambda f: None)
+            return
+        self._grant(record.queued.popleft(), slot)
+        self._try(host)
+
+    def _not_taken(self, failure: Failure, host: str) -> None:
+        failure.trap(Exception)
+        self._trying.discard(host)
+        record = self.addresses.get(host)
+        while record.queued and record.guessing < self.limits.max_guesses_per_address:
+            self._grant(record.queued.popleft(), None)
+
+    def _grant(self, protocol: Any, slot: str | None) -> None:
+        self.addresses.get(protocol.host).guessing += 1
+        self._slots[protocol] = slot
+        protocol.slot_granted()
+
+    def _retry(self, host: str) -> None:
+        self._trying.discard(host)
+        self._try(host)
+
+
 class RedisNodeService(service.MultiService):
     """
     Runs its child (the listening L{ChatService}) once this node has joined
@@ -963,8 +1168,9 @@ class RedisNodeService(service.MultiService):
     log = Logger()
 
     def __init__(self, link: RedisLink, factory: Any, history: RedisHistory,
-                 own: Iterable[Verifier], decoy: bytes) -> None:
+                 own: Iterable[Verifier], decoy: bytes, err: IO[str] | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
+        self.err = sys.stderr if err is None else err
         self.link = link
         self.factory = factory
         self.history = history
@@ -974,6 +1180,14 @@ class RedisNodeService(service.MultiService):
         self.ready: defer.Deferred[None] = defer.Deferred()
 
     def startService(self) -> None:
+        """
+        Check that Redis answers (blocking, once: twistd starts services
+        before it runs the reactor), then join the group.
+
+        @raise CannotStart: if Redis cannot be reached or refuses the
+            password or database; its line is written to C{err} and logged.
+        """
+        check_at_start(self.link.url, self.err, self.link.timeout)
         service.Service.startService(self)
         self.link.open()
         self._join().addCallbacks(self._joined, self._cannot_join)

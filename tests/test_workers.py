@@ -1,0 +1,91 @@
+"""
+C{--workers}: its options and the parent's restart delays (with a
+L{task.Clock}); tests/test_redis.py runs real workers.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twistchat.server import workers
+from twistchat.server.workers import WorkerPool, worker_arguments
+from twistchat.tap import Options
+from twisted.internet import error, task
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+
+def parse(data_dir: Path, *args: str) -> Options:
+    options = Options()
+    options.out = io.StringIO()
+    options.err = io.StringIO()
+    options.environ = {}
+    options.parseOptions(["--data-dir", str(data_dir), "--password", "pw for tests", *args])
+    return options
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--workers", "2"], "--workers needs --redis"),
+    (["--workers", "-1"], "must not be negative"),
+    (["--workers", "2", "--redis", "redis://127.0.0.1/0", "--listen", "tcp:0"],
+     "not --listen"),
+    (["--workers", "2", "--redis", "redis://127.0.0.1/0", "--worker-fd", "3"],
+     "not both"),
+])
+def test_bad_worker_options(tmp_path: Path, args: list[str], message: str) -> None:
+    with pytest.raises(usage.UsageError, match=message):
+        parse(tmp_path, *args)
+
+
+def test_workers_get_the_parents_options_and_the_socket() -> None:
+    argv = ["--port", "7777", "--workers", "4", "--redis", "redis://h/0", "--workers=3"]
+    assert worker_arguments(argv) == [
+        "--port", "7777", "--redis", "redis://h/0", "--worker-fd", str(workers.WORKER_FD)]
+
+
+class _Process:
+    pid = 1234
+
+
+class _Reactor(task.Clock):
+    """
+    A clock that records the processes it is asked to spawn.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[Any] = []
+
+    def spawnProcess(self, protocol: Any, *args: Any, **kwargs: Any) -> _Process:
+        self.spawned.append(protocol)
+        return _Process()
+
+
+def test_a_dying_worker_is_restarted_with_backoff(tmp_path: Path) -> None:
+    reactor = _Reactor()
+    pool = WorkerPool(reactor, 1, "127.0.0.1", 0, [], {}, err=io.StringIO())
+    pool.startService()
+    try:
+        delays = []
+        for _ in range(7):
+            worker = reactor.spawned[-1]
+            worker.processEnded(Failure(error.ProcessTerminated(signal=9)))
+            before = len(reactor.spawned)
+            delay = reactor.getDelayedCalls()[0].getTime() - reactor.seconds()
+            delays.append(delay)
+            reactor.advance(delay)
+            assert len(reactor.spawned) == before + 1
+        assert delays == [1, 2, 4, 8, 16, 30, 30]
+        # A worker that ran for a while starts again after the first delay.
+        reactor.advance(workers.STABLE)
+        reactor.spawned[-1].processEnded(Failure(error.ProcessTerminated(exitCode=1)))
+        assert reactor.getDelayedCalls()[0].getTime() - reactor.seconds() == 1
+    finally:
+        pool.running = False
+        for call in reactor.getDelayedCalls():
+            call.cancel()
+        assert pool.socket is not None
+        pool.socket.close()
