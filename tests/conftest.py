@@ -18,6 +18,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.logger import globalLogPublisher
 
 from twistchat.client.api import ChatListener, ChatMessage, Member
+from twistchat.crypto.identity import Identity
 from twistchat.crypto.verifier import make_verifier
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
@@ -26,6 +27,9 @@ from twistchat.server.tls import load_certificate, server_options
 pytest_plugins = ["pytester"]
 
 PASSWORD = "correct horse battery staple"
+#: An identity key for peers that speak the wire protocol by hand.
+IDENTITY = Identity.from_seed(bytes(range(32)))
+IDENTITY_KEY = IDENTITY.public_key
 OTHER_PASSWORD = "not the room password"
 
 
@@ -105,6 +109,17 @@ async def reactor_leftovers(before: ReactorState, grace: float = CLOSING_GRACE) 
     except AssertionError:
         pass
     return ReactorState().since(before)
+
+
+@pytest.fixture(autouse=True)
+def private_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """
+    Keep every client profile (identity key, pins, transcript state) of a
+    test in its own directory, never the user's.
+    """
+    config = tmp_path / "xdg-config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    return config
 
 
 @pytest.fixture(autouse=True)

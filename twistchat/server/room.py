@@ -12,6 +12,7 @@ member sees a room's events in the order the server received them.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Iterable, Protocol
 
@@ -47,6 +48,9 @@ class Member(Protocol):
 
     name: str
     addr: str
+    #: The member's identity public key, as it announced it (a claim the
+    #: server relays; clients check the signatures inside sealed messages).
+    key: bytes
 
     def deliver(self, data: bytes) -> None:
         """
@@ -65,6 +69,8 @@ class Room:
         self.key = VerifierKey.from_verifier(verifier)
         # casefolded name -> member: "Alice" and "alice" cannot both be present.
         self._members: dict[str, Member] = {}
+        #: Messages accepted so far: the position of the last in the room's order.
+        self.position = 0
 
     def __len__(self) -> int:
         return len(self._members)
@@ -89,12 +95,19 @@ class Room:
     def members(self) -> list[Member]:
         return list(self._members.values())
 
-    def roster(self, exclude: Member | None = None) -> list[dict[str, str]]:
+    def accept(self) -> int:
         """
-        The member list as sent on the wire.
+        Give the next message accepted its position in the room's order.
+        """
+        self.position += 1
+        return self.position
+
+    def roster(self, exclude: Member | None = None) -> list[dict[str, object]]:
+        """
+        The member list as sent on the wire (keys as base64 text).
         """
         return [
-            {"name": m.name, "addr": m.addr}
+            {"name": m.name, "addr": m.addr, "key": base64.b64encode(m.key).decode("ascii")}
             for m in self._members.values()
             if m is not exclude
         ]
@@ -111,7 +124,7 @@ class Room:
         if key in self._members:
             raise NameTaken(f"the name {member.name!r} is already taken in this room")
         self._members[key] = member
-        return wire.encode("joined", name=member.name, addr=member.addr)
+        return wire.encode("joined", name=member.name, addr=member.addr, key=member.key)
 
     def leave(self, member: Member) -> bytes | None:
         """
@@ -144,6 +157,15 @@ class Room:
     def _recipients(self, exclude: Member | None) -> Iterable[Member]:
         # A copy: a delivery may drop a member (slow consumer) mid-loop.
         return [m for m in self._members.values() if m is not exclude]
+
+
+def ack_frame(room: Room, message: wire.Message) -> bytes:
+    """
+    The C{ack} frame (with its length prefix) that tells the sender of
+    C{message} it was accepted, at the next position in C{room}'s order.
+    """
+    raw = message.raw
+    return wire.prefixed(wire.encode("ack", sid=raw["sid"], n=raw["n"], seq=room.accept()))
 
 
 class Rooms:
