@@ -17,7 +17,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.logger import globalLogPublisher
 
-from twistchat.client.api import ChatListener, ChatMessage, Member
+from twistchat.client.api import Alarm, ChatListener, ChatMessage, Member
 from twistchat.crypto.identity import Identity
 from twistchat.crypto.verifier import make_verifier
 from twistchat.server.room import Rooms
@@ -214,6 +214,7 @@ def until(test: Callable[[], bool], timeout: float = 5.0) -> defer.Deferred[None
 class Recorder(ChatListener):
     def __init__(self) -> None:
         self.events: list[Any] = []
+        self.alarms: list[Alarm] = []
         self.waiting: list[tuple[Any, defer.Deferred[Any]]] = []
 
     def _add(self, event: Any) -> None:
@@ -246,6 +247,16 @@ class Recorder(ChatListener):
 
     def disconnected(self, reason: str | None) -> None:
         self._add(("disconnected", reason))
+
+    def transcript_alarm(self, alarm: Alarm) -> None:
+        self._add(("alarm", alarm.kind, alarm.sender))
+        self.alarms.append(alarm)
+
+    def member_key_changed(self, name: str, old: bytes, new: bytes) -> None:
+        self._add(("key changed", name, new))
+
+    def message_undelivered(self, count: int) -> None:
+        self._add(("undelivered", count))
 
 
 os.environ.pop("TWISTCHAT_PASSWORD", None)

@@ -18,8 +18,9 @@ so clients sharing a profile do not undo each other's pins).
 from __future__ import annotations
 
 import enum
+import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 from urllib.parse import quote, unquote
 
 from twistchat.crypto.identity import PUBLIC_KEY_BYTES
@@ -60,6 +61,27 @@ class Pins:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._cache: dict[tuple[str, str, str], Pin] = {}
+        self._stamp: tuple[int, int, int] | None = None
+
+    def _current(self) -> dict[tuple[str, str, str], Pin]:
+        """
+        The pins, read again only when the file changed (another client of
+        the same profile may have pinned someone).
+        """
+        try:
+            st = os.stat(self.path)
+            stamp: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            stamp = None
+        except OSError as e:
+            raise ConfigError(f"cannot read pinned identities file {self.path}: {e.strerror}"
+                              ) from None
+        if stamp is None:
+            self._cache, self._stamp = {}, None
+        elif stamp != self._stamp:
+            self._cache, self._stamp = self._load(), stamp
+        return self._cache
 
     def _load(self) -> dict[tuple[str, str, str], Pin]:
         try:
@@ -91,6 +113,8 @@ class Pins:
             state = "pinned" if pin.changed is None else f"changed {pin.changed.hex()}"
             lines.append(f"{server} {_encode(room)} {_encode(name)} {pin.key.hex()} {state}\n")
         write_private_file(self.path, "".join(lines).encode("utf-8"), replace=True)
+        self._stamp = None
+        self._current()
 
     def get(self, server: str, room: str, name: str) -> Pin | None:
         """
@@ -98,7 +122,7 @@ class Pins:
 
         @raise ConfigError: the file cannot be read or is damaged.
         """
-        return self._load().get((server, room, name))
+        return self._current().get((server, room, name))
 
     def see(self, server: str, room: str, name: str, key: bytes) -> Seen:
         """
@@ -107,18 +131,31 @@ class Pins:
 
         @raise ConfigError: the file cannot be read or written.
         """
-        pins = self._load()
-        pin = pins.get((server, room, name))
-        if pin is None:
-            pins[server, room, name] = Pin(key)
+        return self.see_all(server, room, [(name, key)])[0]
+
+    def see_all(self, server: str, room: str, members: Iterable[tuple[str, bytes]]
+                ) -> list[Seen]:
+        """
+        L{see} for each (name, key) of C{members}, writing the file at most once.
+
+        @raise ConfigError: the file cannot be read or written.
+        """
+        pins = dict(self._current())
+        result = []
+        for name, key in members:
+            pin = pins.get((server, room, name))
+            if pin is None:
+                pins[server, room, name] = Pin(key)
+                result.append(Seen.NEW)
+            elif pin.key == key:
+                result.append(Seen.PINNED)
+            else:
+                if pin.changed != key:
+                    pins[server, room, name] = Pin(pin.key, key)
+                result.append(Seen.CHANGED)
+        if pins != self._cache:
             self._save(pins)
-            return Seen.NEW
-        if pin.key == key:
-            return Seen.PINNED
-        if pin.changed != key:
-            pins[server, room, name] = Pin(pin.key, key)
-            self._save(pins)
-        return Seen.CHANGED
+        return result
 
     def accept(self, server: str, room: str, name: str) -> bytes | None:
         """
@@ -127,7 +164,7 @@ class Pins:
         @return: the key now pinned, or None if no change was waiting.
         @raise ConfigError: the file cannot be read or written.
         """
-        pins = self._load()
+        pins = dict(self._current())
         pin = pins.get((server, room, name))
         if pin is None or pin.changed is None:
             return None

@@ -162,8 +162,7 @@ class ChatSession:
             for m in welcome["members"] if m["name"] != self.name
         }
         self.transcript.new_connection()
-        for member in self._members.values():
-            self._check_key(member.name, member.key)
+        self._check_keys([(m.name, m.key) for m in self._members.values()])
 
     # --- identity keys ------------------------------------------------------------------
 
@@ -179,25 +178,39 @@ class ChatSession:
         Compare C{key} with the one pinned for C{name} (pinning it on first
         sight); report a change once per session. Whether it is the pinned key.
         """
-        if name == self.name and key == self.key:
-            return True
+        return self._check_keys([(name, key)])[0] if key else True
+
+    def _check_keys(self, keys: list[tuple[str, bytes]]) -> list[bool]:
+        """
+        L{_check_key} for each (name, key), reading and writing the pins once.
+        """
+        keys = [(name, key) for name, key in keys if key]
         if self._pins is None:
-            old = self._keys.setdefault(name, key)
-            seen = Seen.PINNED if old == key else Seen.CHANGED
+            seen = []
+            for name, key in keys:
+                old = self._keys.setdefault(name, key)
+                seen.append(Seen.PINNED if old == key else Seen.CHANGED)
         else:
             try:
-                seen = self._pins.see(self._server, self.room, name, key)
-                pin = self._pins.get(self._server, self.room, name)
+                seen = self._pins.see_all(self._server, self.room, keys)
             except ConfigError as e:
                 self._tell(self._listener.notice, e.message)
-                return False
-            old = pin.key if pin is not None else key
-        if seen is not Seen.CHANGED:
-            return True
-        if (name, key) not in self._warned:
-            self._warned.add((name, key))
-            self._tell(self._listener.member_key_changed, name, old, key)
-        return False
+                return [False] * len(keys)
+        result = []
+        for (name, key), how in zip(keys, seen):
+            if name == self.name and key == self.key:
+                how = Seen.PINNED
+            result.append(how is not Seen.CHANGED)
+            if how is Seen.CHANGED and (name, key) not in self._warned:
+                self._warned.add((name, key))
+                self._tell(self._listener.member_key_changed, name, self._old_key(name, key), key)
+        return result
+
+    def _old_key(self, name: str, key: bytes) -> bytes:
+        if self._pins is None:
+            return self._keys.get(name, key)
+        pin = self._pins.get(self._server, self.room, name)
+        return pin.key if pin is not None else key
 
     def _their_key(self, name: str) -> bytes:
         if self._pins is not None:

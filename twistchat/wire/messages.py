@@ -63,8 +63,9 @@ def max_text_for(max_frame: int) -> int:
     return max(0, min(MAX_TEXT_BYTES, text))
 
 
-#: Largest frame a client accepts from the server (member lists can be long).
-MAX_FRAME_FROM_SERVER = 1 << 20
+#: Largest frame a client accepts from the server (member lists can be long:
+#: 10000 members with the longest names, addresses and their keys fit).
+MAX_FRAME_FROM_SERVER = 2 << 20
 
 MAX_NAME = 32
 MAX_ROOM = 64
@@ -302,6 +303,10 @@ def decode(frame: bytes, schema: Schema) -> Message:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return binascii.b2a_base64(value, newline=False).decode("ascii")
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
     return value
 
 
