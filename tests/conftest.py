@@ -249,8 +249,8 @@ class Recorder(ChatListener):
         self._add(("disconnected", reason))
 
     def transcript_alarm(self, alarm: Alarm) -> None:
-        self._add(("alarm", alarm.kind, alarm.sender))
         self.alarms.append(alarm)
+        self._add(("alarm", alarm.kind, alarm.sender))
 
     def member_key_changed(self, name: str, old: bytes, new: bytes) -> None:
         self._add(("key changed", name, new))

@@ -89,12 +89,13 @@ class Scripted(Int32StringReceiver):
         self.sendString(wire.encode(kind, **fields))
 
 
-async def scripted_server(certificate: Any, verifier: Any, **script: Step) -> Any:
+async def scripted_server(certificate: Any, verifier: Any, port: int = 0, **script: Step) -> Any:
     factory = protocol.Factory.forProtocol(Scripted)
     factory.verifier = verifier  # type: ignore[attr-defined]
     Scripted.key = Rooms([verifier]).get("main").key
     factory.protocol = type("ThisScript", (Scripted,), {"script": script})
-    endpoint = SSL4ServerEndpoint(reactor, 0, server_options(certificate), interface="127.0.0.1")
+    endpoint = SSL4ServerEndpoint(reactor, port, server_options(certificate),
+                                  interface="127.0.0.1")
     return await endpoint.listen(factory)
 
 
