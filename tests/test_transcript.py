@@ -432,3 +432,37 @@ def test_pins_first_sight_change_accept(tmp_path: Path) -> None:
     assert (tmp_path / "identities").stat().st_mode & 0o777 == 0o600
     line = (tmp_path / "identities").read_text().splitlines()[0]
     assert line.split()[1] == "a%20room"
+
+
+# --- the piped client's exit status -----------------------------------------------------
+
+
+@pytest.mark.parametrize("acks, code", [(False, 3), (True, 0)], ids=["never", "acked"])
+@pytest_twisted.ensureDeferred
+async def test_piped_client_counts_unacknowledged_lines(
+    certificate: Any, verifier: Any, tmp_path: Path, acks: bool, code: int
+) -> None:
+    """
+    The real command, piped: two lines to a server that never acknowledges
+    them end with exit status 3 and one line each on stderr (after waiting
+    ACK_WAIT for the acknowledgements); acknowledged, status 0.
+    """
+    from .test_cli import run_client
+
+    def send(server: Scripted, message: wire.Message | None) -> None:
+        assert message is not None
+        if acks:
+            server.send("ack", sid=message["sid"], n=message["n"], seq=message["n"])
+
+    port = await scripted_server(certificate, verifier, send=send)
+    try:
+        run = await run_client(tmp_path, "127.0.0.1", str(port.getHost().port), "alice",
+                               password=PASSWORD, stdin=b"one\ntwo\n")
+    finally:
+        await port.stopListening()
+    assert run.code == code, run
+    not_sent = [line for line in run.stderr.splitlines() if line.startswith("! Not sent")]
+    assert not_sent == (
+        [] if acks else ["! Not sent: the server never acknowledged it (not delivered)"] * 2
+    ), run
+    assert "Left the room." in run.stdout
