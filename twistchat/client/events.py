@@ -64,8 +64,10 @@ class ChatListener:
         replays its history again at every rejoin after a reconnect: there
         the session passes on only the replayed messages it has not already
         delivered (or sent itself), that is, what was said while it was away,
-        and L{history_end} follows as usual. (It remembers the last
-        L{twistchat.client.session.REMEMBERED} messages for that.)
+        and L{history_end} follows as usual. (Signed messages are checked
+        against each sender's chain, kept in the profile,
+        L{twistchat.client.transcript}; for unsigned ones from before identity
+        keys it remembers the last L{twistchat.client.session.REMEMBERED}.)
         """
 
     def member_joined(self, member: Member) -> None:

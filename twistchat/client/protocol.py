@@ -1,6 +1,7 @@
 """
-The client side of one connection: the SPAKE2+ handshake as prover, then sealing
-outgoing and opening incoming messages.
+The client side of one connection: the SPAKE2+ handshake as prover (announcing
+the member's identity key in C{confirm}), then signing and sealing outgoing and
+opening incoming messages (L{twistchat.crypto.signed}).
 
 Its life cycle is L{ChatClientProtocol.table}, a L{twistchat.client.table.Table}
 that the protocol runs (docs/protocol.md, section 4, prints it). Inputs are the

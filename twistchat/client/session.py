@@ -11,6 +11,11 @@ login went. Each outage numbers its attempts from 1; a rejoined connection
 that drops within L{STABLE_AFTER} seconds is flapping and counts as a failed
 attempt, so the delays grow and L{Reconnect.max_attempts} still applies.
 
+The session also keeps who said what: the member's chain and what it knows
+of the others' (L{twistchat.client.transcript.Transcript}, in the profile),
+the pinned identity keys (L{twistchat.client.pins.Pins}), and the server's
+acknowledgements; leaving waits up to L{ACK_WAIT} seconds for those.
+
 An input that arrives while another's outputs run (the listener calls
 C{leave()} from L{ChatListener.reconnecting}, say) runs after them: the
 listener is never called from inside a half-made transition.
