@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 from twistchat.crypto.identity import PUBLIC_KEY_BYTES
 from twistchat.crypto.kdf import MAX_SALT_BYTES, MIN_SALT_BYTES
 from twistchat.crypto.seal import (  # MAX_CIPHERTEXT: version 1's limit, kept for reference
-    MAX_CIPHERTEXT,
+    MAX_CIPHERTEXT as MAX_CIPHERTEXT,
     MAX_COUNTER,
     MAX_TEXT_BYTES,
     PAD_BLOCK,
