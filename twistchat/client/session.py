@@ -461,7 +461,11 @@ class ChatSession:
             return
         for alarm in verdict.alarms:
             self._tell(self._listener.transcript_alarm, alarm)
-        if verdict.show:
+        # Shown once per session: the history replayed at a rejoin repeats
+        # what this session showed; a new session (a restart) shows the
+        # history it overlaps again, as history.
+        first = self._first_time((sender, bytes(message["sid"]), message["n"]))
+        if verdict.show or (verdict.overlap and first):
             self._tell(
                 self._listener.message_received,
                 ChatMessage(sender, opened.text, message.get("ts"), history,

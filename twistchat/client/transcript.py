@@ -75,12 +75,16 @@ class Alarm:
 class Verdict:
     """
     What to do with one message: show it or not, and what to report.
-    C{trusted} is false for a message shown as evidence of a fork.
+    C{trusted} is false for a message shown as evidence of a fork. C{overlap}
+    is true for a replayed history message that repeats what this profile
+    already has: not shown by the chain's rules, but a new session may show
+    it as history again (the caller knows what it already showed).
     """
 
     show: bool
     alarms: list[Alarm] = field(default_factory=list)
     trusted: bool = True
+    overlap: bool = False
 
 
 @dataclass
@@ -335,7 +339,7 @@ class Transcript:
         if chain.knows(m.hash) or m.hash in self._shown:
             chain.epoch = self.epoch
             if history and m.hash not in self._shown:
-                return Verdict(False)  # the replay overlaps what we have
+                return Verdict(False, overlap=True)  # the replay overlaps what we have
             return Verdict(False, [Alarm(
                 "replay", name, 1, f"an old message from {name} was presented again (dropped)"
             )])
@@ -353,7 +357,7 @@ class Transcript:
                 )], trusted=False)
             if history:
                 chain.epoch = self.epoch
-                return Verdict(False)  # older than what we can compare: overlap
+                return Verdict(False, overlap=True)  # older than we can compare: overlap
             return Verdict(False, [Alarm(
                 "replay", name, 1, f"an old message from {name} was presented again (dropped)"
             )])
