@@ -468,3 +468,22 @@ async def test_piped_client_counts_unacknowledged_lines(
         [] if acks else ["! Not sent: the server never acknowledged it (not delivered)"] * 2
     ), run
     assert "Left the room." in run.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_member_list_with_another_key_is_flagged(certificate: Any, verifier: Any,
+                                                       profile: Path) -> None:
+    """
+    A member list (the answer to /who) is checked against the pins as well.
+    """
+    bob_member = {"name": "bob", "addr": "127.0.0.1:2", "key": BOB.public_key}
+    impostor = {"name": "bob", "addr": "127.0.0.1:2", "key": MALLORY.public_key}
+    me = {"name": "alice", "addr": "127.0.0.1:1", "key": bytes(32)}
+    session, events, port = await join(
+        certificate, verifier, profile, [("members", {"members": [me, impostor]})],
+        members=[bob_member])
+    await events.wait_for(lambda e: e == ("key changed", "bob", MALLORY.public_key))
+    assert [m.key for m in session.members] == [MALLORY.public_key]
+    # The server's claim about alice's own key pins nothing.
+    assert Pins(profile / "identities").get(f"127.0.0.1:{port.number}", "main", "alice") is None
+    await done(session, port)

@@ -498,6 +498,9 @@ class ChatSession:
         elif message.type == "members":
             everyone = [Member(m["name"], m["addr"], m["key"]) for m in message["members"]]
             self._members = {m.name: m for m in everyone if m.name != self.name}
+            # (What the server says about our own key is not checked: our
+            # messages carry it, signed.)
+            self._check_keys([(m.name, m.key) for m in everyone if m.name != self.name])
             if self._who:
                 self._who.pop(0).callback(everyone)
         elif message.type == "notice":
