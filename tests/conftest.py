@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twistchat.client.api import ChatListener, ChatMessage, Member
+from twistchat.client.api import Alarm, ChatListener, ChatMessage, Member
+from twistchat.crypto.identity import Identity
 from twistchat.crypto.verifier import make_verifier
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
@@ -26,6 +27,9 @@ from twisted.logger import globalLogPublisher
 pytest_plugins = ["pytester"]
 
 PASSWORD = "correct horse battery staple"
+#: An identity key for peers that speak the wire protocol by hand.
+IDENTITY = Identity.from_seed(bytes(range(32)))
+IDENTITY_KEY = IDENTITY.public_key
 OTHER_PASSWORD = "not the room password"
 
 
@@ -105,6 +109,17 @@ async def reactor_leftovers(before: ReactorState, grace: float = CLOSING_GRACE) 
     except AssertionError:
         pass
     return ReactorState().since(before)
+
+
+@pytest.fixture(autouse=True)
+def private_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """
+    Keep every client profile (identity key, pins, transcript state) of a
+    test in its own directory, never the user's.
+    """
+    config = tmp_path / "xdg-config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    return config
 
 
 @pytest.fixture(autouse=True)
@@ -199,6 +214,7 @@ def until(test: Callable[[], bool], timeout: float = 5.0) -> defer.Deferred[None
 class Recorder(ChatListener):
     def __init__(self) -> None:
         self.events: list[Any] = []
+        self.alarms: list[Alarm] = []
         self.waiting: list[tuple[Any, defer.Deferred[Any]]] = []
 
     def _add(self, event: Any) -> None:
@@ -231,6 +247,16 @@ class Recorder(ChatListener):
 
     def disconnected(self, reason: str | None) -> None:
         self._add(("disconnected", reason))
+
+    def transcript_alarm(self, alarm: Alarm) -> None:
+        self.alarms.append(alarm)
+        self._add(("alarm", alarm.kind, alarm.sender))
+
+    def member_key_changed(self, name: str, old: bytes, new: bytes) -> None:
+        self._add(("key changed", name, new))
+
+    def message_undelivered(self, count: int) -> None:
+        self._add(("undelivered", count))
 
 
 os.environ.pop("TWISTCHAT_PASSWORD", None)

@@ -132,8 +132,8 @@ class Events:
     def login_failed(self, error: Failure) -> None:
         self.events.append(("login-failed", error.value))
 
-    def message(self, sender: str, text: str, message: wire.Message) -> None:
-        self.events.append(("message", sender, text))
+    def message(self, sender: str, opened: Any, message: wire.Message) -> None:
+        self.events.append(("message", sender, opened.text))
 
     def rejected(self, sender: str, error: Rejected, message: wire.Message) -> None:
         self.events.append(("rejected", sender, error))

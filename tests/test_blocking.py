@@ -6,6 +6,7 @@ reactor in a thread, so never inside the test's reactor), against the real
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -79,17 +80,25 @@ def test_connect_send_members_receive_close(tmp_path: Path) -> None:
                 print("members", sorted(m.name for m in chat.members()), flush=True)
                 message = chat.receive(timeout=30)
                 print("got", message.sender, message.text, message.history, flush=True)
+                print("verify", chat.verify("alice"), flush=True)
+                print("safety", chat.safety(), flush=True)
             print("closed", flush=True)
         """)
         alice.out.wait_for(r"\[ script: \] hello from a script")
         alice.say("hello script")
         assert script.wait() == 0, script.err.seen
+        number = script.out.seen[3].removeprefix("verify ")
+        alice.say("/verify script")
+        alice.out.wait_for(re.escape(f"* Safety number with script: {number}"))
         assert script.out.seen == [
             "joined script main",
             "members ['alice', 'script']",
             "got alice hello script False",
+            f"verify {number}",
+            script.out.seen[4],
             "closed",
         ]
+        assert re.fullmatch(r"safety (\d{5} ){5}\d{5}", script.out.seen[4])
         alice.out.wait_for(r"\* script \(127\.0\.0\.1:\d+\) left the room")
         assert alice.finish() == 0
     finally:

@@ -495,7 +495,7 @@ async def test_commands_from_a_pipe(server: Any, tmp_path: Path, known_hosts: Pa
             stdin=b"first\n/help\n/quit\nnot sent\n",
         )
         assert run.code == 0, run
-        assert "/quit   leave the room" in run.stdout
+        assert "/quit          leave the room" in run.stdout
         assert "Left the room." in run.stdout
         await listener.wait_for(lambda e: e == ("left", "carol"))
         texts = [e.text for e in listener.events if isinstance(e, ChatMessage)]
@@ -572,6 +572,9 @@ def test_console_lines_while_reconnecting() -> None:
     ]
     assert second.sent == ["are you there?"]
     console.leave()
+    # Leaving waits for the server to acknowledge what was sent.
+    assert not second.transport.closing
+    session._event(wire.Message("ack", {"sid": second.sid, "n": 1, "seq": 9}))
     assert second.transport.closing
 
 

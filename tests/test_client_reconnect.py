@@ -7,6 +7,7 @@ restart on the same loopback port.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,17 @@ from twistchat.client.api import (
 )
 from twistchat.client.keyring import Keyring
 from twistchat.client.protocol import State
+from twistchat.crypto.identity import Identity
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams
+from twistchat.crypto.signed import (
+    NO_HASH,
+    Fields,
+    Sent,
+    SignedMessage,
+    UnsignedMessage,
+    decode_signed,
+    encode_signed,
+)
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
 from twistchat.server.tls import server_options
@@ -77,6 +88,9 @@ def test_final_reasons() -> None:
 # --- a session across dropped connections, on a Clock -------------------------------
 
 
+FAKE_IDENTITY = Identity.from_seed(b"\x09" * 32)
+
+
 class FakeTransport:
     def __init__(self) -> None:
         self.closing = False
@@ -100,11 +114,19 @@ class FakeProtocol:
         self.transport = FakeTransport()
         FakeProtocol.made += 1
         self.sid = FakeProtocol.made.to_bytes(16, "big")  # one sender session each
+        self.identity = FAKE_IDENTITY
+        self.commitment = b"\x00" * 32
+        #: Acknowledge each message as it is sent (a server that does).
+        self.acks: Any = None
 
-    def send_text(self, text: str) -> tuple[bytes, int]:
+    def send_signed(self, fields: Fields) -> Sent:
         assert self.state is State.MEMBER
-        self.sent.append(text)
-        return self.sid, len(self.sent)
+        self.sent.append(fields.text)
+        n = len(self.sent)
+        digest = hashlib.sha256(self.sid + bytes([n % 256])).digest()
+        if self.acks is not None:
+            self.acks.append((self.sid, n))
+        return Sent(self.sid, n, b"", digest)
 
     def send_message(self, kind: str, **fields: Any) -> None:
         pass
@@ -143,7 +165,8 @@ class ScriptedConnector:
 def welcome(*members: str, rate: float | None = None) -> wire.Message:
     fields: dict[str, Any] = {
         "name": "alice", "room": "main", "addr": "127.0.0.1:1000",
-        "members": [{"name": m, "addr": f"127.0.0.1:{2000 + i}"} for i, m in enumerate(members)],
+        "members": [{"name": m, "addr": f"127.0.0.1:{2000 + i}", "key": bytes([i + 1]) * 32}
+                    for i, m in enumerate(members)],
     }
     if rate is not None:
         fields.update(rate=rate, burst=1)
@@ -584,41 +607,61 @@ def history_message(sender: str, n: int, text_id: bytes = b"s" * 16, hist: bool 
     return wire.Message("msg", fields)
 
 
+BOB = Identity.from_seed(b"\x0b" * 32)
+
+
+def bob_says(texts: list[str]) -> list[SignedMessage]:
+    """
+    Bob's chain of signed messages (as opened), one per text, numbered from 1.
+    """
+    chain, prev = [], NO_HASH
+    for seq, text in enumerate(texts, 1):
+        envelope = encode_signed(BOB, "main", "bob", b"s" * 16, seq,
+                                 Fields(seq, prev, NO_HASH, text))
+        chain.append(decode_signed("main", "bob", b"s" * 16, seq, envelope))
+        prev = chain[-1].hash
+    return chain
+
+
 def test_a_replay_at_a_rejoin_delivers_only_what_was_missed() -> None:
     """
     On a Clock, the session as the protocol drives it: what the listener has
     seen (or the session sent) is not delivered again from a replay; a live
-    message that repeats one is reported as a replay; memory is bounded.
+    message that repeats one is reported as a replay.
     """
     session, clock, connector, events, first = session_on_clock(NO_JITTER, "bob")
-    session._message("bob", "one", history_message("bob", 1))
-    session._message("bob", "two", history_message("bob", 2, hist=False))
+    one, two, three = bob_says(["one", "two", "three"])
+    session._message("bob", one, history_message("bob", 1))
+    session._message("bob", two, history_message("bob", 2, hist=False))
     session.send("mine")
     assert first.sent == ["mine"]
     drop(session, first, None)
     clock.advance(1)
     connector.attempts[0].callback((FakeProtocol(), welcome("bob"), FakeHandler()))
-    for n, text in ((1, "one"), (2, "two"), (3, "three")):
-        session._message("bob", text, history_message("bob", n))
-    session._message("alice", "mine", history_message("alice", 1, first.sid))
+    for n, message in ((1, one), (2, two), (3, three)):
+        session._message("bob", message, history_message("bob", n))
     got = [(e.text, e.history) for e in events.events if isinstance(e, ChatMessage)]
     assert got == [("one", True), ("two", False), ("three", True)]
-    session._message("bob", "two", history_message("bob", 2, hist=False))
-    assert events.events[-1] == ("rejected", "bob", errors.Replayed().message)
+    session._message("bob", two, history_message("bob", 2, hist=False))
+    assert events.events[-1] == ("alarm", "replay", "bob")
 
 
 def test_remembered_messages_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Unsigned messages (from history sealed before identity keys) have no
+    # chain: the session remembers the last REMEMBERED of them.
     from twistchat.client import session as session_module
 
     monkeypatch.setattr(session_module, "REMEMBERED", 3)
     session, clock, connector, events, first = session_on_clock(NO_JITTER, "bob")
     for n in range(1, 6):
-        session._message("bob", str(n), history_message("bob", n))
+        session._message("bob", UnsignedMessage(str(n)), history_message("bob", n))
     assert len(session._seen) == 3
-    session._message("bob", "1", history_message("bob", 1))  # forgotten: shown again
-    session._message("bob", "5", history_message("bob", 5))
-    assert [e.text for e in events.events if isinstance(e, ChatMessage)] == [
-        "1", "2", "3", "4", "5", "1"]
+    # forgotten: shown again
+    session._message("bob", UnsignedMessage("1"), history_message("bob", 1))
+    session._message("bob", UnsignedMessage("5"), history_message("bob", 5))
+    shown = [e for e in events.events if isinstance(e, ChatMessage)]
+    assert [e.text for e in shown] == ["1", "2", "3", "4", "5", "1"]
+    assert not any(e.signed for e in shown)
 
 
 @pytest_twisted.ensureDeferred

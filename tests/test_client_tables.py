@@ -147,8 +147,12 @@ def feed_connection(proto: ChatClientProtocol, clock: task.Clock, input: str,
     elif input == "msg":
         sid, n, ct = Sealer(KEY, "main", "bob").seal("hi")
         proto.dataReceived(frame("msg", **{"from": "bob"}, sid=sid, n=n, ct=ct))
-    elif input in ("joined", "left"):
+    elif input == "joined":
+        proto.dataReceived(frame(input, name="bob", addr="b:2", key=b"\x05" * 32))
+    elif input == "left":
         proto.dataReceived(frame(input, name="bob", addr="b:2"))
+    elif input == "ack":
+        proto.dataReceived(frame("ack", sid=b"\x01" * 16, n=1, seq=1))
     elif input == "members":
         proto.dataReceived(frame("members", members=[]))
     elif input == "notice":
@@ -169,6 +173,7 @@ CONNECTION_EFFECTS: dict[str, tuple[list[str], list[str], bool]] = {
     FRAME: ([], [], False),
     "msg": ([], ["message"], False),
     "joined": ([], ["event"], False),
+    "ack": ([], ["event"], False),
     "left": ([], ["event"], False),
     "members": ([], ["event"], False),
     "notice": ([], ["event"], False),

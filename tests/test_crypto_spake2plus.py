@@ -456,7 +456,7 @@ def test_scalar_ranges_checked() -> None:
 def test_context_and_exporter_constants() -> None:
     exporter = bytes(range(32))
     assert s.context(exporter) == (
-        b"twistchat/2 SPAKE2+-P256-SHA256-HKDF-SHA256-HMAC-SHA256\x00" + exporter
+        b"twistchat/3 SPAKE2+-P256-SHA256-HKDF-SHA256-HMAC-SHA256\x00" + exporter
     )
     assert s.EXPORTER_LABEL == b"EXPORTER-twistchat-spake2plus"
     assert s.EXPORTER_LENGTH == 32

@@ -265,8 +265,8 @@ class Handler:
     def login_failed(self, error: Any) -> None:
         self.calls.append(("login_failed", error.value))
 
-    def message(self, sender: str, text: str, message: Any) -> None:
-        self.calls.append(("message", text))
+    def message(self, sender: str, opened: Any, message: Any) -> None:
+        self.calls.append(("message", opened.text))
 
     def rejected(self, sender: str, error: Rejected) -> None:
         self.calls.append(("rejected", error))

@@ -48,11 +48,18 @@ class Peer:
     def __init__(self, name: str) -> None:
         self.name = name
         self.addr = "127.0.0.1:1"
+        self.key = bytes(32)
         self.got: list[wire.Message] = []
+        #: The acknowledgements it was sent: (counter, position in the room).
+        self.acks: list[tuple[int, int]] = []
 
     def deliver(self, data: bytes) -> None:
         assert int.from_bytes(data[:4], "big") == len(data) - 4
-        self.got.append(wire.decode(data[4:], wire.FROM_SERVER))
+        message = wire.decode(data[4:], wire.FROM_SERVER)
+        if message.type == "ack":
+            self.acks.append((message["n"], message["seq"]))
+        else:
+            self.got.append(message)
 
     def messages(self) -> list[tuple[int, bool]]:
         """
@@ -206,9 +213,13 @@ async def test_relayed_only_once_stored(made: Any, room: Room) -> None:
     for n in range(1, 6):
         send(setup.history, room, alice, n)
     assert bob.messages() == []  # not before the write is committed
+    assert alice.acks == []  # nor acknowledged
     await until(lambda: len(bob.messages()) == 5, clock=clock)
     assert bob.messages() == [(n, False) for n in range(1, 6)]
     assert alice.messages() == []  # never to the sender
+    # Acknowledged as relayed, each with its place in the room's order.
+    assert alice.acks == [(n, n) for n in range(1, 6)]
+    assert bob.acks == []
     rows = await setup.store.recent(room.name, 10)
     assert [r.n for r in rows] == [1, 2, 3, 4, 5]
     assert all(r.sender == "alice" for r in rows)

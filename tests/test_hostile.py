@@ -69,6 +69,7 @@ from twistchat import errors, wire
 from twistchat.client.api import ChatMessage
 from twistchat.crypto.kdf import ScryptParams, content_key, derive_secrets
 from twistchat.crypto.seal import Sealer
+from twistchat.crypto.signed import NO_HASH, Fields, seal_signed
 from twistchat.crypto.spake2plus import Prover, context
 from twistchat.server.limits import Limits
 from twistchat.server.room import Rooms
@@ -84,7 +85,16 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.basic import Int32StringReceiver
 from zope.interface import implementer
 
-from .conftest import OTHER_PASSWORD, PASSWORD, RunningServer, deferLater, stop_server, until
+from .conftest import (
+    IDENTITY,
+    IDENTITY_KEY,
+    OTHER_PASSWORD,
+    PASSWORD,
+    RunningServer,
+    deferLater,
+    stop_server,
+    until,
+)
 from .test_integration import is_message, join
 
 _secrets: dict[Any, Any] = {}
@@ -157,10 +167,16 @@ class Raw(Int32StringReceiver):
         self.transport.write(data)
 
     def seal(self, text: str) -> dict[str, Any]:
+        """
+        A signed message under L{IDENTITY}, the key this peer announced.
+        """
         if not hasattr(self, "_sealer"):
             self._sealer = Sealer(self.key, "main", self.name)
-        sid, n, ct = self._sealer.seal(text)
-        return {"sid": sid, "n": n, "ct": ct}
+            self._chain = (0, NO_HASH)
+        seq, prev = self._chain
+        sent = seal_signed(self._sealer, IDENTITY, Fields(seq + 1, prev, NO_HASH, text))
+        self._chain = (seq + 1, sent.hash)
+        return {"sid": sent.sid, "n": sent.n, "ct": sent.ciphertext}
 
     # --- receiving ---
 
@@ -215,7 +231,7 @@ class Raw(Int32StringReceiver):
             confirm, _ = prover.finish(verify["Y"], verify["mac"])
         except errors.AuthFailed:
             confirm = b"\x00" * 32  # the wrong password: let the server say so
-        self.send("confirm", mac=confirm)
+        self.send("confirm", mac=confirm, key=IDENTITY_KEY)
         self.key = content_key(secrets.content_secret, room)
         return await self.next()
 
@@ -846,13 +862,14 @@ async def test_disconnect_mid_frame(server: Any, known_hosts: Path) -> None:
 
 @pytest.mark.parametrize("frames, code, text", [
     ([{"type": "hello", "v": 1, "room": "main", "name": "m"}], "version",
-     "this server speaks protocol version 2, not 1"),
+     "this server speaks protocol version 3, not 1"),
     ([{"type": "hello", "v": wire.PROTOCOL_VERSION, "room": "main", "name": "m"}] * 2, "unexpected-message",
      "a 'hello' message is not allowed while waiting for the password share"),
     ([{"type": "share", "X": BAD_X}], "unexpected-message",
      "a 'share' message is not allowed while waiting for hello"),
     ([{"type": "hello", "v": wire.PROTOCOL_VERSION, "room": "main", "name": "m"},
-      {"type": "confirm", "mac": MAC}], "unexpected-message",
+      {"type": "confirm", "mac": MAC, "key": base64.b64encode(IDENTITY_KEY).decode()}],
+     "unexpected-message",
      "a 'confirm' message is not allowed while waiting for the password share"),
     ([{"type": "who"}], "unexpected-message",
      "a 'who' message is not allowed while waiting for hello"),
@@ -878,7 +895,8 @@ async def test_handshake_messages_from_member(server: Any, known_hosts: Path) ->
     room = await bystanders(server, known_hosts)
     for i, kind in enumerate(["hello", "share", "confirm"]):
         fields = {"hello": {"v": wire.PROTOCOL_VERSION, "room": "main", "name": "alice"},
-                  "share": {"X": BAD_X}, "confirm": {"mac": MAC}}[kind]
+                  "share": {"X": BAD_X},
+                  "confirm": {"mac": MAC, "key": base64.b64encode(IDENTITY_KEY).decode()}}[kind]
         mallory = await member(server, f"mallory{i}")
         mallory.frame(json.dumps({"type": kind, **fields}).encode())
         error = await mallory.refused()

@@ -76,7 +76,8 @@ def test_wrong_password_nobody_told(verifier: Any) -> None:
     assert chat.factory.addresses.get("127.0.0.1").failures == 1
     carol = chat.login("carol", PASSWORD)
     assert carol.events.events[0][1]["members"] == [
-        {"name": "alice", "addr": f"127.0.0.1:{alice.client_io.getHost().port}"}
+        {"name": "alice", "addr": f"127.0.0.1:{alice.client_io.getHost().port}",
+         "key": alice.client.identity.public_key}
     ]
     assert alice.events.presence() == ["carol joined"]
 

@@ -23,6 +23,7 @@ from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
 from twisted.internet.task import Clock
 
+from .conftest import IDENTITY_KEY
 from .test_server_limits import start_guess
 from .test_server_protocol import BINDING, Peer
 
@@ -73,7 +74,7 @@ def frame(kind: str, peer: Peer) -> Callable[[], None]:
     fields: dict[str, Any] = {
         "hello": {"v": wire.PROTOCOL_VERSION, "room": "main", "name": "walker"},
         "share": {"X": _share()},
-        "confirm": {"mac": b"\x01" * 32},
+        "confirm": {"mac": b"\x01" * 32, "key": IDENTITY_KEY},
     }.get(kind, {})
     if kind == "send":
         key = getattr(peer, "key", b"\x02" * 32)
@@ -132,7 +133,7 @@ CODES = {
 #: The frame type other outputs send.
 SENDS = {"start_handshake": "params", "answer_share": "verify", "send_welcome": "welcome",
          "send_members": "members", "pong": "pong", "send_ping": "ping",
-         "over_rate": "notice"}
+         "over_rate": "notice", "relay": "ack"}
 
 
 def effective(stage: Stage, event: Input) -> tuple[Row, str | None]:

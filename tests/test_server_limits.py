@@ -150,6 +150,7 @@ def test_flooding_member_warned_then_dropped_others_unaffected(verifier: Any, cl
     for _ in range(3):
         send()
     assert [m.type for m in alice.received()] == ["msg"] * 3
+    assert [m.type for m in bob.received()] == ["ack"] * 3
     send()
     (notice,) = bob.received()
     assert notice.type == "notice" and notice["code"] == "rate"

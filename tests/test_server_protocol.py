@@ -21,7 +21,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from .conftest import OTHER_PASSWORD, PASSWORD
+from .conftest import IDENTITY_KEY, OTHER_PASSWORD, PASSWORD
 
 BINDING = b"\x07" * 32
 
@@ -68,7 +68,7 @@ class Peer:
         (verify,) = self.received()
         assert verify.type == "verify", verify
         confirm, _ = prover.finish(verify["Y"], verify["mac"])
-        self.send("confirm", mac=confirm)
+        self.send("confirm", mac=confirm, key=IDENTITY_KEY)
         self.key = content_key(secrets.content_secret, room)
         return self.received()
 
@@ -113,7 +113,8 @@ def test_join_leave_notices_and_relay(factory: ChatServerFactory) -> None:
     alice, bob = Peer(factory, 5001), Peer(factory, 5002)
     alice.login("alice")
     (welcome,) = bob.login("bob")
-    assert welcome["members"] == [{"name": "alice", "addr": "127.0.0.1:5001"}]
+    assert welcome["members"] == [{"name": "alice", "addr": "127.0.0.1:5001",
+                                   "key": IDENTITY_KEY}]
     (joined,) = alice.received()
     assert (joined.type, joined["name"], joined["addr"]) == ("joined", "bob", "127.0.0.1:5002")
 
@@ -122,7 +123,14 @@ def test_join_leave_notices_and_relay(factory: ChatServerFactory) -> None:
     (msg,) = alice.received()
     assert msg.type == "msg" and msg["from"] == "bob"
     assert Opener(alice.key, "main").open("bob", msg["sid"], msg["n"], msg["ct"]) == "hello alice"
-    assert bob.received() == []  # no echo to the sender
+    # No echo to the sender: only the acknowledgement, with the message's
+    # place in the room's order.
+    (ack,) = bob.received()
+    assert (ack.type, ack["sid"], ack["n"], ack["seq"]) == ("ack", sid, n, 1)
+    bob.send("send", **dict(zip(("sid", "n", "ct"), Sealer(bob.key, "main", "bob").seal("2"))))
+    alice.received()
+    (ack,) = bob.received()
+    assert ack["seq"] == 2
 
     bob.proto.connectionLost(None)
     (left,) = alice.received()
@@ -152,7 +160,7 @@ def test_bad_confirmation_mac_refused(factory: ChatServerFactory) -> None:
     peer.received()
     peer.send("share", X=Prover(context(BINDING), b"mallory", b"main", 5, 7).share())
     peer.received()
-    peer.send("confirm", mac=b"\x00" * 32)
+    peer.send("confirm", mac=b"\x00" * 32, key=IDENTITY_KEY)
     (error,) = peer.received()
     assert (error.type, error["code"], error["text"]) == ("error", "wrong-password", "wrong password")
     assert closed(peer)
@@ -200,13 +208,25 @@ def test_invalid_names_refused(factory: ChatServerFactory, name: str) -> None:
     assert closed(peer)
 
 
+def test_version_2_client_is_told_both_versions(factory: ChatServerFactory) -> None:
+    # A client from before identity keys: one error naming both versions,
+    # before anything it lacks (its confirm has no key) matters.
+    peer = Peer(factory, 5001)
+    peer.send("hello", v=2, room="main", name="alice")
+    (error,) = peer.received()
+    assert (error["code"], error["text"]) == (
+        "version", "this server speaks protocol version 3, not 2"
+    )
+    assert closed(peer)
+
+
 def test_version_mismatch(factory: ChatServerFactory) -> None:
     peer = Peer(factory, 5001)
     # A version-1 client (before the certificate was bound into the login).
     peer.send("hello", v=1, room="main", name="alice")
     (error,) = peer.received()
     assert error["code"] == "version"
-    assert error["text"] == "this server speaks protocol version 2, not 1"
+    assert error["text"] == "this server speaks protocol version 3, not 1"
 
 
 @pytest.mark.parametrize(

@@ -282,10 +282,16 @@ def _frames() -> list[list[str]]:
         wire.encode("params", salt=bytes(16), n=2**15, r=8, p=1),
         wire.encode("verify", Y=b"\x04" * 65, mac=b"\x01" * 32),
         wire.encode("welcome", name="alice", room=ROOM, addr="127.0.0.1", members=[
-            {"name": "bob", "addr": "::1"}], max_text=16000, rate=2.5, burst=10),
+            {"name": "bob", "addr": "::1", "key": bytes(range(32))}], max_text=16000, rate=2.5,
+            burst=10),
         wire.encode("msg", **{"from": "bob"}, sid=SID, n=2**63 - 1, ct=b"\x00" * 48, ts=1.5e9,
                     hist=True),
+        wire.encode("joined", name="bob", addr="1.2.3.4", key=bytes(range(32))),
         wire.encode("joined", name="bob", addr="1.2.3.4"),
+        wire.encode("ack", sid=SID, n=2**63 - 1, seq=2**63 - 1),
+        wire.encode("ack", sid=SID, n=1, seq=2**63),
+        wire.encode("msg", **{"from": "bob"}, sid=SID, n=1, ct=b"\x00" * 16720),
+        wire.encode("msg", **{"from": "bob"}, sid=SID, n=1, ct=b"\x00" * 16721),
         wire.encode("left", name="bob", addr="1.2.3.4"),
         wire.encode("members", members=[]),
         wire.encode("notice", code="x", text="t"),
@@ -312,6 +318,8 @@ def _frames() -> list[list[str]]:
         b'{"type":"welcome","name":"a","room":"r","addr":"x","members":[],"rate":1' + b"0" * 400 + b"}",
         b'{"type":"welcome","name":"a","room":"r","addr":"x","members":[],"rate":-0.25}',
         b'{"type":"welcome","name":"a","room":"r","addr":"x","members":[{"name":"b"}]}',
+        b'{"type":"welcome","name":"a","room":"r","addr":"x","members":[{"name":"b",'
+        b'"addr":"x","key":"AAAA"}]}',
         b'{"type":"welcome","name":"a","room":"r","addr":"x","members":{}}',
         b'{"type":"welcome","name":"a\\u202eb","room":"r","addr":"x","members":[]}',
         b'{"type":"welcome","name":"' + "\U0001f600".encode() * 32 + b'","room":"r","addr":"x","members":[]}',
@@ -335,8 +343,9 @@ def _frames() -> list[list[str]]:
         b'{"type":"notice","code":"c","text":' + b"[" * 100 + b"]" * 100 + b"}",
     ]
     client = [
-        wire.encode("hello", v=2, room=ROOM, name="alice"),
+        wire.encode("hello", v=3, room=ROOM, name="alice"),
         wire.encode("share", X=b"\x04" * 65), wire.encode("confirm", mac=b"\x00" * 32),
+        wire.encode("confirm", mac=b"\x00" * 32, key=bytes(32)),
         wire.encode("send", sid=SID, n=1, ct=b"\x00" * 48), wire.encode("who"),
         b'{"type":"hello","v":65537,"room":"r","name":"n"}',
         b'{"type":"verify","Y":"","mac":""}',
@@ -345,9 +354,9 @@ def _frames() -> list[list[str]]:
 
 
 ENCODE_CASES: list[tuple[str, dict[str, Any]]] = [
-    ("hello", {"v": 2, "room": ROOM, "name": "al\"i\\ce\x7f\x00\U0001f600"}),
+    ("hello", {"v": 3, "room": ROOM, "name": "al\"i\\ce\x7f\x00\U0001f600"}),
     ("share", {"X": b"\x04" * 65}),
-    ("confirm", {"mac": bytes(range(32))}),
+    ("confirm", {"mac": bytes(range(32)), "key": bytes(range(32, 64))}),
     ("send", {"sid": SID, "n": 2**63 - 1, "ct": bytes(range(48))}),
     ("who", {}),
     ("ping", {"id": 7}),

@@ -15,22 +15,24 @@ from twistchat.errors import BadMessage
 SID = b"\x01" * 16
 POINT = b"\x04" + b"\x02" * 64
 MAC = b"\x03" * 32
+KEY = b"\x05" * 32
 
 EXAMPLES = [
     (wire.FROM_CLIENT, "hello", {"v": 1, "room": "main", "name": "alice"}),
     (wire.FROM_CLIENT, "share", {"X": POINT}),
-    (wire.FROM_CLIENT, "confirm", {"mac": MAC}),
+    (wire.FROM_CLIENT, "confirm", {"mac": MAC, "key": KEY}),
     (wire.FROM_CLIENT, "send", {"sid": SID, "n": 1, "ct": b"\x00" * 48}),
     (wire.FROM_CLIENT, "who", {}),
     (wire.FROM_CLIENT, "ping", {"id": 3}),
     (wire.FROM_SERVER, "params", {"salt": b"s" * 16, "n": 32768, "r": 8, "p": 1}),
     (wire.FROM_SERVER, "verify", {"Y": POINT, "mac": MAC}),
     (wire.FROM_SERVER, "welcome", {"name": "alice", "room": "main", "addr": "127.0.0.1:1",
-                                   "members": [{"name": "bob", "addr": "[::1]:2"}]}),
+                                   "members": [{"name": "bob", "addr": "[::1]:2", "key": KEY}]}),
     (wire.FROM_SERVER, "msg", {"from": "bob", "sid": SID, "n": 2, "ct": b"\x00" * 48}),
     (wire.FROM_SERVER, "msg", {"from": "bob", "sid": SID, "n": 2, "ct": b"\x00" * 48,
                                "ts": 1.5, "hist": True}),
-    (wire.FROM_SERVER, "joined", {"name": "bob", "addr": "127.0.0.1:2"}),
+    (wire.FROM_SERVER, "joined", {"name": "bob", "addr": "127.0.0.1:2", "key": KEY}),
+    (wire.FROM_SERVER, "ack", {"sid": SID, "n": 2, "seq": 2**63 - 1}),
     (wire.FROM_SERVER, "left", {"name": "bob", "addr": "127.0.0.1:2"}),
     (wire.FROM_SERVER, "members", {"members": []}),
     (wire.FROM_SERVER, "notice", {"code": "rate", "text": "slow down"}),
@@ -132,17 +134,22 @@ def test_structured_garbage_decodes_or_bad_message(kind: str, fields: dict) -> N
 @pytest.mark.parametrize("max_frame", [1024, 4096, 20000, wire.MAX_FRAME])
 def test_max_text_fits_the_frame_limit(max_frame: int) -> None:
     """
-    The longest text allowed for a frame limit, sealed at the highest counter,
-    makes a send frame within the limit; the limit is never more than 16 KiB.
+    The longest text allowed for a frame limit, signed with the most lost
+    numbers an envelope carries and sealed at the highest counter, makes a
+    send frame within the limit; the limit is never more than 16 KiB.
     """
+    from twistchat.crypto.identity import Identity
     from twistchat.crypto.seal import MAX_COUNTER, Sealer
+    from twistchat.crypto.signed import MAX_LOST, MAX_SEQ, Fields, seal_signed
 
     longest = wire.max_text_for(max_frame)
     assert 0 < longest <= wire.MAX_TEXT_BYTES
     sealer = Sealer(b"k" * 32, "main", "alice")
     sealer._next = MAX_COUNTER
-    sid, n, ct = sealer.seal("é" * (longest // 2))
-    frame = wire.encode("send", sid=sid, n=n, ct=ct)
+    fields = Fields(MAX_SEQ, b"\x01" * 32, b"\x02" * 32, "é" * (longest // 2),
+                    tuple(range(1, MAX_LOST + 1)))
+    sent = seal_signed(sealer, Identity.generate(), fields)
+    frame = wire.encode("send", sid=sent.sid, n=sent.n, ct=sent.ciphertext)
     assert len(frame) <= max_frame
     if longest < wire.MAX_TEXT_BYTES:
         # Not far below what would fit: within two padding blocks.

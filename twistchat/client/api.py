@@ -36,7 +36,7 @@ cycle) and L{twistchat.client.connector} (logging in, L{connect}).
 from __future__ import annotations
 
 from twistchat.client.connector import Connector, Login, connect, thread_deriver
-from twistchat.client.events import ChatListener, ChatMessage, Member
+from twistchat.client.events import Alarm, ChatListener, ChatMessage, Member
 from twistchat.client.policy import (
     PACE,
     SPARE,
@@ -49,6 +49,7 @@ from twistchat.client.policy import (
 from twistchat.client.session import REMEMBERED, ChatSession, SessionState
 
 __all__ = [
+    "Alarm",
     "PACE",
     "REMEMBERED",
     "SPARE",

@@ -29,7 +29,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python import threadable
 
-from twistchat.client.api import ChatListener, ChatMessage, ChatSession, Member, connect
+from twistchat.client.api import Alarm, ChatListener, ChatMessage, ChatSession, Member, connect
 from twistchat.errors import TwistchatError
 
 _lock = threading.Lock()
@@ -112,6 +112,15 @@ class _Queueing(ChatListener):
     def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
         self.events.put(("reconnecting", attempt, delay, reason))
 
+    def member_key_changed(self, name: str, old: bytes, new: bytes) -> None:
+        self.events.put(("key changed", name, new))
+
+    def transcript_alarm(self, alarm: Alarm) -> None:
+        self.events.put(("alarm", alarm))
+
+    def message_undelivered(self, count: int) -> None:
+        self.events.put(("undelivered", count))
+
     def reconnected(self) -> None:
         self.events.put(("reconnected",))
 
@@ -167,12 +176,30 @@ class BlockingChat:
         members: list[Member] = _call(self._reactor, timeout, self._session.who)
         return members
 
+    def verify(self, name: str) -> str:
+        """
+        Our safety number with C{name} (L{ChatSession.verify}).
+
+        @raise KeyError: no key is known for C{name}.
+        """
+        number: str = _call(self._reactor, 30, partial(self._session.verify, name))
+        return number
+
+    def safety(self) -> str:
+        """
+        The room's safety code (L{ChatSession.safety}).
+        """
+        code: str = _call(self._reactor, 30, self._session.safety)
+        return code
+
     def next_event(self, timeout: float | None = None) -> Any:
         """
         The next event: a L{ChatMessage}, or a tuple such as C{("joined", member)},
         C{("left", member)}, C{("rejected", sender, reason)}, C{("notice", text)},
         C{("reconnecting", attempt, delay, reason)}, C{("reconnected",)} (with
-        C{reconnect=Reconnect()}), C{("disconnected", reason)}. Once the session
+        C{reconnect=Reconnect()}), C{("key changed", name, new_key)},
+        C{("alarm", alarm)} (an L{Alarm}), C{("undelivered", count)},
+        C{("disconnected", reason)}. Once the session
         has ended, every call returns C{("disconnected", reason)} at once.
 
         @raise TimeoutError: if nothing arrives within C{timeout} seconds.

@@ -13,10 +13,9 @@ final reason, or after C{--reconnect-attempts} failed attempts; also when
 leaving while reconnecting drops queued lines), 2 for unusable options, and 3
 when stdin is not a terminal and the client left the room, but knows that some
 lines were not delivered: refused by the client (too long; not connected and
-the queue full) or by the server (a rate notice). Each such line is reported
-on stderr as it happens (C{! Not sent: ...}). The server does not acknowledge
-messages, so a line written to a connection that then dropped is not known to
-be lost.
+the queue full), by the server (a rate notice), or never acknowledged by the
+server (a leaving client waits up to a few seconds for the acknowledgements).
+Each such line is reported on stderr as it happens (C{! Not sent: ...}).
 """
 
 from __future__ import annotations
@@ -55,7 +54,11 @@ class Options(usage.Options):
         ["password-file", None, None, "File whose first line is the room password."],
         ["room", "r", DEFAULT_ROOM, "Room to join."],
         ["known-hosts", None, None,
-         "File of pinned server fingerprints (default ~/.config/twistchat/known_hosts)."],
+         "File of pinned server fingerprints (default ~/.config/twistchat/known_hosts); "
+         "pinned identity keys and transcript state are kept beside it."],
+        ["identity", None, None,
+         "File of your identity key (created on first use; default identity.json "
+         "beside the known-hosts file)."],
         ["ca", None, None,
          "Verify the server's certificate and host name against this CA file "
          "('system' for the system's CAs) instead of pinning its fingerprint."],
@@ -178,6 +181,7 @@ async def main(reactor: ClientReactor, argv: list[str]) -> int:
         reactor, options["host"], options["port"], options["name"], password,
         room=options["room"], listener=console, trust=trust, timeout=options["timeout"],
         reconnect=options.reconnect_policy(),
+        identity=Path(options["identity"]) if options["identity"] else None,
     )
     # The library keeps the password only until scrypt has run, then derived
     # keys (twistchat.client.keyring); keep no reference here either.

@@ -9,6 +9,7 @@ reactor's thread pool (L{thread_deriver}).
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import threads
@@ -26,12 +27,16 @@ from twisted.python.failure import Failure
 from twistchat import wire
 from twistchat.client.events import ChatListener
 from twistchat.client.keyring import Deriver, Keyring
+from twistchat.client.pins import PINS_FILE, Pins
 from twistchat.client.policy import Reconnect
 from twistchat.client.protocol import HANDSHAKE_TIMEOUT, ChatClientProtocol
 from twistchat.client.session import ChatSession
-from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse
+from twistchat.client.transcript import Transcript
+from twistchat.client.trust import CertificateAuthority, TrustOnFirstUse, default_known_hosts
 from twistchat.config import DEFAULT_ROOM
+from twistchat.crypto.identity import Identity, load_or_create
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, derive_secrets
+from twistchat.crypto.signed import SignedMessage, UnsignedMessage
 from twistchat.errors import Rejected, TrustError, TwistchatError
 from twistchat.tlsbinding import client_binding
 
@@ -59,9 +64,10 @@ class Login:
     # The session attaches itself in the callbacks of result, which run inside
     # logged_in: nothing can arrive before it.
 
-    def message(self, sender: str, text: str, message: wire.Message) -> None:
+    def message(self, sender: str, opened: SignedMessage | UnsignedMessage,
+                message: wire.Message) -> None:
         assert self.session is not None
-        self.session._message(sender, text, message)
+        self.session._message(sender, opened, message)
 
     def rejected(self, sender: str, error: Rejected, message: wire.Message) -> None:
         assert self.session is not None
@@ -104,7 +110,7 @@ class Connector:
 
     def __init__(self, reactor: ClientReactor, host: str, port: int, name: str, room: str,
                  keyring: Keyring, trust: TrustOnFirstUse | CertificateAuthority,
-                 timeout: float) -> None:
+                 timeout: float, identity: Identity | None = None) -> None:
         self.reactor = reactor
         self.host = host
         self.port = port
@@ -113,6 +119,7 @@ class Connector:
         self.keyring = keyring
         self.trust = trust
         self.timeout = timeout
+        self.identity = identity if identity is not None else Identity.generate()
 
     def login(self) -> Deferred[tuple[ChatClientProtocol, wire.Message, Login]]:
         login = Login()
@@ -127,6 +134,7 @@ class Connector:
                 self.trust.check,
                 self.reactor,
                 self.timeout,
+                identity=self.identity,
             )
         )
         try:
@@ -180,6 +188,8 @@ def connect(
     trust: TrustOnFirstUse | CertificateAuthority | None = None,
     timeout: float = HANDSHAKE_TIMEOUT,
     reconnect: Reconnect | None = None,
+    identity: Identity | Path | str | None = None,
+    profile: Path | None = None,
 ) -> Deferred[ChatSession]:
     """
     Connect over TLS, prove knowledge of the room password, and join the room.
@@ -193,19 +203,37 @@ def connect(
         connection to the end of the login (TLS and password handshake).
     @param reconnect: reconnect after a connection is lost (see L{Reconnect});
         the first login is never retried.
+    @param identity: the member's identity key, or the file that holds it
+        (created on first use); by default C{identity.json} in the profile.
+    @param profile: the directory of the pinned identity keys (C{identities})
+        and the transcript state (C{transcripts/}); by default the directory of
+        the known-hosts file (C{~/.config/twistchat}).
     @return: a Deferred firing with a L{ChatSession}, or failing with a
         L{TwistchatError} (e.g. L{WrongPassword}, L{ServerNotAuthenticated},
         L{NameTaken}, L{FingerprintChanged}) or a Twisted connection error.
     """
     listener = listener or ChatListener()
     trust = trust or TrustOnFirstUse()
+    if profile is None:
+        profile = (trust.path if isinstance(trust, TrustOnFirstUse)
+                   else default_known_hosts()).parent
+    try:
+        if not isinstance(identity, Identity):
+            identity = load_or_create(profile / "identity.json" if identity is None else identity)
+        server = f"{host}:{port}"
+        pins = Pins(profile / PINS_FILE)
+        transcript = Transcript(Transcript.path_for(profile, server, room, name), name,
+                                identity.public_key)
+    except TwistchatError:
+        return fail()
     keyring = Keyring(password, room, thread_deriver(reactor))
     del password
-    connector = Connector(reactor, host, port, name, room, keyring, trust, timeout)
+    connector = Connector(reactor, host, port, name, room, keyring, trust, timeout, identity)
 
     def logged_in(result: tuple[ChatClientProtocol, wire.Message, Login]) -> ChatSession:
         protocol, welcome, login = result
-        session = ChatSession(protocol, welcome, listener, reactor, connector, reconnect)
+        session = ChatSession(protocol, welcome, listener, reactor, connector, reconnect,
+                              transcript=transcript, pins=pins, server=server)
         login.attach(session)
         return session
 

@@ -5,17 +5,24 @@ given (L{ChatMessage}, L{Member}). Plain data, no Twisted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from twistchat.client.transcript import Alarm
+
+__all__ = ["Alarm", "ChatListener", "ChatMessage", "Member"]
 
 
 @dataclass(frozen=True)
 class Member:
     """
-    A member of the room: name and address as the server sees it.
+    A member of the room: name and address as the server sees it, and the
+    identity key the server says it announced (a claim: the signatures of its
+    messages are what count; empty if unknown).
     """
 
     name: str
     addr: str
+    key: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -25,12 +32,20 @@ class ChatMessage:
     history; live messages have None. C{history} is true for a message the
     server replayed from its history when we joined (or rejoined) rather than
     relayed as it was sent.
+
+    C{signed} is false for a message sealed before identity keys (history
+    only: attributed by the room key alone, so any member could have written
+    it). C{trusted} is false while the sender's key differs from the one
+    pinned for its name (until L{twistchat.client.session.ChatSession.accept}),
+    and for a message that is evidence of a fork.
     """
 
     sender: str
     text: str
     time: float | None = None
     history: bool = False
+    signed: bool = True
+    trusted: bool = True
 
 
 class ChatListener:
@@ -49,8 +64,10 @@ class ChatListener:
         replays its history again at every rejoin after a reconnect: there
         the session passes on only the replayed messages it has not already
         delivered (or sent itself), that is, what was said while it was away,
-        and L{history_end} follows as usual. (It remembers the last
-        L{twistchat.client.session.REMEMBERED} messages for that.)
+        and L{history_end} follows as usual. (Signed messages are checked
+        against each sender's chain, kept in the profile,
+        L{twistchat.client.transcript}; for unsigned ones from before identity
+        keys it remembers the last L{twistchat.client.session.REMEMBERED}.)
         """
 
     def member_joined(self, member: Member) -> None:
@@ -67,6 +84,32 @@ class ChatListener:
         A replayed message that the room key does not open: it was sealed under
         an earlier password of the room. C{message.text} is empty.
         """
+
+    def member_key_changed(self, name: str, old: bytes, new: bytes) -> None:
+        """
+        C{name} now uses identity key C{new}, not the C{old} one pinned for it
+        (announced with its presence, or signing its messages): someone else
+        may be using the name. Its messages come marked untrusted until the
+        person accepts the new key (L{twistchat.client.session.ChatSession.accept}).
+        """
+
+    def transcript_alarm(self, alarm: Alarm) -> None:
+        """
+        The transcript is not what it should be: a message replayed, withheld
+        or lost, a sender's messages that fork, different views of the room,
+        or messages missed while offline (L{Alarm.kind}). By default the
+        alarm's text goes to L{notice}.
+        """
+        self.notice(alarm.text)
+
+    def message_undelivered(self, count: int) -> None:
+        """
+        C{count} messages this session sent were never acknowledged by the
+        server before the connection ended: they were not delivered. (The
+        next message tells the others they were lost.) By default a line goes
+        to L{notice}.
+        """
+        self.notice(f"{count} message(s) you sent were not delivered")
 
     def history_end(self) -> None:
         """The replayed history is over: what follows is live."""

@@ -1,6 +1,7 @@
 """
-The client side of one connection: the SPAKE2+ handshake as prover, then sealing
-outgoing and opening incoming messages.
+The client side of one connection: the SPAKE2+ handshake as prover (announcing
+the member's identity key in C{confirm}), then signing and sealing outgoing and
+opening incoming messages (L{twistchat.crypto.signed}).
 
 Its life cycle is L{ChatClientProtocol.table}, a L{twistchat.client.table.Table}
 that the protocol runs (docs/protocol.md, section 4, prints it). Inputs are the
@@ -30,8 +31,19 @@ from zope.interface import implementer
 from twistchat import wire
 from twistchat.client.keyring import Keyring, RoomKeys
 from twistchat.client.table import Row, Table, rows
+from twistchat.crypto.identity import Identity
 from twistchat.crypto.kdf import ScryptParams, check_params
+from twistchat.crypto.safety import room_commitment
 from twistchat.crypto.seal import Opener, Sealer
+from twistchat.crypto.signed import (
+    NO_HASH,
+    Fields,
+    Sent,
+    SignedMessage,
+    UnsignedMessage,
+    open_message,
+    seal_signed,
+)
 from twistchat.crypto.spake2plus import Prover, context
 from twistchat.errors import (
     BadPoint,
@@ -86,7 +98,8 @@ class ClientHandler(Protocol):
 
     def logged_in(self, protocol: ChatClientProtocol, welcome: wire.Message) -> None: ...
     def login_failed(self, error: Failure) -> None: ...
-    def message(self, sender: str, text: str, message: wire.Message) -> None: ...
+    def message(self, sender: str, opened: SignedMessage | UnsignedMessage,
+                message: wire.Message) -> None: ...
     def rejected(self, sender: str, error: Rejected, message: wire.Message) -> None: ...
     def event(self, message: wire.Message) -> None: ...
     def closed(self, reason: TwistchatError | None) -> None: ...
@@ -107,6 +120,8 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
     One connection to a twistchat server, as a member-to-be named C{name}.
 
     @param keyring: gives the room's keys for the salt the server names.
+    @param identity: the member's identity key (announced in C{confirm}, signs
+        every message); by default a new one, for this connection only.
     @param clock: the reactor (or a L{task.Clock} in tests) for the deadline.
     @param timeout: seconds from the TCP connection to the welcome; a server
         that takes longer (or never answers) is dropped.
@@ -126,8 +141,12 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
         clock: IReactorTime | None = None,
         timeout: float | None = HANDSHAKE_TIMEOUT,
         keepalive: tuple[float, float] | None = KEEPALIVE,
+        identity: Identity | None = None,
     ) -> None:
         self.handler = handler
+        self.identity = identity if identity is not None else Identity.generate()
+        # The chain of messages sent with send_text (the session keeps its own).
+        self._chain = (0, NO_HASH)
         self.name = name
         self.room = room
         self._keyring = keyring
@@ -141,6 +160,7 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self._keys: RoomKeys | None = None
         self._sealer: Sealer | None = None
         self._opener: Opener | None = None
+        self.commitment = b""
         self._error: TwistchatError | None = None
 
     # --- connection life cycle -------------------------------------------------
@@ -289,7 +309,7 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
             confirm_p, _ = prover.finish(message["Y"], message["mac"])
         except BadPoint as e:
             raise BadPoint(f"the server's handshake share is invalid: {e.message}") from None
-        self.sendString(wire.encode("confirm", mac=confirm_p))
+        self.sendString(wire.encode("confirm", mac=confirm_p, key=self.identity.public_key))
 
     def _become_member(self, message: wire.Message) -> None:
         assert self._keys is not None
@@ -298,6 +318,8 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self.setTimeout(None if self._keepalive is None else self._keepalive[0])
         self._sealer = Sealer(key, self.room, self.name)
         self._opener = Opener(key, self.room)
+        #: A one-way commitment to the room key, for the room's safety code.
+        self.commitment = room_commitment(key, self.room)
         self.handler.logged_in(self, message)
 
     def _deadline_passed(self) -> None:
@@ -322,11 +344,12 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
         assert self._opener is not None
         sender = message["from"]
         try:
-            text = self._opener.open(sender, message["sid"], message["n"], message["ct"])
+            opened = open_message(self._opener, sender, message["sid"], message["n"],
+                                  message["ct"])
         except Rejected as error:
             self.handler.rejected(sender, error, message)
             return
-        self.handler.message(sender, text, message)
+        self.handler.message(sender, opened, message)
 
     def _report_event(self, message: wire.Message) -> None:
         self.handler.event(message)
@@ -362,7 +385,7 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
             Row(State.PINGED, FRAME, State.MEMBER, (_heard_from_server,),
                 "(any frame answers) restarts the keepalive timer"),
             Row(State.MEMBER, "msg", None, (_open,), "opens it, reports it or its rejection"),
-            *rows([State.MEMBER], ["joined", "left", "members", "notice", "pong"], None,
+            *rows([State.MEMBER], ["joined", "left", "members", "notice", "pong", "ack"], None,
                   (_report_event,), "reports it"),
             Row(State.MEMBER, "ping", None, (_pong,), "sends pong"),
             *rows(LOGGING_IN, [TIMER], None, (_deadline_passed,),
@@ -384,19 +407,36 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
 
     # --- outgoing -----------------------------------------------------------------
 
-    def send_text(self, text: str) -> tuple[bytes, int]:
+    def send_signed(self, fields: Fields) -> Sent:
         """
-        Seal C{text} and send it to the room.
+        Sign C{fields} (the text and its place in our chain), seal the envelope
+        and send it to the room.
 
-        @return: the message's session id and counter.
-
-        @raise ValueError: if it is longer than the protocol allows.
+        @return: the message's session id, counter, ciphertext and hash.
+        @raise ValueError: if the text is longer than the protocol allows, or a
+            field breaks the envelope format.
+        @raise ProtocolError: if not connected to a room.
         """
         if not self.state.is_member or self._sealer is None:
             raise ProtocolError("not connected to a room")
-        sid, n, ciphertext = self._sealer.seal(text)
-        self.sendString(wire.encode("send", sid=sid, n=n, ct=ciphertext))
-        return sid, n
+        sent = seal_signed(self._sealer, self.identity, fields)
+        self.sendString(wire.encode("send", sid=sent.sid, n=sent.n, ct=sent.ciphertext))
+        return sent
+
+    def send_text(self, text: str) -> tuple[bytes, int]:
+        """
+        Sign and send C{text} in a chain of this connection's own, for
+        callers without a session (benchmarks, tests); a session keeps its
+        chain across connections and restarts (L{send_signed}).
+
+        @return: the message's session id and counter.
+        @raise ValueError: if it is longer than the protocol allows.
+        @raise ProtocolError: if not connected to a room.
+        """
+        seq, prev = self._chain
+        sent = self.send_signed(Fields(seq=seq + 1, prev=prev, seen=NO_HASH, text=text))
+        self._chain = (seq + 1, sent.hash)
+        return sent.sid, sent.n
 
     def send_message(self, kind: str, **fields: Any) -> None:
         self.sendString(wire.encode(kind, **fields))

@@ -11,6 +11,11 @@ login went. Each outage numbers its attempts from 1; a rejoined connection
 that drops within L{STABLE_AFTER} seconds is flapping and counts as a failed
 attempt, so the delays grow and L{Reconnect.max_attempts} still applies.
 
+The session also keeps who said what: the member's chain and what it knows
+of the others' (L{twistchat.client.transcript.Transcript}, in the profile),
+the pinned identity keys (L{twistchat.client.pins.Pins}), and the server's
+acknowledgements; leaving waits up to L{ACK_WAIT} seconds for those.
+
 An input that arrives while another's outputs run (the listener calls
 C{leave()} from L{ChatListener.reconnecting}, say) runs after them: the
 listener is never called from inside a half-made transition.
@@ -30,10 +35,21 @@ from twisted.python.failure import Failure
 
 from twistchat import wire
 from twistchat.client.events import ChatListener, ChatMessage, Member
+from twistchat.client.pins import Pins, Seen
 from twistchat.client.policy import STABLE_AFTER, Reconnect, describe, is_final, pacing
 from twistchat.client.protocol import ChatClientProtocol
 from twistchat.client.table import Row, Serial, Table, rows
-from twistchat.errors import ProtocolError, Rejected, Replayed, TwistchatError, Undecryptable
+from twistchat.client.transcript import Transcript
+from twistchat.crypto.safety import room_safety_code, safety_number
+from twistchat.crypto.signed import SignedMessage, UnsignedMessage
+from twistchat.errors import (
+    ConfigError,
+    ProtocolError,
+    Rejected,
+    Replayed,
+    TwistchatError,
+    Undecryptable,
+)
 
 log = Logger()
 
@@ -43,6 +59,8 @@ P = ParamSpec("P")
 #: delivered to its listener or sent itself, so that the history the server
 #: replays at each rejoin shows only what was missed.
 REMEMBERED = 4096
+#: Seconds a leaving session waits for the server to acknowledge what it sent.
+ACK_WAIT = 5.0
 
 
 class SessionState(enum.Enum):
@@ -89,8 +107,21 @@ class ChatSession:
 
     def __init__(self, protocol: ChatClientProtocol, welcome: wire.Message,
                  listener: ChatListener, clock: IReactorTime, connector: Connector | None = None,
-                 reconnect: Reconnect | None = None) -> None:
+                 reconnect: Reconnect | None = None, *, transcript: Transcript | None = None,
+                 pins: Pins | None = None, server: str = "") -> None:
         self.state = SessionState.CONNECTED
+        #: Our chain and what we keep of the others' (in memory if not given).
+        self.transcript = transcript if transcript is not None else Transcript(
+            None, protocol.name, protocol.identity.public_key
+        )
+        self._pins = pins
+        self._server = server
+        # (name, key) whose key change was reported in this session.
+        self._warned: set[tuple[str, bytes]] = set()
+        # Keys seen for a name in this session (signatures or presence), when
+        # there is no pin file.
+        self._keys: dict[str, bytes] = {}
+        self._ack_wait: Any = None
         self._inputs = Serial(self)
         self._clock = clock
         self._listener = listener
@@ -134,9 +165,121 @@ class ChatSession:
         self.address: str = welcome["addr"]
         self.max_text: int = welcome.get("max_text", wire.MAX_TEXT_BYTES)
         self._members = {
-            m["name"]: Member(m["name"], m["addr"])
+            m["name"]: Member(m["name"], m["addr"], m["key"])
             for m in welcome["members"] if m["name"] != self.name
         }
+        self.transcript.new_connection()
+        self._check_keys([(m.name, m.key) for m in self._members.values()])
+
+    # --- identity keys ------------------------------------------------------------------
+
+    @property
+    def key(self) -> bytes:
+        """
+        Our identity public key.
+        """
+        return self._protocol.identity.public_key
+
+    def _check_key(self, name: str, key: bytes) -> bool:
+        """
+        Compare C{key} with the one pinned for C{name} (pinning it on first
+        sight); report a change once per session. Whether it is the pinned key.
+        """
+        return self._check_keys([(name, key)])[0] if key else True
+
+    def _check_keys(self, keys: list[tuple[str, bytes]]) -> list[bool]:
+        """
+        L{_check_key} for each (name, key), reading and writing the pins once.
+        """
+        keys = [(name, key) for name, key in keys if key]
+        if self._pins is None:
+            seen = []
+            for name, key in keys:
+                old = self._keys.setdefault(name, key)
+                seen.append(Seen.PINNED if old == key else Seen.CHANGED)
+        else:
+            try:
+                seen = self._pins.see_all(self._server, self.room, keys)
+            except ConfigError as e:
+                self._tell(self._listener.notice, e.message)
+                return [False] * len(keys)
+        result = []
+        for (name, key), how in zip(keys, seen):
+            if name == self.name and key == self.key:
+                how = Seen.PINNED
+            result.append(how is not Seen.CHANGED)
+            if how is Seen.CHANGED and (name, key) not in self._warned:
+                self._warned.add((name, key))
+                self._tell(self._listener.member_key_changed, name, self._old_key(name, key), key)
+        return result
+
+    def _old_key(self, name: str, key: bytes) -> bytes:
+        if self._pins is None:
+            return self._keys.get(name, key)
+        pin = self._pins.get(self._server, self.room, name)
+        return pin.key if pin is not None else key
+
+    def _their_key(self, name: str) -> bytes:
+        if self._pins is not None:
+            pin = self._pins.get(self._server, self.room, name)
+            if pin is not None:
+                return pin.key
+        key = self._keys.get(name)
+        if key is None:
+            member = self._members.get(name)
+            if member is None or not member.key:
+                raise KeyError(name)
+            key = member.key
+        return key
+
+    def verify(self, name: str) -> str:
+        """
+        The safety number of us and C{name} (60 digits in groups of 5), the
+        same on both sides: compare it in person or over another channel.
+        It uses the key pinned for C{name}.
+
+        @raise KeyError: no key is known for C{name}.
+        """
+        if name == self.name:
+            raise KeyError(name)
+        return safety_number(self.name, self.key, name, self._their_key(name))
+
+    def safety(self) -> str:
+        """
+        The room's safety code (30 digits in groups of 5) over the room's name,
+        a commitment to its key and every present member's name and key, as
+        the server announced them. Everyone in the room sees the same code
+        exactly when they share the room key, the member list and the keys.
+        """
+        members = [(self.name, self.key)]
+        members += [(m.name, m.key) for m in self._members.values() if m.key]
+        return room_safety_code(self.room, self._protocol.commitment, members)
+
+    def accept(self, name: str) -> bool:
+        """
+        Trust C{name}'s new identity key from now on (after checking it, e.g.
+        with L{verify}... of the new key, in person).
+
+        @return: whether a changed key was waiting to be accepted.
+        @raise ConfigError: the pin file cannot be written.
+        """
+        if self._pins is None:
+            member = self._members.get(name)
+            if member is None or not member.key or self._keys.get(name) == member.key:
+                return False
+            self._keys[name] = member.key
+            return True
+        return self._pins.accept(self._server, self.room, name) is not None
+
+    def changed_key(self, name: str) -> bool:
+        """
+        Whether C{name}'s key differs from the pinned one, not yet accepted.
+        """
+        if self._pins is None:
+            member = self._members.get(name)
+            return member is not None and self._keys.get(name, member.key) != member.key
+        pin = self._pins.get(self._server, self.room, name)
+        return pin is not None and pin.changed is not None
 
     @property
     def members(self) -> list[Member]:
@@ -205,10 +348,30 @@ class ChatSession:
             if self._bucket is not None and not self._bucket.take(self._clock.seconds()):
                 self._flush_call = self._clock.callLater(1 / self._bucket.rate, self._flush)
                 return
-            sid, n = self._protocol.send_text(self._outbox.popleft())
-            self._first_time((self.name, sid, n))
+            fields = self.transcript.next_fields(self._outbox.popleft())
+            sent = self._protocol.send_signed(fields)
+            self.transcript.sent(fields, sent.sid, sent.n, sent.hash)
+            self._first_time((self.name, sent.sid, sent.n))
         if self.state is SessionState.LEAVING and self.connected:
+            self._close_when_acknowledged()
+
+    def _close_when_acknowledged(self) -> None:
+        """
+        Leaving: close once the server has acknowledged what we sent, or
+        after L{ACK_WAIT} seconds (what is left is then not delivered).
+        """
+        if not self.transcript.in_flight:
+            self._cancel_ack_wait()
             self._protocol.transport.loseConnection()
+        elif self._ack_wait is None:
+            self._ack_wait = self._clock.callLater(
+                ACK_WAIT, self._protocol.transport.loseConnection
+            )
+
+    def _cancel_ack_wait(self) -> None:
+        wait, self._ack_wait = self._ack_wait, None
+        if wait is not None and wait.active():
+            wait.cancel()
 
     def who(self) -> Deferred[list[Member]]:
         """
@@ -264,7 +427,18 @@ class ChatSession:
             del self._seen[next(iter(self._seen))]
         return True
 
-    def _message(self, sender: str, text: str, message: wire.Message) -> None:
+    def _message(self, sender: str, opened: SignedMessage | UnsignedMessage,
+                  message: wire.Message) -> None:
+        if isinstance(opened, SignedMessage):
+            self._signed(sender, opened, message)
+            return
+        if not message.get("hist"):
+            # Any member can seal a version 1 message under any name: only
+            # history from before identity keys may hold them.
+            self._tell(self._listener.message_rejected, sender,
+                       "an unsigned message (without an identity key) was refused")
+            return
+        text = opened.text
         if not self._first_time((sender, bytes(message["sid"]), message["n"])):
             # History replayed at a rejoin repeats what we already have; a
             # live message must never repeat (each connection's opener only
@@ -274,8 +448,31 @@ class ChatSession:
             return
         self._tell(
             self._listener.message_received,
-            ChatMessage(sender, text, message.get("ts"), message.get("hist", False)),
+            ChatMessage(sender, text, message.get("ts"), True, signed=False, trusted=False),
         )
+
+    def _signed(self, sender: str, opened: SignedMessage, message: wire.Message) -> None:
+        history = bool(message.get("hist"))
+        pinned = self._check_key(sender, opened.key)
+        if pinned and self._pins is None:
+            self._keys.setdefault(sender, opened.key)
+        try:
+            verdict = self.transcript.receive(sender, opened, history)
+        except ConfigError as e:
+            self._tell(self._listener.notice, e.message)
+            return
+        for alarm in verdict.alarms:
+            self._tell(self._listener.transcript_alarm, alarm)
+        # Shown once per session: the history replayed at a rejoin repeats
+        # what this session showed; a new session (a restart) shows the
+        # history it overlaps again, as history.
+        first = self._first_time((sender, bytes(message["sid"]), message["n"]))
+        if verdict.show or (verdict.overlap and first):
+            self._tell(
+                self._listener.message_received,
+                ChatMessage(sender, opened.text, message.get("ts"), history,
+                            trusted=pinned and verdict.trusted),
+            )
 
     def _rejected(self, sender: str, error: Rejected, message: wire.Message) -> None:
         if message.get("hist") and isinstance(error, Undecryptable):
@@ -286,10 +483,15 @@ class ChatSession:
             self._tell(self._listener.message_rejected, sender, error.message)
 
     def _event(self, message: wire.Message) -> None:
-        if message.type == "joined":
-            member = Member(message["name"], message["addr"])
+        if message.type == "ack":
+            self.transcript.acked(bytes(message["sid"]), message["n"])
+            if self.state is SessionState.LEAVING and not self._outbox and self.connected:
+                self._close_when_acknowledged()
+        elif message.type == "joined":
+            member = Member(message["name"], message["addr"], message["key"])
             self._members[member.name] = member
             self._tell(self._listener.member_joined, member)
+            self._check_key(member.name, member.key)
         elif message.type == "left":
             gone = self._members.pop(message["name"], None)
             member = gone or Member(
@@ -297,8 +499,11 @@ class ChatSession:
             )
             self._tell(self._listener.member_left, member)
         elif message.type == "members":
-            everyone = [Member(m["name"], m["addr"]) for m in message["members"]]
+            everyone = [Member(m["name"], m["addr"], m["key"]) for m in message["members"]]
             self._members = {m.name: m for m in everyone if m.name != self.name}
+            # (What the server says about our own key is not checked: our
+            # messages carry it, signed.)
+            self._check_keys([(m.name, m.key) for m in everyone if m.name != self.name])
             if self._who:
                 self._who.pop(0).callback(everyone)
         elif message.type == "notice":
@@ -313,9 +518,17 @@ class ChatSession:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
+        self._cancel_ack_wait()
         pending, self._who = self._who, []
         for d in pending:
             d.errback(ProtocolError("disconnected"))
+        try:
+            undelivered = self.transcript.connection_lost()
+        except ConfigError as e:
+            undelivered = 0
+            self._tell(self._listener.notice, e.message)
+        if undelivered:
+            self._tell(self._listener.message_undelivered, undelivered)
         if self._policy is not None and (error is None or not is_final(Failure(error))):
             self._inputs.feed(LOST, error)
         else:

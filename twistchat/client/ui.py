@@ -27,15 +27,19 @@ from twisted.internet import defer
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from twistchat.client.api import ChatListener, ChatMessage, ChatSession, Member
-from twistchat.errors import ProtocolError
+from twistchat.client.api import Alarm, ChatListener, ChatMessage, ChatSession, Member
+from twistchat.errors import ConfigError, ProtocolError
 
 HELP = """\
 Commands:
-  /who    list the members of the room
-  /help   show this help
-  /quit   leave the room (end of input does the same)
-Anything else is sealed and sent to the room."""
+  /who           list the members of the room
+  /verify NAME   show your safety number with NAME (compare it in person)
+  /safety        show the room's safety code (the same for everyone who sees
+                 the same room key, members and keys)
+  /accept NAME   trust NAME's new identity key after its safety number changed
+  /help          show this help
+  /quit          leave the room (end of input does the same)
+Anything else is signed, sealed and sent to the room."""
 
 
 def printable(text: str) -> str:
@@ -61,6 +65,18 @@ def show_addr(addr: str) -> str:
 
 #: How a replayed message that the room key cannot open is shown.
 UNREADABLE = "(unreadable: sealed under an earlier room password)"
+#: How a message sealed before identity keys is marked.
+UNSIGNED = "(unsigned: sent before identity keys)"
+#: How a message whose sender's key is not the pinned one is marked.
+UNTRUSTED = "(NOT VERIFIED: key changed)"
+
+
+def _sender(message: ChatMessage) -> str:
+    if not message.signed:
+        return f"{message.sender} {UNSIGNED}"
+    if not message.trusted:
+        return f"{message.sender} {UNTRUSTED}"
+    return message.sender
 
 
 def show_time(ts: float | None) -> str:
@@ -103,7 +119,7 @@ class ChatConsole(ChatListener):
             self._history_line(message, printable(message.text))
             return
         self._end_history()
-        self.write(f"[ {message.sender}: ] {printable(message.text)}")
+        self.write(f"[ {_sender(message)}: ] {printable(message.text)}")
 
     def history_unreadable(self, message: ChatMessage) -> None:
         self._history_line(message, UNREADABLE)
@@ -115,7 +131,7 @@ class ChatConsole(ChatListener):
         if not self._in_history:
             self._in_history = True
             self.write("--- history ---")
-        self.write(f"{show_time(message.time)} [ {message.sender}: ] {text}")
+        self.write(f"{show_time(message.time)} [ {_sender(message)}: ] {text}")
 
     def _end_history(self) -> None:
         if self._in_history:
@@ -135,6 +151,18 @@ class ChatConsole(ChatListener):
 
     def notice(self, text: str) -> None:
         self.write(f"! Server: {printable(text)}")
+
+    def member_key_changed(self, name: str, old: bytes, new: bytes) -> None:
+        self.write(f"!!! WARNING: {name}'s safety number has changed. Someone else may be "
+                   f"using the name {name}. Their messages are marked until you check the "
+                   f"new number (/verify {name}) and type /accept {name}.")
+
+    def transcript_alarm(self, alarm: Alarm) -> None:
+        self.write(f"!!! {printable(alarm.text)}")
+
+    def message_undelivered(self, count: int) -> None:
+        for _ in range(count):
+            self.not_sent("the server never acknowledged it (not delivered)")
 
     def message_refused(self, reason: str) -> None:
         self.not_sent(f"refused by the server: {printable(reason)}")
@@ -228,8 +256,41 @@ class ChatConsole(ChatListener):
                            + (": reconnecting" if self.session.reconnecting else ""))
                 return
             d.addCallbacks(self.show_members, lambda f: None)
+        elif word in ("/verify", "/accept"):
+            words = line.split()
+            if len(words) != 2:
+                self.write(f"! Usage: {word} NAME")
+            elif word == "/verify":
+                self.verify(words[1])
+            else:
+                self.accept(words[1])
+        elif word == "/safety":
+            self.write(f"* Room safety code: {self.session.safety()} "
+                       "(the same for everyone with the same room key, members and keys)")
         else:
             self.write(f"! Unknown command {printable(word)}: type /help")
+
+    def verify(self, name: str) -> None:
+        assert self.session is not None
+        try:
+            number = self.session.verify(name)
+        except KeyError:
+            self.write(f"! No identity key known for {printable(name)}")
+            return
+        changed = " (CHANGED: not accepted yet)" if self.session.changed_key(name) else ""
+        self.write(f"* Safety number with {name}{changed}: {number}")
+
+    def accept(self, name: str) -> None:
+        assert self.session is not None
+        try:
+            accepted = self.session.accept(name)
+        except ConfigError as e:
+            self.write(f"! {e.message}")
+            return
+        if accepted:
+            self.write(f"* {name}'s new identity key is now trusted.")
+        else:
+            self.write(f"! No changed key waits to be accepted for {printable(name)}")
 
     def leave(self) -> None:
         """

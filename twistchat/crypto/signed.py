@@ -75,7 +75,7 @@ Who checks what
 L{decode_signed} checks the format and the signature under the key the envelope
 names. It does not decide whether that key is the right one for the sender: the
 caller compares L{SignedMessage.key} with the key pinned for (server, room, sender),
-and follows C{prev}, C{seen} and C{lost} (docs/identity.md). Without that comparison a
+and follows C{prev}, C{seen} and C{lost} (docs/protocol.md, section 12). Without that comparison a
 member could sign with its own key under another member's name.
 """
 

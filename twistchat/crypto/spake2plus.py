@@ -90,7 +90,7 @@ G = EccPoint(_GX, _GY, _CURVE)
 
 #: Transcript prefix twistchat puts before the TLS channel binding (see L{context}).
 #: Its version is the wire protocol's (L{twistchat.wire.PROTOCOL_VERSION}).
-CONTEXT_PREFIX = b"twistchat/2 SPAKE2+-P256-SHA256-HKDF-SHA256-HMAC-SHA256\x00"
+CONTEXT_PREFIX = b"twistchat/3 SPAKE2+-P256-SHA256-HKDF-SHA256-HMAC-SHA256\x00"
 #: Label for the TLS keying-material exporter (RFC 5705 / RFC 8446 section 7.5).
 EXPORTER_LABEL = b"EXPORTER-twistchat-spake2plus"
 #: Length of the exported keying material, in bytes.

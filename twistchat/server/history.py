@@ -8,7 +8,8 @@ Two parts:
     order they were asked for. WAL journal, C{synchronous=NORMAL}, a
     C{schema_version} table and numbered migrations.
   - L{History}: the relay path. A message is I{accepted} when its row is
-    committed; only then is it relayed to the room (rows are written in batches:
+    committed; only then is it relayed to the room and acknowledged to its
+    sender (C{ack}, with its position in the room's order) (rows are written in batches:
     everything received while the previous write was in flight goes in the next
     transaction). A member who joins is sent the room's last N stored messages
     before any live one, with none lost or doubled in between.
@@ -45,7 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistchat import wire
-from twistchat.server.room import Member, Room
+from twistchat.server.room import Member, Room, ack_frame
 
 #: The history file's name in the data directory.
 HISTORY_FILE = "history.sqlite3"
@@ -285,6 +286,8 @@ class _Entry:
     data: bytes | None
     #: The row to store (messages only).
     row: tuple[str, str, float, bytes, int, bytes] | None = None
+    #: The message (messages only), acknowledged to its sender when relayed.
+    message: wire.Message | None = None
     #: Who gets it, if fixed when it was received (presence: the members then,
     #: so that a later joiner, whose welcome lists the members, never gets
     #: it). None: the room's members when it is released.
@@ -423,7 +426,7 @@ class History:
         """
         row = (room.name, sender.name, self.clock.seconds(),
                message["sid"], message["n"], message["ct"])
-        entry = _Entry(room, sender, wire.prefixed(frame), row)
+        entry = _Entry(room, sender, wire.prefixed(frame), row, message)
         self._unsubmitted.append(entry)
         if self.failing is not None:
             self._trim_backlog()
@@ -559,6 +562,11 @@ class History:
             room.flush()  # what the room sent before goes first
             for member in live:
                 entry.action(member)
+        if entry.message is not None and entry.sender is not None:
+            # Accepted (stored, or the store is failing): tell the sender, at
+            # the moment the others are sent it. A sender that has left
+            # ignores it.
+            entry.sender.deliver(ack_frame(room, entry.message))
 
     # --- late joiners -----------------------------------------------------------------
 

@@ -209,6 +209,8 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self._left = Stage.HELLO
         self.name = ""
         self.addr = ""
+        #: The identity public key the member announced in its confirm.
+        self.key = b""
         self._peer = ""
         self.room: Room | None = None
         self._share = b""
@@ -411,6 +413,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         except TwistchatError as error:
             return Input.WRONG_PASSWORD, error.message
         # The password was right: a refusal from here on is not a failed guess.
+        self.key = message["key"]
         limits = self.factory.limits
         if len(self.room) >= limits.max_members:
             return Input.TURNED_AWAY, Refusal(

@@ -49,6 +49,7 @@ reconnects by itself.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import socket
@@ -428,7 +429,8 @@ class RedisRoom(Room):
     def __init__(self, verifier: Verifier) -> None:
         super().__init__(verifier)
         #: casefolded name -> (name, addr), as of the last stream entry read.
-        self.everyone: dict[str, tuple[str, str]] = {}
+        #: casefolded name -> (name, addr, identity key as base64 text).
+        self.everyone: dict[str, tuple[str, str, str]] = {}
 
     def __len__(self) -> int:
         return len(self.everyone.keys() | {m.name.casefold() for m in self.members})
@@ -436,12 +438,12 @@ class RedisRoom(Room):
     def taken(self, name: str) -> bool:
         return name.casefold() in self.everyone or super().taken(name)
 
-    def roster(self, exclude: Member | None = None) -> list[dict[str, str]]:
+    def roster(self, exclude: Member | None = None) -> list[dict[str, object]]:
         skip = exclude.name.casefold() if exclude is not None else None
         return [
-            {"name": name, "addr": addr}
-            for key, (name, addr) in self.everyone.items()
-            if key != skip
+            {"name": name, "addr": addr, "key": key}
+            for folded, (name, addr, key) in self.everyone.items()
+            if folded != skip
         ]
 
 
@@ -638,6 +640,7 @@ class RedisHistory:
     def _join(self, room: RedisRoom, member: Member, frame: bytes) -> None:
         origin = self._origin()
         value = json.dumps({"node": self.node, "o": origin, "name": member.name,
+                            "key": base64.b64encode(member.key).decode("ascii"),
                             "addr": member.addr})
         stream = self._stream(room)
         local = _Local(member, room, origin, value, None, held=[])
@@ -739,7 +742,8 @@ class RedisHistory:
             everyone = {}
             for value in flat[1::2]:
                 claim = json.loads(value)
-                everyone[claim["name"].casefold()] = (claim["name"], claim["addr"])
+                everyone[claim["name"].casefold()] = (
+                    claim["name"], claim["addr"], claim.get("key", ""))
             stream.room.everyone = everyone
             stream.loaded = True
             for local in stream.waiting:
@@ -800,10 +804,14 @@ class RedisHistory:
         if kind in (b"j", b"l"):
             name = entry["name"].decode("utf-8")
             if kind == b"j":
-                room.everyone[name.casefold()] = (name, entry["addr"].decode("utf-8"))
+                # The identity key is in the joined frame the entry carries.
+                key = json.loads(entry["f"]).get("key", "")
+                room.everyone[name.casefold()] = (name, entry["addr"].decode("utf-8"), key)
             else:
                 room.everyone.pop(name.casefold(), None)
         data = wire.prefixed(entry["f"])
+        if kind == b"m":
+            self._acknowledge(room, at, origin, entry["f"])
         for local in list(self._locals.values()):
             if local.room is not room or local.origin == origin:
                 continue
@@ -813,6 +821,22 @@ class RedisHistory:
                 local.held.append(data)
             else:
                 local.member.deliver(data)
+
+    def _acknowledge(self, room: RedisRoom, at: tuple[int, int], origin: str,
+                     frame: bytes) -> None:
+        """
+        Tell the sender of a message read back from the stream, if it is this
+        node's member, that it was accepted: Redis has it, in the room's
+        order. Its position is made from the stream entry id (milliseconds,
+        then the entry's number within them), so it grows with the order.
+        """
+        for local in self._locals.values():
+            if local.room is room and local.origin == origin:
+                sent = json.loads(frame)
+                ack = wire.encode("ack", sid=sent["sid"], n=sent["n"],
+                                  seq=at[0] * 1_000_000 + at[1])
+                local.member.deliver(wire.prefixed(ack))
+                return
 
     def _closed(self, origin: str) -> None:
         found = self._actions.pop(origin, None)

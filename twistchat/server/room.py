@@ -20,6 +20,7 @@ window, and the order stays the room's.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterable, Iterator
 from typing import Protocol
@@ -58,6 +59,9 @@ class Member(Protocol):
 
     name: str
     addr: str
+    #: The member's identity public key, as it announced it (a claim the
+    #: server relays; clients check the signatures inside sealed messages).
+    key: bytes
 
     def deliver(self, data: bytes) -> None:
         """
@@ -148,6 +152,8 @@ class Room:
         self._members: dict[str, Member] = {}
         self._batcher = (Batcher(self, clock, batch_window)
                          if clock is not None and batch_window > 0 else None)
+        #: Messages accepted so far: the position of the last in the room's order.
+        self.position = 0
 
     def __len__(self) -> int:
         return len(self._members)
@@ -172,12 +178,19 @@ class Room:
     def members(self) -> list[Member]:
         return list(self._members.values())
 
-    def roster(self, exclude: Member | None = None) -> list[dict[str, str]]:
+    def accept(self) -> int:
         """
-        The member list as sent on the wire.
+        Give the next message accepted its position in the room's order.
+        """
+        self.position += 1
+        return self.position
+
+    def roster(self, exclude: Member | None = None) -> list[dict[str, object]]:
+        """
+        The member list as sent on the wire (keys as base64 text).
         """
         return [
-            {"name": m.name, "addr": m.addr}
+            {"name": m.name, "addr": m.addr, "key": base64.b64encode(m.key).decode("ascii")}
             for m in self._members.values()
             if m is not exclude
         ]
@@ -194,7 +207,7 @@ class Room:
         if key in self._members:
             raise NameTaken(f"the name {member.name!r} is already taken in this room")
         self._members[key] = member
-        return wire.encode("joined", name=member.name, addr=member.addr)
+        return wire.encode("joined", name=member.name, addr=member.addr, key=member.key)
 
     def leave(self, member: Member) -> bytes | None:
         """
@@ -246,6 +259,15 @@ class Room:
     def _recipients(self, exclude: Member | None) -> Iterable[Member]:
         # A copy: a delivery may drop a member (slow consumer) mid-loop.
         return [m for m in self._members.values() if m is not exclude]
+
+
+def ack_frame(room: Room, message: wire.Message) -> bytes:
+    """
+    The C{ack} frame (with its length prefix) that tells the sender of
+    C{message} it was accepted, at the next position in C{room}'s order.
+    """
+    raw = message.raw
+    return wire.prefixed(wire.encode("ack", sid=raw["sid"], n=raw["n"], seq=room.accept()))
 
 
 class Rooms:

@@ -40,7 +40,7 @@ from twistchat.errors import (
 )
 from twistchat.server.limits import AddressBook, Limits
 from twistchat.server.protocol import ChatServerProtocol
-from twistchat.server.room import Member, Room, Rooms
+from twistchat.server.room import Member, Room, Rooms, ack_frame
 from twistchat.server.verifiers import check_room, load_verifier
 from twistchat.tlsbinding import server_binding
 
@@ -286,6 +286,7 @@ class ChatServerFactory(ServerFactory):
             return
         if self.history is None:
             room.broadcast(frame, exclude=sender)
+            sender.deliver(ack_frame(room, message))
         else:
             self.history.relay(room, sender, frame, message)
 

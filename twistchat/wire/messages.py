@@ -19,15 +19,19 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from twistchat.crypto.identity import PUBLIC_KEY_BYTES
 from twistchat.crypto.kdf import MAX_SALT_BYTES, MIN_SALT_BYTES
+from twistchat.crypto.seal import (  # MAX_CIPHERTEXT: version 1's limit, kept for reference
+    MAX_CIPHERTEXT as MAX_CIPHERTEXT,
+)
 from twistchat.crypto.seal import (
-    MAX_CIPHERTEXT,
     MAX_COUNTER,
     MAX_TEXT_BYTES,
     PAD_BLOCK,
     SID_BYTES,
     TAG_BYTES,
 )
+from twistchat.crypto.signed import MAX_ENVELOPE_BYTES, MAX_SIGNED_CIPHERTEXT
 from twistchat.crypto.spake2plus import MAC_BYTES, POINT_BYTES
 from twistchat.errors import BadMessage
 
@@ -35,15 +39,17 @@ from twistchat.errors import BadMessage
 # the largest text and ciphertext, salts) are defined in twistchat.crypto and only
 # checked here.
 
-#: Version 2: the SPAKE2+ context binds the server certificate's SHA-256 as well
-#: as the TLS exporter, and only TLS 1.3 is spoken. Sealed messages are as in
-#: version 1, so stored history still opens.
-PROTOCOL_VERSION = 2
+#: Version 3: members have identity keys (sent in C{confirm}, relayed with
+#: presence), every message is a signed envelope, and the server acknowledges
+#: each message it accepted (C{ack}). Version 2 bound the server certificate's
+#: SHA-256 into the SPAKE2+ context and spoke only TLS 1.3. Messages sealed
+#: before version 3 still open (shown as unsigned).
+PROTOCOL_VERSION = 3
 
 #: Largest frame a client may send before it has authenticated (bytes).
 MAX_FRAME_PREAUTH = 4096
-#: Largest frame a member may send once authenticated (bytes): a sealed message of
-#: MAX_CIPHERTEXT bytes is about 22 KiB once base64-encoded.
+#: Largest frame a member may send once authenticated (bytes): a sealed signed
+#: envelope of MAX_SIGNED_CIPHERTEXT bytes is about 22 KiB once base64-encoded.
 MAX_FRAME = 32768
 #: Bytes of a C{send} frame other than the base64 ciphertext, at most (the
 #: counter written out in full).
@@ -56,12 +62,15 @@ def max_text_for(max_frame: int) -> int:
     bytes once padded, sealed and base64-encoded; at most L{MAX_TEXT_BYTES}.
     """
     sealed = (max_frame - SEND_OVERHEAD) // 4 * 3
-    text = (sealed - TAG_BYTES - PAD_BLOCK) // PAD_BLOCK * PAD_BLOCK
+    envelope = (sealed - TAG_BYTES - PAD_BLOCK) // PAD_BLOCK * PAD_BLOCK
+    # The signed envelope around the text, with the most lost numbers it may carry.
+    text = envelope - (MAX_ENVELOPE_BYTES - MAX_TEXT_BYTES)
     return max(0, min(MAX_TEXT_BYTES, text))
 
 
-#: Largest frame a client accepts from the server (member lists can be long).
-MAX_FRAME_FROM_SERVER = 1 << 20
+#: Largest frame a client accepts from the server (member lists can be long:
+#: 10000 members with the longest names, addresses and their keys fit).
+MAX_FRAME_FROM_SERVER = 2 << 20
 
 MAX_NAME = 32
 MAX_ROOM = 64
@@ -170,16 +179,20 @@ def binary(low: int, high: int | None = None) -> Kind:
     return check
 
 
-def _member(field: str, value: Any) -> dict[str, str]:
-    if type(value) is not dict or set(value) != {"name", "addr"}:
-        raise _fail(field, "expected members as {name, addr} objects")
+_key = binary(PUBLIC_KEY_BYTES)
+
+
+def _member(field: str, value: Any) -> dict[str, Any]:
+    if type(value) is not dict or set(value) != {"name", "addr", "key"}:
+        raise _fail(field, "expected members as {name, addr, key} objects")
     return {
         "name": text(MAX_NAME)(field, value["name"]),
         "addr": text(64)(field, value["addr"]),
+        "key": _key(field, value["key"]),
     }
 
 
-def members(field: str, value: Any) -> list[dict[str, str]]:
+def members(field: str, value: Any) -> list[dict[str, Any]]:
     if type(value) is not list or len(value) > MAX_MEMBERS_LISTED:
         raise _fail(field, "expected a list of members")
     return [_member(field, item) for item in value]
@@ -195,16 +208,17 @@ _room = text(MAX_ROOM)
 _addr = text(64)
 _sid = binary(SID_BYTES)
 _counter = integer(0, MAX_COUNTER)
-_ciphertext = binary(TAG_BYTES, MAX_CIPHERTEXT)
+_ciphertext = binary(TAG_BYTES, MAX_SIGNED_CIPHERTEXT)
 _point = binary(POINT_BYTES)
 _mac = binary(MAC_BYTES)
 _token = integer(0, 2**31 - 1)
+_position = integer(0, 2**63 - 1)
 
 #: Messages a client sends.
 FROM_CLIENT: Schema = {
     "hello": ({"v": integer(0, 2**16), "room": _room, "name": _name}, {}),
     "share": ({"X": _point}, {}),
-    "confirm": ({"mac": _mac}, {}),
+    "confirm": ({"mac": _mac, "key": _key}, {}),
     "send": ({"sid": _sid, "n": _counter, "ct": _ciphertext}, {}),
     "who": ({}, {}),
     "ping": ({}, {"id": _token}),
@@ -231,9 +245,10 @@ FROM_SERVER: Schema = {
         {"from": _name, "sid": _sid, "n": _counter, "ct": _ciphertext},
         {"ts": number, "hist": boolean},
     ),
-    "joined": ({"name": _name, "addr": _addr}, {}),
+    "joined": ({"name": _name, "addr": _addr, "key": _key}, {}),
     "left": ({"name": _name, "addr": _addr}, {}),
     "members": ({"members": members}, {}),
+    "ack": ({"sid": _sid, "n": _counter, "seq": _position}, {}),
     "notice": ({"code": text(32), "text": text(MAX_TEXT_FIELD)}, {}),
     "error": ({"code": text(32), "text": text(MAX_TEXT_FIELD)}, {}),
     "ping": ({}, {"id": _token}),
@@ -294,6 +309,10 @@ def decode(frame: bytes, schema: Schema) -> Message:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return binascii.b2a_base64(value, newline=False).decode("ascii")
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
     return value
 
 

@@ -27,7 +27,7 @@ export const HASH_BYTES = 32;
 export const MAC_BYTES = HASH_BYTES;
 
 /** Context prefix: the protocol version and ciphersuite, then a NUL. */
-export const CONTEXT_PREFIX = utf8('twistchat/2 SPAKE2+-P256-SHA256-HKDF-SHA256-HMAC-SHA256\0');
+export const CONTEXT_PREFIX = utf8('twistchat/3 SPAKE2+-P256-SHA256-HKDF-SHA256-HMAC-SHA256\0');
 /** Label that starts a browser's channel binding (see webBinding). */
 export const WEB_BINDING_LABEL = utf8('twistchat/2 web binding\0');
 export const NONCE_BYTES = 32;

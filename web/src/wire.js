@@ -10,13 +10,18 @@
 import { fromBase64, fromUtf8, toBase64 } from './bytes.js';
 import { BadMessage } from './errors.js';
 import { MAX_SALT_BYTES, MIN_SALT_BYTES } from './kdf.js';
-import { MAX_CIPHERTEXT, MAX_COUNTER, SID_BYTES, TAG_BYTES } from './seal.js';
+import { PUBLIC_KEY_BYTES } from './identity.js';
+import { MAX_COUNTER, MAX_TEXT_BYTES, PAD_BLOCK, SID_BYTES, TAG_BYTES } from './seal.js';
+import { MAX_LOST, MIN_OVERHEAD } from './signed.js';
 import { MAC_BYTES, POINT_BYTES } from './spake2plus.js';
 
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 export const MAX_FRAME_PREAUTH = 4096;
 export const MAX_FRAME = 32768;
-export const MAX_FRAME_FROM_SERVER = 1 << 20;
+export const MAX_FRAME_FROM_SERVER = 2 << 20;
+/** The largest sealed signed envelope (as signed.MAX_SIGNED_CIPHERTEXT in Python). */
+export const MAX_SIGNED_CIPHERTEXT =
+  (Math.floor((MIN_OVERHEAD + 8 * MAX_LOST + MAX_TEXT_BYTES) / PAD_BLOCK) + 1) * PAD_BLOCK + TAG_BYTES;
 export const MAX_NAME = 32;
 export const MAX_ROOM = 64;
 export const MAX_TEXT_FIELD = 1024;
@@ -249,6 +254,8 @@ export function binary(low, high = low) {
   };
 }
 
+const identityKey = binary(PUBLIC_KEY_BYTES);
+
 function isObject(value) {
   return typeof value === 'object' && value !== null && !Array.isArray(value) &&
     !(value instanceof JsonFloat);
@@ -256,10 +263,15 @@ function isObject(value) {
 
 function member(field, value) {
   const keys = isObject(value) ? Object.keys(value) : [];
-  if (!isObject(value) || keys.length !== 2 || !('name' in value) || !('addr' in value)) {
-    throw failField(field, 'expected members as {name, addr} objects');
+  if (!isObject(value) || keys.length !== 3 || !('name' in value) || !('addr' in value) ||
+      !('key' in value)) {
+    throw failField(field, 'expected members as {name, addr, key} objects');
   }
-  return { name: text(MAX_NAME)(field, value.name), addr: text(64)(field, value.addr) };
+  return {
+    name: text(MAX_NAME)(field, value.name),
+    addr: text(64)(field, value.addr),
+    key: identityKey(field, value.key),
+  };
 }
 
 export function members(field, value) {
@@ -276,16 +288,17 @@ const room = text(MAX_ROOM);
 const addr = text(64);
 const sid = binary(SID_BYTES);
 const counter = integer(0, MAX_COUNTER);
-const ciphertext = binary(TAG_BYTES, MAX_CIPHERTEXT);
+const ciphertext = binary(TAG_BYTES, MAX_SIGNED_CIPHERTEXT);
 const point = binary(POINT_BYTES);
 const mac = binary(MAC_BYTES);
 const token = integer(0, 2 ** 31 - 1);
+const position = integer(0, 2n ** 63n - 1n);
 
 /** Messages a client sends: type -> [required, optional] fields. */
 export const FROM_CLIENT = {
   hello: [{ v: integer(0, 2 ** 16), room, name }, {}],
   share: [{ X: point }, {}],
-  confirm: [{ mac }, {}],
+  confirm: [{ mac, key: identityKey }, {}],
   send: [{ sid, n: counter, ct: ciphertext }, {}],
   who: [{}, {}],
   ping: [{}, { id: token }],
@@ -304,9 +317,10 @@ export const FROM_SERVER = {
     { max_text: integer(0, 2 ** 31), rate: number, burst: integer(0, 2 ** 31) },
   ],
   msg: [{ from: name, sid, n: counter, ct: ciphertext }, { ts: number, hist: boolean }],
-  joined: [{ name, addr }, {}],
+  joined: [{ name, addr, key: identityKey }, {}],
   left: [{ name, addr }, {}],
   members: [{ members }, {}],
+  ack: [{ sid, n: counter, seq: position }, {}],
   notice: [{ code: text(32), text: text(MAX_TEXT_FIELD) }, {}],
   error: [{ code: text(32), text: text(MAX_TEXT_FIELD) }, {}],
   ping: [{}, { id: token }],
