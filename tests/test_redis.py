@@ -464,3 +464,39 @@ def test_slow_redis_delays_but_loses_nothing(tmp_path: Path, redis: RedisServer,
         assert a.process.poll() is None and b.process.poll() is None
     finally:
         stop_all(clients, [a, b])
+
+
+def test_metrics_and_health_of_a_redis_node(tmp_path: Path, redis: RedisServer,
+                                            password_file: Path) -> None:
+    """
+    With --redis, /healthz answers by a real write to Redis: 200, then 503
+    while Redis is down, 200 again once it is back; /metrics has the Redis
+    round-trip histogram and the outage gauge.
+    """
+    from .test_metrics import METRICS_AT, samples, scrape
+
+    node = Node(tmp_path, "a", redis, "--password-file", str(password_file),
+                "--metrics", "tcp:0:interface=127.0.0.1")
+    clients: list[Client] = []
+    try:
+        port = int(node.log.wait_for(METRICS_AT).group(1))
+        alice = member(tmp_path, node, "alice")
+        clients.append(alice)
+        assert scrape(port, "/healthz") == (200, "ok\n")
+        values = samples(scrape(port)[1])
+        assert values[("twistchat_redis_unavailable", ())] == 0
+        assert values[("twistchat_redis_command_seconds_count", ())] > 0
+        redis.kill()
+        deadline = time.monotonic() + 30
+        status, reason = scrape(port, "/healthz")
+        while status == 200 and time.monotonic() < deadline:
+            status, reason = scrape(port, "/healthz")
+        assert status == 503 and reason.count("\n") == 1, reason
+        assert samples(scrape(port)[1])[("twistchat_redis_unavailable", ())] == 1
+        redis.process = RedisServer(redis.folder, redis.port).process
+        deadline = time.monotonic() + 30
+        while scrape(port, "/healthz")[0] != 200 and time.monotonic() < deadline:
+            node.log.rest(0.5)
+        assert scrape(port, "/healthz") == (200, "ok\n")
+    finally:
+        stop_all(clients, [node])

@@ -671,8 +671,9 @@ def _redis_service(options: Options) -> service.IService:
     chat = _chat_service(options, factory, watch_rooms=False)
     chat.setServiceParent(node)
     if metrics is not None:
-        # Health is whether the node listens (it does once Redis answered).
-        _metrics_service(options, factory, metrics, chat, None).setServiceParent(node)
+        # Health: listening, and Redis takes a real write.
+        link.observe = metrics.redis_seconds.observe
+        _metrics_service(options, factory, metrics, chat, link.probe).setServiceParent(node)
     if options["worker-fd"] is None:
         return node
     from twistchat.server.workers import ParentWatchService

@@ -111,6 +111,10 @@ class Metrics:
             "twistchat_relay_delay_seconds",
             "From accepting a message to committing it to history (it is relayed then).",
             buckets=STORE_BUCKETS, registry=r)
+        self.redis_seconds = Histogram(
+            "twistchat_redis_command_seconds",
+            "Round trip of one Redis command (with --redis).",
+            buckets=STORE_BUCKETS, registry=r)
         self.store_seconds = Histogram(
             "twistchat_history_store_seconds",
             "Duration of one history write (a batch of messages, one transaction).",
@@ -262,6 +266,11 @@ class StateCollector(Collector):
         yield GaugeMetricFamily("twistchat_send_queue_largest_bytes",
                                 "Bytes queued to the member with the most queued.",
                                 value=queued_max)
+        link = getattr(self.factory.history, "link", None)
+        if link is not None:
+            yield GaugeMetricFamily("twistchat_redis_unavailable",
+                                    "1 while Redis is unavailable (messages are refused).",
+                                    value=0 if link.available else 1)
         failing = getattr(self.factory.history, "failing", None)
         yield GaugeMetricFamily("twistchat_history_failing",
                                 "1 while the history store is failing (messages go unstored).",

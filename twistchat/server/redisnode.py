@@ -304,6 +304,8 @@ class RedisLink:
     outage and its end are each logged once.
 
     @ivar available: whether the last command or read succeeded.
+    @ivar observe: called with each answered command's round-trip time in
+        seconds (the metrics' histogram), or None.
     """
 
     log = Logger()
@@ -314,6 +316,7 @@ class RedisLink:
         self.clock = clock
         self.timeout = timeout
         self.available = True
+        self.observe: Callable[[float], None] | None = None
         self._commands: Any = None
         self._reader: Any = None
 
@@ -375,9 +378,12 @@ class RedisLink:
             return defer.fail(RedisUnavailable("not connected"))
         d: defer.Deferred[Any] = connection.execute_command(*args)
         d.addTimeout(timeout, self.clock)
+        started = self.clock.seconds()
 
         def ok(reply: Any) -> Any:
             self.up()
+            if self.observe is not None and connection is self._commands:
+                self.observe(self.clock.seconds() - started)
             return reply
 
         def failed(failure: Failure) -> Failure:
@@ -392,6 +398,14 @@ class RedisLink:
             return Failure(RedisUnavailable(reason))
 
         return d.addCallbacks(ok, failed)
+
+    def probe(self) -> defer.Deferred[None]:
+        """
+        A real write, for C{/healthz}: this node's health key, set with a
+        short expiry.
+        """
+        d = self.call("SET", f"{PREFIX}health:{id(self):x}", str(self.clock.seconds()), "EX", 60)
+        return d.addCallback(lambda _: None)
 
     def up(self) -> None:
         if not self.available:
