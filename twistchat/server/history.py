@@ -547,14 +547,15 @@ class History:
 
     def _deliver(self, entry: _Entry) -> None:
         room = entry.room
-        joiners = self._joiners.get(room, {})
-        live = []
-        for member in entry.recipients():
-            joiner = joiners.get(member)
-            if joiner is not None:
-                joiner.held.append(entry)
-            else:
-                live.append(member)
+        joiners = self._joiners.get(room)
+        live = entry.recipients()
+        if joiners:
+            # Someone waits for history: hold the event for them, in order.
+            waiting = [m for m in live if m in joiners]
+            for member in waiting:
+                joiners[member].held.append(entry)
+            if waiting:
+                live = [m for m in live if m not in joiners]
         if entry.data is not None:
             # Through the room, which may batch it (in order) with the next.
             room.send_to(live, entry.data)
