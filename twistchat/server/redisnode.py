@@ -72,7 +72,7 @@ from twistchat.crypto.verifier import Verifier
 from twistchat.errors import ConfigError
 from twistchat.server.history import Row, history_frame
 from twistchat.server.limits import AddressBook, AddressRecord, Limits
-from twistchat.server.room import Member, Room, Rooms
+from twistchat.server.room import Member, Room, Rooms, ack
 from twistchat.server.service import CannotStart, ChatServerFactory
 
 #: Every key starts with this.
@@ -442,8 +442,8 @@ class RedisRoom(Room):
 
     def __init__(self, verifier: Verifier) -> None:
         super().__init__(verifier)
-        #: casefolded name -> (name, addr), as of the last stream entry read.
-        #: casefolded name -> (name, addr, identity key as base64 text).
+        #: casefolded name -> (name, addr, identity key as base64 text), as of
+        #: the last stream entry read.
         self.everyone: dict[str, tuple[str, str, str]] = {}
 
     def __len__(self) -> int:
@@ -824,10 +824,12 @@ class RedisHistory:
             else:
                 room.everyone.pop(name.casefold(), None)
         data = wire.prefixed(entry["f"])
-        if kind == b"m":
-            self._acknowledge(room, at, origin, entry["f"])
         for local in list(self._locals.values()):
-            if local.room is not room or local.origin == origin:
+            if local.room is not room:
+                continue
+            if local.origin == origin:
+                if kind == b"m":
+                    self._acknowledge(local, at, entry["f"])
                 continue
             if local.since is None or at <= local.since:
                 continue
@@ -836,21 +838,15 @@ class RedisHistory:
             else:
                 local.member.deliver(data)
 
-    def _acknowledge(self, room: RedisRoom, at: tuple[int, int], origin: str,
-                     frame: bytes) -> None:
+    def _acknowledge(self, local: _Local, at: tuple[int, int], frame: bytes) -> None:
         """
-        Tell the sender of a message read back from the stream, if it is this
-        node's member, that it was accepted: Redis has it, in the room's
-        order. Its position is made from the stream entry id (milliseconds,
-        then the entry's number within them), so it grows with the order.
+        Tell this node's member who sent a message, now read back from the
+        stream, that it was accepted: Redis has it, in the room's order. Its
+        position is made from the stream entry id (milliseconds, then the
+        entry's number within them), so it grows with the order.
         """
-        for local in self._locals.values():
-            if local.room is room and local.origin == origin:
-                sent = json.loads(frame)
-                ack = wire.encode("ack", sid=sent["sid"], n=sent["n"],
-                                  seq=at[0] * 1_000_000 + at[1])
-                local.member.deliver(wire.prefixed(ack))
-                return
+        sent = json.loads(frame)
+        local.member.deliver(ack(sent["sid"], sent["n"], at[0] * 1_000_000 + at[1]))
 
     def _closed(self, origin: str) -> None:
         found = self._actions.pop(origin, None)

@@ -267,7 +267,15 @@ def ack_frame(room: Room, message: wire.Message) -> bytes:
     C{message} it was accepted, at the next position in C{room}'s order.
     """
     raw = message.raw
-    return wire.prefixed(wire.encode("ack", sid=raw["sid"], n=raw["n"], seq=room.accept()))
+    return ack(raw["sid"], raw["n"], room.accept())
+
+
+def ack(sid: str, n: int, seq: int) -> bytes:
+    """
+    The C{ack} frame (with its length prefix) for message C{n} of sender
+    session C{sid} (as the base64 text it came in), at position C{seq}.
+    """
+    return wire.prefixed(wire.encode("ack", sid=sid, n=n, seq=seq))
 
 
 class Rooms:
