@@ -46,7 +46,6 @@ from twistchat.errors import (
     ConfigError,
     ProtocolError,
     Rejected,
-    Replayed,
     TwistchatError,
     Undecryptable,
 )
@@ -440,11 +439,8 @@ class ChatSession:
             return
         text = opened.text
         if not self._first_time((sender, bytes(message["sid"]), message["n"])):
-            # History replayed at a rejoin repeats what we already have; a
-            # live message must never repeat (each connection's opener only
-            # catches repeats within that connection).
-            if not message.get("hist"):
-                self._tell(self._listener.message_rejected, sender, Replayed().message)
+            # History replayed at a rejoin repeats what we already have
+            # (a live unsigned message was refused above).
             return
         self._tell(
             self._listener.message_received,

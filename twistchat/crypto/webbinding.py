@@ -24,6 +24,8 @@ check both give the same bytes.
 
 from __future__ import annotations
 
+from twistchat.crypto.seal import encode_field
+
 __all__ = ["NONCE_BYTES", "WEB_BINDING_LABEL", "web_binding"]
 
 #: The label that starts a browser's channel binding.
@@ -45,12 +47,4 @@ def web_binding(origin: str, nonce: bytes, cert_sha256: bytes) -> bytes:
         raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
     if not isinstance(cert_sha256, (bytes, bytearray)) or len(cert_sha256) != _HASH_BYTES:
         raise ValueError(f"certificate hash must be {_HASH_BYTES} bytes")
-    if not isinstance(origin, str):
-        raise TypeError("origin must be str")
-    data = origin.encode("utf-8")
-    if len(data) > 0xFFFF:
-        raise ValueError("origin is too long")
-    return (
-        WEB_BINDING_LABEL + bytes(nonce) + bytes(cert_sha256)
-        + len(data).to_bytes(2, "big") + data
-    )
+    return WEB_BINDING_LABEL + bytes(nonce) + bytes(cert_sha256) + encode_field("origin", origin)
