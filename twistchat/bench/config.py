@@ -39,24 +39,17 @@ MODES: dict[str, dict[str, Any]] = {
                   connections=200, waves=2, handshake_timeout=3.0, chat_seconds=5.0,
                   guess_seconds=5.0, history_senders=4, history_receivers=4,
                   history_messages=200),
-    # --targets: exactly the settings of the issue's targets, in a few minutes.
-    "targets": dict(fanout=[10, 100], latency_members=100, rates=[200, 1000],
-                    idle=[2000], seconds=3.0, handshake_seconds=3.0, repeat=5,
-                    connections=1000, waves=2, handshake_timeout=20.0, chat_seconds=60.0,
-                    guess_seconds=60.0, history_senders=4, history_receivers=4,
-                    history_messages=500),
-    # --targets --smoke: the targets' settings that fit in seconds.
-    "targets-smoke": dict(fanout=[10], latency_members=6, rates=[200, 1000],
-                          idle=[6], seconds=0.5, handshake_seconds=0.5, repeat=1,
-                          connections=4, waves=2, handshake_timeout=1.0, chat_seconds=0.5,
-                          guess_seconds=0.5, history_senders=2, history_receivers=2,
-                          history_messages=10),
     "smoke": dict(fanout=[6], latency_members=6, rates=[50],
                   idle=[6], seconds=0.5, handshake_seconds=0.5, repeat=1,
                   connections=4, waves=2, handshake_timeout=1.0, chat_seconds=0.5,
                   guess_seconds=0.5, history_senders=2, history_receivers=2,
                   history_messages=10),
 }
+# --targets: exactly the settings of the issue's targets, in a few minutes; with
+# --smoke, the targets' settings that fit in seconds (the rest as full and smoke).
+MODES["targets"] = {**MODES["full"], "fanout": [10, 100], "rates": [200, 1000],
+                    "idle": [2000], "seconds": 3.0, "handshake_seconds": 3.0}
+MODES["targets-smoke"] = {**MODES["smoke"], "fanout": [10], "rates": [200, 1000]}
 
 
 @dataclasses.dataclass(frozen=True)
