@@ -14,6 +14,7 @@ test fails, never skips, without it.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import pytest
 from twistchat.bench.processes import Lines
-from twistchat.errors import ServerNotAuthenticated
+from twistchat import wire
+from twistchat.crypto.webbinding import web_binding
+from twistchat.errors import CODES, ServerNotAuthenticated
 
 from .test_e2e import Client, Server, env
 from .test_e2e_identity import DIGITS_30, DIGITS_60, password_of
@@ -207,3 +210,41 @@ def test_node_member_reconnects_across_a_restart(tmp_path: Path) -> None:
     finally:
         bob.kill()
         server.stop()
+
+
+def test_error_table_and_web_hello_adapter(tmp_path: Path) -> None:
+    """
+    The JavaScript error classes have Python's codes, messages and reconnect
+    flags; the web-hello adapter takes the first frame if it is web-hello and
+    gives the web binding of its nonce and certificate hash, and otherwise
+    passes the frame on and refuses to give a binding.
+    """
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (sh tests/system-packages.sh installs it)")
+    nonce, cert = bytes(range(32)), bytes(range(100, 132))
+    request = {
+        "origin": "https://chat.example:8443",
+        "hello": json.dumps({"type": "web-hello", "nonce": base64.b64encode(nonce).decode(),
+                             "cert": base64.b64encode(cert).decode()}),
+        "params": wire.encode("params", salt=bytes(16), n=2**15, r=8, p=1).decode(),
+        "error": wire.encode("error", code="busy", text="the server is busy").decode(),
+    }
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(request))
+    result = subprocess.run([node, str(ROOT / "web" / "test" / "units.mjs"), str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["codes"] == [
+        [code, cls.__name__, cls.final, cls.retry_only_when_reconnecting, cls.default_message]
+        for code, cls in CODES.items()
+    ]
+    assert out["withHello"] == {
+        "seen": ["params"],
+        "binding": {"hex": web_binding(request["origin"], nonce, cert).hex()},
+    }
+    assert out["withoutHello"] == {
+        "seen": ["error"],
+        "binding": {"error": "ProtocolError", "message": "the server did not start with web-hello"},
+    }

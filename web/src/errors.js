@@ -21,6 +21,8 @@ export class TwistchatError extends Error {
     return this.constructor.retryOnlyWhenReconnecting;
   }
 }
+// Keep the name through minification (the bundle renames the class itself).
+Object.defineProperty(TwistchatError, 'name', { value: 'TwistchatError' });
 TwistchatError.code = 'error';
 TwistchatError.final = false;
 TwistchatError.retryOnlyWhenReconnecting = false;
