@@ -70,8 +70,8 @@ function chainId(name, key) {
 export class Transcript {
   /**
    * The chains of member `me` (identity public key `myKey`); `state`, if
-   * given, is what state() returned before (throws ConfigError-free
-   * TypeError/RangeError if it is damaged: the caller decides).
+   * given, is what state() returned before (a damaged one throws
+   * TypeError or RangeError: the caller decides what to do).
    */
   constructor(me, myKey, state) {
     this.me = me;
