@@ -49,6 +49,7 @@ class Peer:
         self.name = name
         self.addr = "127.0.0.1:1"
         self.key = bytes(32)
+        self.vouch = b""
         self.got: list[wire.Message] = []
         #: The acknowledgements it was sent: (counter, position in the room).
         self.acks: list[tuple[int, int]] = []

@@ -29,6 +29,7 @@ import pytest
 from twistchat import wire
 from twistchat.crypto import kdf, safety, seal, signed, spake2plus
 from twistchat.crypto.identity import Identity
+from twistchat.crypto.vouch import check_vouch, make_vouch
 from twistchat.crypto.webbinding import web_binding
 from twistchat.errors import TwistchatError
 
@@ -288,6 +289,19 @@ def _frames() -> list[list[str]]:
                     hist=True),
         wire.encode("joined", name="bob", addr="1.2.3.4", key=bytes(range(32))),
         wire.encode("joined", name="bob", addr="1.2.3.4"),
+        wire.encode("joined", name="bob", addr="1.2.3.4", key=bytes(range(32)),
+                    vouch=bytes(range(104))),
+        wire.encode("joined", name="bob", addr="1.2.3.4", key=bytes(range(32)),
+                    vouch=bytes(range(103))),
+        wire.encode("welcome", name="alice", room=ROOM, addr="127.0.0.1", members=[
+            {"name": "bob", "addr": "::1", "key": bytes(range(32)), "vouch": bytes(104)},
+            {"name": "eve", "addr": "::2", "key": bytes(32)}]),
+        wire.encode("members", members=[
+            {"name": "bob", "addr": "::1", "key": bytes(32), "vouch": bytes(32)}]),
+        wire.encode("members", members=[
+            {"name": "bob", "addr": "::1", "key": bytes(32), "vouch": bytes(104), "x": 1}]),
+        wire.encode("members", members=[
+            {"name": "bob", "addr": "::1", "vouch": bytes(104), "x": 1}]),
         wire.encode("ack", sid=SID, n=2**63 - 1, seq=2**63 - 1),
         wire.encode("ack", sid=SID, n=1, seq=2**63),
         wire.encode("msg", **{"from": "bob"}, sid=SID, n=1, ct=b"\x00" * 16720),
@@ -346,6 +360,8 @@ def _frames() -> list[list[str]]:
         wire.encode("hello", v=3, room=ROOM, name="alice"),
         wire.encode("share", X=b"\x04" * 65), wire.encode("confirm", mac=b"\x00" * 32),
         wire.encode("confirm", mac=b"\x00" * 32, key=bytes(32)),
+        wire.encode("confirm", mac=b"\x00" * 32, key=bytes(32), vouch=bytes(range(104))),
+        wire.encode("confirm", mac=b"\x00" * 32, key=bytes(32), vouch=b""),
         wire.encode("send", sid=SID, n=1, ct=b"\x00" * 48), wire.encode("who"),
         b'{"type":"hello","v":65537,"room":"r","name":"n"}',
         b'{"type":"verify","Y":"","mac":""}',
@@ -357,6 +373,8 @@ ENCODE_CASES: list[tuple[str, dict[str, Any]]] = [
     ("hello", {"v": 3, "room": ROOM, "name": "al\"i\\ce\x7f\x00\U0001f600"}),
     ("share", {"X": b"\x04" * 65}),
     ("confirm", {"mac": bytes(range(32)), "key": bytes(range(32, 64))}),
+    ("confirm", {"mac": bytes(range(32)), "key": bytes(range(32, 64)),
+                 "vouch": bytes(range(104))}),
     ("send", {"sid": SID, "n": 2**63 - 1, "ct": bytes(range(48))}),
     ("who", {}),
     ("ping", {"id": 7}),
@@ -373,6 +391,48 @@ CHECK_PARAMS = [
     {"n": 2**15, "r": 17, "p": 1}, {"n": 2**15, "r": 8, "p": 5}, {"n": 2**20, "r": 16, "p": 1},
     {"n": 2**20, "r": 8, "p": 2}, {"n": 2**16, "r": 8, "p": 4},
 ]
+
+
+VOUCHER = Identity.from_seed(bytes(range(100, 132)))
+DEVICE = Identity.from_seed(bytes(range(140, 172))).public_key
+NOT_AFTER = 1_800_000_000
+
+
+def _vouch_vectors() -> tuple[dict[str, Any], dict[str, Any]]:
+    """
+    Vouches (docs/protocol.md 12.8): made from a fixed key, byte for byte; checked
+    for their own room, name and key, and refused for others, alike.
+    """
+    make = [[ROOM, "alice", DEVICE.hex(), str(NOT_AFTER)],
+            ["\U0001f600 room", "zoë", DEVICE.hex(), str(2**63 - 1)],
+            [ROOM, "alice", VOUCHER.public_key.hex(), str(NOT_AFTER)]]
+    good = make_vouch(VOUCHER, ROOM, "alice", DEVICE, NOT_AFTER)
+    altered = bytearray(good)
+    altered[50] ^= 1
+    check = [
+        [good.hex(), ROOM, "alice", DEVICE.hex(), NOT_AFTER - 1],
+        [good.hex(), ROOM, "alice", DEVICE.hex(), NOT_AFTER],
+        [good.hex(), ROOM, "alice", DEVICE.hex(), NOT_AFTER + 1],
+        [good.hex(), "other", "alice", DEVICE.hex(), 0],
+        [good.hex(), ROOM, "Alice", DEVICE.hex(), 0],
+        [good.hex(), ROOM, "alice", VOUCHER.public_key.hex(), 0],
+        [good.hex(), ROOM, "alice", bytes(32).hex(), 0],
+        [bytes(altered).hex(), ROOM, "alice", DEVICE.hex(), 0],
+        [good[:-1].hex(), ROOM, "alice", DEVICE.hex(), 0],
+        [(Identity.from_seed(bytes(32)).public_key + good[32:]).hex(), ROOM, "alice",
+         DEVICE.hex(), 0],
+    ]
+
+    def checked(data: str, room: str, name: str, key: str, now: int) -> dict[str, Any]:
+        v = check_vouch(bytes.fromhex(data), room, name, bytes.fromhex(key), now)
+        return {"voucher": v.voucher.hex(), "notAfter": str(v.not_after)}
+
+    expected = {
+        "make": [_outcome(lambda m=m: make_vouch(VOUCHER, m[0], m[1], bytes.fromhex(m[2]),
+                                                 int(m[3])).hex()) for m in make],
+        "check": [_outcome(lambda c=c: checked(*c)) for c in check],
+    }
+    return {"seed": bytes(range(100, 132)).hex(), "make": make, "check": check}, expected
 
 
 def _make_vectors() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -396,7 +456,9 @@ def _make_vectors() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     pairs = [[members[0][0], members[0][1], members[1][0], members[1][1]],
              [members[4][0], members[4][1], members[0][0], members[0][1]]]
     message_hashes = [[SID.hex(), "1", ""], [SID.hex(), str(2**63 - 1), "ab" * 100]]
+    vouches, vouches_expected = _vouch_vectors()
     vectors = {
+        "vouches": vouches,
         "rfc9383": rfc9383,
         "rfc7914": rfc7914,
         "checkParams": CHECK_PARAMS,
@@ -421,6 +483,7 @@ def _make_vectors() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         ],
         "login": login["expected"],
         "seal": sealed["expected"],
+        "vouches": vouches_expected,
         "envelopes": [
             _outcome(lambda e=e: _signed_view(signed.decode_signed(
                 e["room"], e["sender"], bytes.fromhex(e["sid"]), int(e["n"]),
@@ -557,6 +620,22 @@ def test_envelopes_decoded_alike(results: tuple[dict, dict, dict]) -> None:
             assert js == py
         else:
             assert js["message"] == py["message"]
+
+
+def test_vouches_match_python(results: tuple[dict, dict, dict]) -> None:
+    got, expected, _ = results
+    py_make = expected["vouches"]["make"]
+    # The same bytes from the same key; the refusal of a self-vouch alike
+    # (RangeError in the page, ValueError here).
+    assert got["vouches"]["make"][:2] == py_make[:2]
+    assert got["vouches"]["make"][2]["message"] == py_make[2]["message"]
+    assert got["vouches"]["check"] == expected["vouches"]["check"]
+    # Python accepts what the page made with its own fresh key.
+    own = got["vouches"]["own"]
+    made = check_vouch(bytes.fromhex(own["data"]), own["room"], own["name"],
+                       bytes.fromhex(own["newKey"]), NOT_AFTER)
+    assert made.voucher.hex() == own["voucher"]
+    assert made.voucher != VOUCHER.public_key
 
 
 def test_safety_numbers_match(results: tuple[dict, dict, dict]) -> None:

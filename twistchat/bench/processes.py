@@ -97,15 +97,17 @@ class Lines:
         self.seen.append(line)
         return True
 
-    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+    def wait_for(self, pattern: str, timeout: float = 30, after: int = 0) -> re.Match[str]:
         """
-        The first line, seen or still to come, that matches C{pattern}.
+        The first line, seen or still to come, that matches C{pattern}; with
+        C{after}, the first after the first C{after} lines (C{len(seen)} taken
+        earlier: a line printed since).
 
         @raise LineNotSeen: when the stream ends, or C{timeout} seconds pass,
             before such a line.
         """
         deadline = time.monotonic() + timeout
-        for line in self.seen:
+        for line in self.seen[after:]:
             if (match := re.search(pattern, line)):
                 return match
         while self._take(max(0.01, deadline - time.monotonic())):

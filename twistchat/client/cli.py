@@ -20,6 +20,7 @@ Each such line is reported on stderr as it happens (C{! Not sent: ...}).
 
 from __future__ import annotations
 
+import binascii
 import getpass
 import os
 import sys
@@ -59,6 +60,11 @@ class Options(usage.Options):
         ["identity", None, None,
          "File of your identity key (created on first use; default identity.json "
          "beside the known-hosts file)."],
+        ["vouch", None, None,
+         "A vouch for this device's identity key, made with /vouch on another device "
+         "of yours in this room (base64, or @FILE to read it from a file): members "
+         "who pinned that device pin this one as a new device of yours instead of "
+         "warning of a changed key. Give it at each login."],
         ["ca", None, None,
          "Verify the server's certificate and host name against this CA file "
          "('system' for the system's CAs) instead of pinning its fingerprint."],
@@ -108,6 +114,25 @@ class Options(usage.Options):
             raise usage.UsageError("--reconnect-attempts must not be negative")
         if self["reconnect-max-delay"] < 1:
             raise usage.UsageError("--reconnect-max-delay must be at least 1 second")
+
+    def vouch(self) -> bytes | None:
+        """
+        The C{--vouch} given, decoded.
+
+        @raise usage.UsageError: it is not base64, or its file cannot be read.
+        """
+        value = self["vouch"]
+        if not value:
+            return None
+        if value.startswith("@"):
+            try:
+                value = Path(value[1:]).read_text("utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise usage.UsageError(f"cannot read --vouch file {value[1:]}: {e}") from None
+        try:
+            return binascii.a2b_base64(value.strip(), strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise usage.UsageError("--vouch is not a vouch (base64 text)") from None
 
     def reconnect_policy(self) -> Reconnect | None:
         if not self["reconnect"]:
@@ -161,6 +186,7 @@ async def main(reactor: ClientReactor, argv: list[str]) -> int:
         err.write(f"twistchat: {e}\n{options}\n")
         return 2
     try:
+        vouch = options.vouch()
         password = read_password(options, sys.stdin, err)
     except usage.UsageError as e:
         err.write(f"twistchat: {e}\n")
@@ -182,6 +208,7 @@ async def main(reactor: ClientReactor, argv: list[str]) -> int:
         room=options["room"], listener=console, trust=trust, timeout=options["timeout"],
         reconnect=options.reconnect_policy(),
         identity=Path(options["identity"]) if options["identity"] else None,
+        vouch=vouch,
     )
     # The library keeps the password only until scrypt has run, then derived
     # keys (twistchat.client.keyring); keep no reference here either.

@@ -37,7 +37,8 @@ from twistchat.config import DEFAULT_ROOM
 from twistchat.crypto.identity import Identity, load_or_create
 from twistchat.crypto.kdf import PasswordSecrets, ScryptParams, derive_secrets
 from twistchat.crypto.signed import SignedMessage, UnsignedMessage
-from twistchat.errors import Rejected, TrustError, TwistchatError
+from twistchat.crypto.vouch import check_vouch
+from twistchat.errors import BadSignature, ConfigError, Rejected, TrustError, TwistchatError
 from twistchat.tlsbinding import client_binding
 
 
@@ -110,7 +111,7 @@ class Connector:
 
     def __init__(self, reactor: ClientReactor, host: str, port: int, name: str, room: str,
                  keyring: Keyring, trust: TrustOnFirstUse | CertificateAuthority,
-                 timeout: float, identity: Identity | None = None) -> None:
+                 timeout: float, identity: Identity | None = None, vouch: bytes = b"") -> None:
         self.reactor = reactor
         self.host = host
         self.port = port
@@ -120,6 +121,7 @@ class Connector:
         self.trust = trust
         self.timeout = timeout
         self.identity = identity if identity is not None else Identity.generate()
+        self.vouch = vouch
 
     def login(self) -> Deferred[tuple[ChatClientProtocol, wire.Message, Login]]:
         login = Login()
@@ -135,6 +137,7 @@ class Connector:
                 self.reactor,
                 self.timeout,
                 identity=self.identity,
+                vouch=self.vouch,
             )
         )
         try:
@@ -176,6 +179,22 @@ class Connector:
         return result
 
 
+def _check_own_vouch(vouch: bytes, room: str, name: str, key: bytes, now: float) -> None:
+    """
+    Refuse, before logging in, a vouch the members would refuse anyway.
+
+    @raise ConfigError: it is not a vouch for C{key} as C{name} in C{room}, or has
+        expired.
+    """
+    try:
+        check_vouch(vouch, room, name, key, now)
+    except BadSignature as e:
+        raise ConfigError(
+            f"the vouch is not usable here: {e.message} (a vouch is made for one identity "
+            "key, one room and one name)"
+        ) from None
+
+
 def connect(
     reactor: ClientReactor,
     host: str,
@@ -190,6 +209,7 @@ def connect(
     reconnect: Reconnect | None = None,
     identity: Identity | Path | str | None = None,
     profile: Path | None = None,
+    vouch: bytes | None = None,
 ) -> Deferred[ChatSession]:
     """
     Connect over TLS, prove knowledge of the room password, and join the room.
@@ -208,9 +228,14 @@ def connect(
     @param profile: the directory of the pinned identity keys (C{identities})
         and the transcript state (C{transcripts/}); by default the directory of
         the known-hosts file (C{~/.config/twistchat}).
+    @param vouch: a vouch for this identity key, as C{name} in C{room}, made by
+        another device of the name (L{twistchat.crypto.vouch}), presented at every
+        login so that members who pinned that device pin this one too.
     @return: a Deferred firing with a L{ChatSession}, or failing with a
         L{TwistchatError} (e.g. L{WrongPassword}, L{ServerNotAuthenticated},
-        L{NameTaken}, L{FingerprintChanged}) or a Twisted connection error.
+        L{NameTaken}, L{FingerprintChanged}), a L{ConfigError} for a vouch that is
+        not for this key, room and name or has expired, or a Twisted connection
+        error.
     """
     listener = listener or ChatListener()
     trust = trust or TrustOnFirstUse()
@@ -224,11 +249,14 @@ def connect(
         pins = Pins(profile / PINS_FILE)
         transcript = Transcript(Transcript.path_for(profile, server, room, name), name,
                                 identity.public_key)
+        if vouch:
+            _check_own_vouch(vouch, room, name, identity.public_key, reactor.seconds())
     except TwistchatError:
         return fail()
     keyring = Keyring(password, room, thread_deriver(reactor))
     del password
-    connector = Connector(reactor, host, port, name, room, keyring, trust, timeout, identity)
+    connector = Connector(reactor, host, port, name, room, keyring, trust, timeout, identity,
+                          vouch or b"")
 
     def logged_in(result: tuple[ChatClientProtocol, wire.Message, Login]) -> ChatSession:
         protocol, welcome, login = result

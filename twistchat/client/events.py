@@ -17,12 +17,14 @@ class Member:
     """
     A member of the room: name and address as the server sees it, and the
     identity key the server says it announced (a claim: the signatures of its
-    messages are what count; empty if unknown).
+    messages are what count; empty if unknown), with the vouch for that key it
+    presented, if any (docs/protocol.md, section 12.8).
     """
 
     name: str
     addr: str
     key: bytes = field(default=b"", repr=False)
+    vouch: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,20 @@ class ChatListener:
         (announced with its presence, or signing its messages): someone else
         may be using the name. Its messages come marked untrusted until the
         person accepts the new key (L{twistchat.client.session.ChatSession.accept}).
+        """
+
+    def member_new_device(self, name: str, key: bytes, voucher: bytes) -> None:
+        """
+        C{name} uses identity key C{key}, new to us, vouched for by C{voucher},
+        a key pinned for C{name}: C{key} is now pinned as another device of
+        C{name} (docs/protocol.md, section 12.8).
+        """
+
+    def vouch_refused(self, name: str, key: bytes, reason: str) -> None:
+        """
+        C{name}'s new key C{key} came with a vouch that was not accepted
+        (C{reason}: made by a key not pinned for C{name}, expired, or not
+        valid); L{member_key_changed} reported the key as a change.
         """
 
     def transcript_alarm(self, alarm: Alarm) -> None:

@@ -9,17 +9,23 @@ name)::
     host:port  room  name  <64 hex public key>  pinned
     host:port  room  name  <64 hex public key>  changed <64 hex new key>
 
-with room and name percent-encoded. A key other than the pinned one is kept
-as C{changed} until the person accepts it (L{Pins.accept}); nothing is
-trusted silently. The file is owner-only and rewritten whole (re-read first,
-so clients sharing a profile do not undo each other's pins).
+and one more for each further device of the name, vouched for by a key
+already pinned for it (docs/protocol.md, section 12.8)::
+
+    host:port  room  name  <64 hex device key>  device <64 hex voucher key>
+
+with room and name percent-encoded. A key other than the pinned ones is kept
+as C{changed} until the person accepts it (L{Pins.accept}), or a vouch by a
+pinned key makes it another device; nothing is trusted silently. The file
+is owner-only and rewritten whole (re-read first, so clients sharing a
+profile do not undo each other's pins).
 """
 
 from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote, unquote
@@ -41,12 +47,42 @@ class Seen(enum.Enum):
 
     NEW = "first sight: now pinned"
     PINNED = "the pinned key"
+    DEVICE = "a new device, vouched for by a pinned key: now pinned"
     CHANGED = "another key than the pinned one"
 
 
 class Pin(NamedTuple):
+    """
+    The keys pinned for a name: the first one (C{key}), a changed key waiting
+    to be accepted, and further devices as (device key, voucher key).
+    """
+
     key: bytes
     changed: bytes | None = None
+    devices: tuple[tuple[bytes, bytes], ...] = ()
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """
+        Every key pinned for the name: the first, then each device's.
+        """
+        return (self.key, *(device for device, _ in self.devices))
+
+
+def see(pin: Pin | None, key: bytes, voucher: bytes | None = None) -> tuple[Pin, Seen]:
+    """
+    Compare C{key} with C{pin}: the pin to keep and how the key compares. A
+    key vouched for (the vouch checked) by C{voucher}, one of the pinned keys,
+    becomes another device; a vouch by any other key is ignored.
+    """
+    if pin is None:
+        return Pin(key), Seen.NEW
+    if key in pin.keys:
+        return pin, Seen.PINNED
+    if voucher is not None and voucher in pin.keys:
+        changed = None if pin.changed == key else pin.changed
+        return Pin(pin.key, changed, (*pin.devices, (key, voucher))), Seen.DEVICE
+    return Pin(pin.key, key, pin.devices), Seen.CHANGED
 
 
 def _encode(text: str) -> str:
@@ -97,14 +133,20 @@ class Pins:
                     continue
                 server, room, name, key = parts[:4]
                 state = parts[4:]
-                changed = bytes.fromhex(state[1]) if state[:1] == ["changed"] else None
-                pin = Pin(bytes.fromhex(key), changed)
-                if len(pin.key) != PUBLIC_KEY_BYTES or (
-                    changed is not None and len(changed) != PUBLIC_KEY_BYTES
+                other = bytes.fromhex(state[1]) if state[:1] in (["changed"], ["device"]) else None
+                if len(bytes.fromhex(key)) != PUBLIC_KEY_BYTES or (
+                    other is not None and len(other) != PUBLIC_KEY_BYTES
                 ):
                     raise ValueError("bad key length")
-                pins[server, unquote(room), unquote(name)] = pin
-        except (UnicodeDecodeError, ValueError, IndexError):
+                where = (server, unquote(room), unquote(name))
+                if state[:1] == ["device"]:
+                    assert other is not None
+                    first = pins[where]  # the name's first line comes first
+                    pins[where] = first._replace(
+                        devices=(*first.devices, (bytes.fromhex(key), other)))
+                else:
+                    pins[where] = Pin(bytes.fromhex(key), other)
+        except (UnicodeDecodeError, ValueError, IndexError, KeyError):
             raise ConfigError(f"pinned identities file {self.path} is damaged") from None
         return pins
 
@@ -112,7 +154,10 @@ class Pins:
         lines = []
         for (server, room, name), pin in sorted(pins.items()):
             state = "pinned" if pin.changed is None else f"changed {pin.changed.hex()}"
-            lines.append(f"{server} {_encode(room)} {_encode(name)} {pin.key.hex()} {state}\n")
+            where = f"{server} {_encode(room)} {_encode(name)}"
+            lines.append(f"{where} {pin.key.hex()} {state}\n")
+            for device, voucher in pin.devices:
+                lines.append(f"{where} {device.hex()} device {voucher.hex()}\n")
         write_private_file(self.path, "".join(lines).encode("utf-8"), replace=True)
         self._stamp = None
         self._current()
@@ -125,42 +170,41 @@ class Pins:
         """
         return self._current().get((server, room, name))
 
-    def see(self, server: str, room: str, name: str, key: bytes) -> Seen:
+    def see(self, server: str, room: str, name: str, key: bytes,
+            voucher: bytes | None = None) -> Seen:
         """
         Compare C{key} with the pin: pin it on first sight, note it as a
         change otherwise.
 
         @raise ConfigError: the file cannot be read or written.
         """
-        return self.see_all(server, room, [(name, key)])[0]
+        return self.see_all(server, room, [(name, key)],
+                            {(name, key): voucher} if voucher is not None else None)[0]
 
-    def see_all(self, server: str, room: str, members: Iterable[tuple[str, bytes]]
-                ) -> list[Seen]:
+    def see_all(self, server: str, room: str, members: Iterable[tuple[str, bytes]],
+                vouchers: Mapping[tuple[str, bytes], bytes] | None = None) -> list[Seen]:
         """
         L{see} for each (name, key) of C{members}, writing the file at most once.
 
+        @param vouchers: (name, key) -> the key whose vouch for it was checked
+            (L{twistchat.crypto.vouch.check_vouch}); it counts only if that key
+            is pinned for the name.
         @raise ConfigError: the file cannot be read or written.
         """
         pins = dict(self._current())
         result = []
         for name, key in members:
-            pin = pins.get((server, room, name))
-            if pin is None:
-                pins[server, room, name] = Pin(key)
-                result.append(Seen.NEW)
-            elif pin.key == key:
-                result.append(Seen.PINNED)
-            else:
-                if pin.changed != key:
-                    pins[server, room, name] = Pin(pin.key, key)
-                result.append(Seen.CHANGED)
+            voucher = vouchers.get((name, key)) if vouchers else None
+            pins[server, room, name], seen = see(pins.get((server, room, name)), key, voucher)
+            result.append(seen)
         if pins != self._cache:
             self._save(pins)
         return result
 
     def accept(self, server: str, room: str, name: str) -> bytes | None:
         """
-        Pin the changed key of (server, room, name) in place of the old one.
+        Pin the changed key of (server, room, name) in place of the old one
+        and of every other device of the name (a change is a replacement).
 
         @return: the key now pinned, or None if no change was waiting.
         @raise ConfigError: the file cannot be read or written.

@@ -122,6 +122,8 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
     @param keyring: gives the room's keys for the salt the server names.
     @param identity: the member's identity key (announced in C{confirm}, signs
         every message); by default a new one, for this connection only.
+    @param vouch: a vouch for that key by another device of the name, sent in
+        C{confirm} (docs/protocol.md, section 12.8); empty for none.
     @param clock: the reactor (or a L{task.Clock} in tests) for the deadline.
     @param timeout: seconds from the TCP connection to the welcome; a server
         that takes longer (or never answers) is dropped.
@@ -142,9 +144,11 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
         timeout: float | None = HANDSHAKE_TIMEOUT,
         keepalive: tuple[float, float] | None = KEEPALIVE,
         identity: Identity | None = None,
+        vouch: bytes = b"",
     ) -> None:
         self.handler = handler
         self.identity = identity if identity is not None else Identity.generate()
+        self.vouch = vouch
         # The chain of messages sent with send_text (the session keeps its own).
         self._chain = (0, NO_HASH)
         self.name = name
@@ -309,7 +313,9 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
             confirm_p, _ = prover.finish(message["Y"], message["mac"])
         except BadPoint as e:
             raise BadPoint(f"the server's handshake share is invalid: {e.message}") from None
-        self.sendString(wire.encode("confirm", mac=confirm_p, key=self.identity.public_key))
+        vouch = {"vouch": self.vouch} if self.vouch else {}
+        self.sendString(wire.encode("confirm", mac=confirm_p, key=self.identity.public_key,
+                                    **vouch))
 
     def _become_member(self, message: wire.Message) -> None:
         assert self._keys is not None

@@ -42,7 +42,9 @@ from twistchat.client.table import Row, Serial, Table, rows
 from twistchat.client.transcript import Transcript
 from twistchat.crypto.safety import room_safety_code, safety_number
 from twistchat.crypto.signed import SignedMessage, UnsignedMessage
+from twistchat.crypto.vouch import DEFAULT_DAYS, check_vouch, make_vouch, not_after_days
 from twistchat.errors import (
+    BadSignature,
     ConfigError,
     ProtocolError,
     Rejected,
@@ -118,8 +120,9 @@ class ChatSession:
         # (name, key) whose key change was reported in this session.
         self._warned: set[tuple[str, bytes]] = set()
         # Keys seen for a name in this session (signatures or presence), when
-        # there is no pin file.
+        # there is no pin file, and further devices vouched for.
         self._keys: dict[str, bytes] = {}
+        self._devices: dict[str, set[bytes]] = {}
         self._ack_wait: Any = None
         self._inputs = Serial(self)
         self._clock = clock
@@ -164,11 +167,11 @@ class ChatSession:
         self.address: str = welcome["addr"]
         self.max_text: int = welcome.get("max_text", wire.MAX_TEXT_BYTES)
         self._members = {
-            m["name"]: Member(m["name"], m["addr"], m["key"])
+            m["name"]: Member(m["name"], m["addr"], m["key"], m.get("vouch", b""))
             for m in welcome["members"] if m["name"] != self.name
         }
         self.transcript.new_connection()
-        self._check_keys([(m.name, m.key) for m in self._members.values()])
+        self._check_keys([(m.name, m.key, m.vouch) for m in self._members.values()])
 
     # --- identity keys ------------------------------------------------------------------
 
@@ -184,33 +187,90 @@ class ChatSession:
         Compare C{key} with the one pinned for C{name} (pinning it on first
         sight); report a change once per session. Whether it is the pinned key.
         """
-        return self._check_keys([(name, key)])[0] if key else True
+        return self._check_keys([(name, key, b"")])[0] if key else True
 
-    def _check_keys(self, keys: list[tuple[str, bytes]]) -> list[bool]:
+    def _check_keys(self, keys: list[tuple[str, bytes, bytes]]) -> list[bool]:
         """
-        L{_check_key} for each (name, key), reading and writing the pins once.
+        L{_check_key} for each (name, key, vouch), reading and writing the pins
+        once. A key not pinned yet whose vouch (docs/protocol.md, section 12.8)
+        verifies under a key pinned for the name is pinned as another device.
         """
-        keys = [(name, key) for name, key in keys if key]
-        if self._pins is None:
-            seen = []
-            for name, key in keys:
-                old = self._keys.setdefault(name, key)
-                seen.append(Seen.PINNED if old == key else Seen.CHANGED)
-        else:
-            try:
-                seen = self._pins.see_all(self._server, self.room, keys)
-            except ConfigError as e:
-                self._tell(self._listener.notice, e.message)
-                return [False] * len(keys)
+        keys = [(name, key, vouch) for name, key, vouch in keys if key]
+        try:
+            vouchers, refused = self._check_vouches(keys)
+            if self._pins is None:
+                seen = [self._see_in_memory(name, key, vouchers.get((name, key)))
+                        for name, key, _ in keys]
+            else:
+                seen = self._pins.see_all(self._server, self.room,
+                                          [(name, key) for name, key, _ in keys], vouchers)
+        except ConfigError as e:
+            self._tell(self._listener.notice, e.message)
+            return [False] * len(keys)
         result = []
-        for (name, key), how in zip(keys, seen):
+        for (name, key, vouch), how in zip(keys, seen):
             if name == self.name and key == self.key:
                 how = Seen.PINNED
             result.append(how is not Seen.CHANGED)
-            if how is Seen.CHANGED and (name, key) not in self._warned:
+            if how is Seen.DEVICE:
+                self._tell(self._listener.member_new_device, name, key, vouchers[name, key])
+            elif how is Seen.CHANGED and (name, key) not in self._warned:
                 self._warned.add((name, key))
                 self._tell(self._listener.member_key_changed, name, self._old_key(name, key), key)
+                if vouch:
+                    reason = refused.get(
+                        (name, key), f"it was made by a key you have not pinned for {name}"
+                    )
+                    self._tell(self._listener.vouch_refused, name, key, reason)
         return result
+
+    def _pinned_keys(self, name: str) -> tuple[bytes, ...] | None:
+        """
+        The keys pinned for C{name} (None: none yet).
+
+        @raise ConfigError: the pin file cannot be read.
+        """
+        if self._pins is None:
+            first = self._keys.get(name)
+            return None if first is None else (first, *self._devices.get(name, ()))
+        pin = self._pins.get(self._server, self.room, name)
+        return None if pin is None else pin.keys
+
+    def _check_vouches(self, keys: list[tuple[str, bytes, bytes]]
+                       ) -> tuple[dict[tuple[str, bytes], bytes], dict[tuple[str, bytes], str]]:
+        """
+        Check the vouches that matter: for keys not pinned yet, of names that
+        have a pin. Which key made each good one, and why each other was
+        refused.
+
+        @raise ConfigError: the pin file cannot be read.
+        """
+        vouchers: dict[tuple[str, bytes], bytes] = {}
+        refused: dict[tuple[str, bytes], str] = {}
+        for name, key, vouch in keys:
+            pinned = self._pinned_keys(name) if vouch else None
+            if pinned is None or key in pinned:
+                continue
+            try:
+                made = check_vouch(vouch, self.room, name, key, self._clock.seconds())
+            except BadSignature as e:
+                refused[name, key] = e.message
+            else:
+                vouchers[name, key] = made.voucher
+        return vouchers, refused
+
+    def _see_in_memory(self, name: str, key: bytes, voucher: bytes | None) -> Seen:
+        """
+        L{Pins.see} without a pin file: what this session has seen.
+        """
+        old = self._keys.setdefault(name, key)
+        devices = self._devices.setdefault(name, set())
+        if old == key or key in devices:
+            return Seen.PINNED
+        if voucher is not None and (voucher == old or voucher in devices):
+            devices.add(key)
+            return Seen.DEVICE
+        return Seen.CHANGED
 
     def _old_key(self, name: str, key: bytes) -> bytes:
         if self._pins is None:
@@ -231,17 +291,59 @@ class ChatSession:
             key = member.key
         return key
 
-    def verify(self, name: str) -> str:
+    def devices(self, name: str) -> list[bytes]:
         """
-        The safety number of us and C{name} (60 digits in groups of 5), the
-        same on both sides: compare it in person or over another channel.
-        It uses the key pinned for C{name}.
+        The keys pinned for C{name}, one per device (docs/protocol.md, section
+        12.8), the first pinned first; without a pin, the key it announced.
 
         @raise KeyError: no key is known for C{name}.
+        @raise ConfigError: the pin file cannot be read.
         """
         if name == self.name:
             raise KeyError(name)
-        return safety_number(self.name, self.key, name, self._their_key(name))
+        pinned = self._pinned_keys(name)
+        return list(pinned) if pinned is not None else [self._their_key(name)]
+
+    def vouch_for(self, key: bytes, days: int = DEFAULT_DAYS) -> bytes:
+        """
+        A vouch, by our identity key, that C{key} also speaks for our name in
+        this room for C{days} days (docs/protocol.md, section 12.8): give it to
+        that device (C{twistchat --vouch}, C{connect(..., vouch=...)}).
+
+        @raise BadSignature: C{key} is not an Ed25519 public key.
+        @raise ValueError: C{key} is our own key, or C{days} is not between 1
+            and L{twistchat.crypto.vouch.MAX_DAYS}.
+        """
+        not_after = not_after_days(self._clock.seconds(), days)
+        return make_vouch(self._protocol.identity, self.room, self.name, key, not_after)
+
+    def in_use(self, name: str) -> bytes | None:
+        """
+        The key C{name} is present with, if it is present and has announced one.
+        """
+        member = self._members.get(name)
+        return member.key if member is not None and member.key else None
+
+    def verify(self, name: str, key: bytes | None = None) -> str:
+        """
+        The safety number of us and C{name} (60 digits in groups of 5), the
+        same on both sides: compare it in person or over another channel.
+        Safety numbers are per device: C{key} is one of L{devices}; by default
+        the key pinned for C{name} that it is present with, else the first
+        pinned.
+
+        @raise KeyError: no key is known for C{name}, or C{key} is not pinned
+            for it.
+        """
+        if name == self.name:
+            raise KeyError(name)
+        devices = self.devices(name)
+        if key is None:
+            present = self.in_use(name)
+            key = present if present in devices else self._their_key(name)
+        elif key not in devices:
+            raise KeyError(name)
+        return safety_number(self.name, self.key, name, key)
 
     def safety(self) -> str:
         """
@@ -264,9 +366,10 @@ class ChatSession:
         """
         if self._pins is None:
             member = self._members.get(name)
-            if member is None or not member.key or self._keys.get(name) == member.key:
+            if member is None or not member.key or member.key in (self._pinned_keys(name) or ()):
                 return False
             self._keys[name] = member.key
+            self._devices.pop(name, None)  # a change replaces every device
             return True
         return self._pins.accept(self._server, self.room, name) is not None
 
@@ -276,7 +379,8 @@ class ChatSession:
         """
         if self._pins is None:
             member = self._members.get(name)
-            return member is not None and self._keys.get(name, member.key) != member.key
+            return member is not None and member.key not in (
+                self._pinned_keys(name) or (member.key,))
         pin = self._pins.get(self._server, self.room, name)
         return pin is not None and pin.changed is not None
 
@@ -484,10 +588,11 @@ class ChatSession:
             if self.state is SessionState.LEAVING and not self._outbox and self.connected:
                 self._close_when_acknowledged()
         elif message.type == "joined":
-            member = Member(message["name"], message["addr"], message["key"])
+            member = Member(message["name"], message["addr"], message["key"],
+                            message.get("vouch", b""))
             self._members[member.name] = member
             self._tell(self._listener.member_joined, member)
-            self._check_key(member.name, member.key)
+            self._check_keys([(member.name, member.key, member.vouch)])
         elif message.type == "left":
             gone = self._members.pop(message["name"], None)
             member = gone or Member(
@@ -495,11 +600,12 @@ class ChatSession:
             )
             self._tell(self._listener.member_left, member)
         elif message.type == "members":
-            everyone = [Member(m["name"], m["addr"], m["key"]) for m in message["members"]]
+            everyone = [Member(m["name"], m["addr"], m["key"], m.get("vouch", b""))
+                        for m in message["members"]]
             self._members = {m.name: m for m in everyone if m.name != self.name}
             # (What the server says about our own key is not checked: our
             # messages carry it, signed.)
-            self._check_keys([(m.name, m.key) for m in everyone if m.name != self.name])
+            self._check_keys([(m.name, m.key, m.vouch) for m in everyone if m.name != self.name])
             if self._who:
                 self._who.pop(0).callback(everyone)
         elif message.type == "notice":

@@ -13,6 +13,7 @@ Two front ends share L{ChatConsole} (formatting, commands):
 
 from __future__ import annotations
 
+import base64
 import codecs
 import os
 import select
@@ -28,7 +29,8 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from twistchat.client.api import Alarm, ChatListener, ChatMessage, ChatSession, Member
-from twistchat.errors import ConfigError, ProtocolError
+from twistchat.crypto.vouch import DEFAULT_DAYS
+from twistchat.errors import BadSignature, ConfigError, ProtocolError
 
 HELP = """\
 Commands:
@@ -37,6 +39,10 @@ Commands:
   /safety        show the room's safety code (the same for everyone who sees
                  the same room key, members and keys)
   /accept NAME   trust NAME's new identity key after its safety number changed
+  /key           show your identity key (to vouch for it from another device)
+  /vouch KEY [DAYS]  vouch that identity key KEY (64 hex digits) is another
+                 device of yours in this room, for DAYS days (default 30):
+                 prints a vouch to give to that device (twistchat --vouch)
   /help          show this help
   /quit          leave the room (end of input does the same)
 Anything else is signed, sealed and sent to the room."""
@@ -157,6 +163,14 @@ class ChatConsole(ChatListener):
                    f"using the name {name}. Their messages are marked until you check the "
                    f"new number (/verify {name}) and type /accept {name}.")
 
+    def member_new_device(self, name: str, key: bytes, voucher: bytes) -> None:
+        self.write(f"* {name}: new device {key[:4].hex()} (vouched for by {name}'s device "
+                   f"{voucher[:4].hex()})")
+
+    def vouch_refused(self, name: str, key: bytes, reason: str) -> None:
+        self.write(f"!!! {name}'s new key {key[:4].hex()} came with a vouch that was not "
+                   f"accepted: {printable(reason)}")
+
     def transcript_alarm(self, alarm: Alarm) -> None:
         self.write(f"!!! {printable(alarm.text)}")
 
@@ -264,6 +278,10 @@ class ChatConsole(ChatListener):
                 self.verify(words[1])
             else:
                 self.accept(words[1])
+        elif word == "/key":
+            self.write(f"* Your identity key: {self.session.key.hex()}")
+        elif word == "/vouch":
+            self.vouch(line.split()[1:])
         elif word == "/safety":
             self.write(f"* Room safety code: {self.session.safety()} "
                        "(the same for everyone with the same room key, members and keys)")
@@ -273,12 +291,41 @@ class ChatConsole(ChatListener):
     def verify(self, name: str) -> None:
         assert self.session is not None
         try:
+            devices = self.session.devices(name)
             number = self.session.verify(name)
         except KeyError:
             self.write(f"! No identity key known for {printable(name)}")
             return
+        except ConfigError as e:
+            self.write(f"! {e.message}")
+            return
         changed = " (CHANGED: not accepted yet)" if self.session.changed_key(name) else ""
-        self.write(f"* Safety number with {name}{changed}: {number}")
+        if len(devices) == 1:
+            self.write(f"* Safety number with {name}{changed}: {number}")
+            return
+        # One number per device: compare the one of the device NAME uses.
+        self.write(f"* Safety numbers with {name}{changed}, one per device:")
+        in_use = self.session.in_use(name)
+        for key in devices:
+            mark = " (in use)" if key == in_use else ""
+            self.write(f"*   device {key[:4].hex()}{mark}: {self.session.verify(name, key)}")
+
+    def vouch(self, args: list[str]) -> None:
+        assert self.session is not None
+        try:
+            if not 1 <= len(args) <= 2:
+                raise ValueError("usage: /vouch KEY [DAYS]")
+            key = bytes.fromhex(args[0])
+            days = int(args[1]) if len(args) == 2 else DEFAULT_DAYS
+            vouch = self.session.vouch_for(key, days)
+        except (ValueError, BadSignature) as e:
+            reason = e.message if isinstance(e, BadSignature) else str(e)
+            self.write(f"! Cannot vouch: {printable(reason)}")
+            return
+        self.write(f"* Vouch for device {key[:4].hex()} as {self.session.name} in room "
+                   f"{self.session.room!r}, for {days} days; on that device join with "
+                   "--vouch followed by:")
+        self.write(base64.b64encode(vouch).decode("ascii"))
 
     def accept(self, name: str) -> None:
         assert self.session is not None

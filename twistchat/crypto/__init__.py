@@ -28,6 +28,7 @@ One key per purpose, all from one scrypt run over the room password
   - L{signed}: the signed message envelope (sender key, chain fields, text,
     signature) sealed as a version 2 payload, and the message hash.
   - L{safety}: safety numbers for a pair of members and a code for a whole room.
+  - L{vouch}: a device's vouch for another identity key of the same name.
 
 Sizes the wire format shares with the cryptography (session id, GCM tag, padding block,
 largest text and ciphertext, counter range, point and MAC lengths, salt range) are

@@ -211,6 +211,8 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self.addr = ""
         #: The identity public key the member announced in its confirm.
         self.key = b""
+        #: The vouch for that key it presented in its confirm, or empty.
+        self.vouch = b""
         self._peer = ""
         self.room: Room | None = None
         self._share = b""
@@ -414,6 +416,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
             return Input.WRONG_PASSWORD, error.message
         # The password was right: a refusal from here on is not a failed guess.
         self.key = message["key"]
+        self.vouch = message.get("vouch", b"")
         limits = self.factory.limits
         if len(self.room) >= limits.max_members:
             return Input.TURNED_AWAY, Refusal(

@@ -72,7 +72,7 @@ from twistchat.crypto.verifier import Verifier
 from twistchat.errors import ConfigError
 from twistchat.server.history import Row, history_frame
 from twistchat.server.limits import AddressBook, AddressRecord, Limits
-from twistchat.server.room import Member, Room, Rooms, ack
+from twistchat.server.room import Member, Room, Rooms, ack, listed
 from twistchat.server.service import CannotStart, ChatServerFactory
 
 #: Every key starts with this.
@@ -442,9 +442,9 @@ class RedisRoom(Room):
 
     def __init__(self, verifier: Verifier) -> None:
         super().__init__(verifier)
-        #: casefolded name -> (name, addr, identity key as base64 text), as of
-        #: the last stream entry read.
-        self.everyone: dict[str, tuple[str, str, str]] = {}
+        #: casefolded name -> (name, addr, identity key and vouch as base64
+        #: text; the vouch empty if none), as of the last stream entry read.
+        self.everyone: dict[str, tuple[str, str, str, str]] = {}
 
     def __len__(self) -> int:
         return len(self.everyone.keys() | {m.name.casefold() for m in self.members})
@@ -455,8 +455,8 @@ class RedisRoom(Room):
     def roster(self, exclude: Member | None = None) -> list[dict[str, object]]:
         skip = exclude.name.casefold() if exclude is not None else None
         return [
-            {"name": name, "addr": addr, "key": key}
-            for folded, (name, addr, key) in self.everyone.items()
+            listed(name, addr, key, vouch)
+            for folded, (name, addr, key, vouch) in self.everyone.items()
             if folded != skip
         ]
 
@@ -655,6 +655,7 @@ class RedisHistory:
         origin = self._origin()
         value = json.dumps({"node": self.node, "o": origin, "name": member.name,
                             "key": base64.b64encode(member.key).decode("ascii"),
+                            "vouch": base64.b64encode(member.vouch).decode("ascii"),
                             "addr": member.addr})
         stream = self._stream(room)
         local = _Local(member, room, origin, value, None, held=[])
@@ -757,7 +758,7 @@ class RedisHistory:
             for value in flat[1::2]:
                 claim = json.loads(value)
                 everyone[claim["name"].casefold()] = (
-                    claim["name"], claim["addr"], claim.get("key", ""))
+                    claim["name"], claim["addr"], claim.get("key", ""), claim.get("vouch", ""))
             stream.room.everyone = everyone
             stream.loaded = True
             for local in stream.waiting:
@@ -818,9 +819,10 @@ class RedisHistory:
         if kind in (b"j", b"l"):
             name = entry["name"].decode("utf-8")
             if kind == b"j":
-                # The identity key is in the joined frame the entry carries.
-                key = json.loads(entry["f"]).get("key", "")
-                room.everyone[name.casefold()] = (name, entry["addr"].decode("utf-8"), key)
+                # The identity key (and vouch) is in the joined frame the entry carries.
+                joined = json.loads(entry["f"])
+                room.everyone[name.casefold()] = (name, entry["addr"].decode("utf-8"),
+                                                  joined.get("key", ""), joined.get("vouch", ""))
             else:
                 room.everyone.pop(name.casefold(), None)
         data = wire.prefixed(entry["f"])

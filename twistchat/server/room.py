@@ -52,6 +52,16 @@ def check_name(name: str) -> str:
     return name
 
 
+def listed(name: str, addr: str, key: str, vouch: str) -> dict[str, object]:
+    """
+    A member as a member list gives it: the vouch only when there is one.
+    """
+    listed: dict[str, object] = {"name": name, "addr": addr, "key": key}
+    if vouch:
+        listed["vouch"] = vouch
+    return listed
+
+
 class Member(Protocol):
     """
     What a room needs of a connection.
@@ -62,6 +72,9 @@ class Member(Protocol):
     #: The member's identity public key, as it announced it (a claim the
     #: server relays; clients check the signatures inside sealed messages).
     key: bytes
+    #: A device's vouch for that key (docs/protocol.md, section 12.8), as the
+    #: member presented it, or empty; relayed unchecked, like the key.
+    vouch: bytes
 
     def deliver(self, data: bytes) -> None:
         """
@@ -190,7 +203,8 @@ class Room:
         The member list as sent on the wire (keys as base64 text).
         """
         return [
-            {"name": m.name, "addr": m.addr, "key": base64.b64encode(m.key).decode("ascii")}
+            listed(m.name, m.addr, base64.b64encode(m.key).decode("ascii"),
+                    base64.b64encode(m.vouch).decode("ascii"))
             for m in self._members.values()
             if m is not exclude
         ]
@@ -207,7 +221,8 @@ class Room:
         if key in self._members:
             raise NameTaken(f"the name {member.name!r} is already taken in this room")
         self._members[key] = member
-        return wire.encode("joined", name=member.name, addr=member.addr, key=member.key)
+        vouch = {"vouch": member.vouch} if member.vouch else {}
+        return wire.encode("joined", name=member.name, addr=member.addr, key=member.key, **vouch)
 
     def leave(self, member: Member) -> bytes | None:
         """

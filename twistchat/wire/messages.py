@@ -33,6 +33,7 @@ from twistchat.crypto.seal import (
 )
 from twistchat.crypto.signed import MAX_ENVELOPE_BYTES, MAX_SIGNED_CIPHERTEXT
 from twistchat.crypto.spake2plus import MAC_BYTES, POINT_BYTES
+from twistchat.crypto.vouch import VOUCH_BYTES
 from twistchat.errors import BadMessage
 
 # Sizes fixed by the cryptography (session id, tag, points, MACs, counters, padding,
@@ -69,8 +70,8 @@ def max_text_for(max_frame: int) -> int:
 
 
 #: Largest frame a client accepts from the server (member lists can be long:
-#: 10000 members with the longest names, addresses and their keys fit).
-MAX_FRAME_FROM_SERVER = 2 << 20
+#: 10000 members with the longest names, addresses, their keys and vouches fit).
+MAX_FRAME_FROM_SERVER = 4 << 20
 
 MAX_NAME = 32
 MAX_ROOM = 64
@@ -180,16 +181,22 @@ def binary(low: int, high: int | None = None) -> Kind:
 
 
 _key = binary(PUBLIC_KEY_BYTES)
+#: A device's vouch for the key beside it (docs/protocol.md, section 12.8).
+_vouch = binary(VOUCH_BYTES)
+_MEMBER_FIELDS = {"name", "addr", "key"}
 
 
 def _member(field: str, value: Any) -> dict[str, Any]:
-    if type(value) is not dict or set(value) != {"name", "addr", "key"}:
-        raise _fail(field, "expected members as {name, addr, key} objects")
-    return {
+    if type(value) is not dict or not _MEMBER_FIELDS <= set(value) <= _MEMBER_FIELDS | {"vouch"}:
+        raise _fail(field, "expected members as {name, addr, key[, vouch]} objects")
+    member = {
         "name": text(MAX_NAME)(field, value["name"]),
         "addr": text(64)(field, value["addr"]),
         "key": _key(field, value["key"]),
     }
+    if "vouch" in value:
+        member["vouch"] = _vouch(field, value["vouch"])
+    return member
 
 
 def members(field: str, value: Any) -> list[dict[str, Any]]:
@@ -218,7 +225,7 @@ _position = integer(0, 2**63 - 1)
 FROM_CLIENT: Schema = {
     "hello": ({"v": integer(0, 2**16), "room": _room, "name": _name}, {}),
     "share": ({"X": _point}, {}),
-    "confirm": ({"mac": _mac, "key": _key}, {}),
+    "confirm": ({"mac": _mac, "key": _key}, {"vouch": _vouch}),
     "send": ({"sid": _sid, "n": _counter, "ct": _ciphertext}, {}),
     "who": ({}, {}),
     "ping": ({}, {"id": _token}),
@@ -245,7 +252,7 @@ FROM_SERVER: Schema = {
         {"from": _name, "sid": _sid, "n": _counter, "ct": _ciphertext},
         {"ts": number, "hist": boolean},
     ),
-    "joined": ({"name": _name, "addr": _addr, "key": _key}, {}),
+    "joined": ({"name": _name, "addr": _addr, "key": _key}, {"vouch": _vouch}),
     "left": ({"name": _name, "addr": _addr}, {}),
     "members": ({"members": members}, {}),
     "ack": ({"sid": _sid, "n": _counter, "seq": _position}, {}),

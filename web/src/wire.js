@@ -10,7 +10,7 @@
 import { fromBase64, fromUtf8, toBase64 } from './bytes.js';
 import { BadMessage } from './errors.js';
 import { MAX_SALT_BYTES, MIN_SALT_BYTES } from './kdf.js';
-import { PUBLIC_KEY_BYTES } from './identity.js';
+import { PUBLIC_KEY_BYTES, VOUCH_BYTES } from './identity.js';
 import { MAX_COUNTER, MAX_TEXT_BYTES, PAD_BLOCK, SID_BYTES, TAG_BYTES } from './seal.js';
 import { MAX_LOST, MIN_OVERHEAD } from './signed.js';
 import { MAC_BYTES, POINT_BYTES } from './spake2plus.js';
@@ -18,7 +18,7 @@ import { MAC_BYTES, POINT_BYTES } from './spake2plus.js';
 export const PROTOCOL_VERSION = 3;
 export const MAX_FRAME_PREAUTH = 4096;
 export const MAX_FRAME = 32768;
-export const MAX_FRAME_FROM_SERVER = 2 << 20;
+export const MAX_FRAME_FROM_SERVER = 4 << 20;
 /** The largest sealed signed envelope (as signed.MAX_SIGNED_CIPHERTEXT in Python). */
 export const MAX_SIGNED_CIPHERTEXT =
   (Math.floor((MIN_OVERHEAD + 8 * MAX_LOST + MAX_TEXT_BYTES) / PAD_BLOCK) + 1) * PAD_BLOCK + TAG_BYTES;
@@ -255,6 +255,8 @@ export function binary(low, high = low) {
 }
 
 const identityKey = binary(PUBLIC_KEY_BYTES);
+// A device's vouch for the key beside it (docs/protocol.md, section 12.8).
+const vouch = binary(VOUCH_BYTES);
 
 function isObject(value) {
   return typeof value === 'object' && value !== null && !Array.isArray(value) &&
@@ -263,15 +265,18 @@ function isObject(value) {
 
 function member(field, value) {
   const keys = isObject(value) ? Object.keys(value) : [];
-  if (!isObject(value) || keys.length !== 3 || !('name' in value) || !('addr' in value) ||
-      !('key' in value)) {
-    throw failField(field, 'expected members as {name, addr, key} objects');
+  const vouched = keys.includes('vouch');
+  if (!isObject(value) || keys.length !== (vouched ? 4 : 3) || !('name' in value) ||
+      !('addr' in value) || !('key' in value)) {
+    throw failField(field, 'expected members as {name, addr, key[, vouch]} objects');
   }
-  return {
+  const result = {
     name: text(MAX_NAME)(field, value.name),
     addr: text(64)(field, value.addr),
     key: identityKey(field, value.key),
   };
+  if (vouched) result.vouch = vouch(field, value.vouch);
+  return result;
 }
 
 export function members(field, value) {
@@ -298,7 +303,7 @@ const position = integer(0, 2n ** 63n - 1n);
 export const FROM_CLIENT = {
   hello: [{ v: integer(0, 2 ** 16), room, name }, {}],
   share: [{ X: point }, {}],
-  confirm: [{ mac, key: identityKey }, {}],
+  confirm: [{ mac, key: identityKey }, { vouch }],
   send: [{ sid, n: counter, ct: ciphertext }, {}],
   who: [{}, {}],
   ping: [{}, { id: token }],
@@ -317,7 +322,7 @@ export const FROM_SERVER = {
     { max_text: integer(0, 2 ** 31), rate: number, burst: integer(0, 2 ** 31) },
   ],
   msg: [{ from: name, sid, n: counter, ct: ciphertext }, { ts: number, hist: boolean }],
-  joined: [{ name, addr, key: identityKey }, {}],
+  joined: [{ name, addr, key: identityKey }, { vouch }],
   left: [{ name, addr }, {}],
   members: [{ members }, {}],
   ack: [{ sid, n: counter, seq: position }, {}],

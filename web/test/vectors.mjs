@@ -183,6 +183,28 @@ for (const e of vectors.encodeErrors) {
 out.messageHash = vectors.messageHash.map(([sid, n, data]) =>
   hex(signed.messageHash(unhex(sid), BigInt(n), unhex(data))));
 
+// --- device vouches ------------------------------------------------------------------------
+{
+  const v = vectors.vouches;
+  const voucher = new identity.Identity(unhex(v.seed));
+  out.vouches = { make: [], check: [] };
+  for (const [room, name, key, notAfter] of v.make) {
+    out.vouches.make.push(await outcomeAsync(
+      async () => hex(await identity.makeVouch(voucher, room, name, unhex(key), BigInt(notAfter)))));
+  }
+  out.vouches.check = v.check.map(([data, room, name, key, now]) => outcome(() => {
+    const checked = identity.verifyVouch(unhex(data), room, name, unhex(key), now);
+    return { voucher: hex(checked.voucher), notAfter: checked.notAfter.toString() };
+  }));
+  const fresh = identity.Identity.generate();
+  const newKey = identity.Identity.generate().publicKey;
+  const [room, name] = ['sala \u00e9', 'zo\u00eb'];
+  out.vouches.own = {
+    room, name, newKey: hex(newKey), voucher: hex(fresh.publicKey),
+    data: hex(await identity.makeVouch(fresh, room, name, newKey, 1800000000n + 86400n)),
+  };
+}
+
 // --- safety numbers -------------------------------------------------------------------------
 out.safetyNumbers = vectors.safetyNumbers.map(([a, ka, b, kb]) =>
   safety.safetyNumber(a, unhex(ka), b, unhex(kb)));
