@@ -207,3 +207,43 @@ def test_slow_websocket_reader_is_dropped(tmp_path: Path) -> None:
     finally:
         assert server.stop()
     assert "Traceback" not in "\n".join(server.log.seen)
+
+
+# --- options (no listening) --------------------------------------------------------
+
+
+def test_web_without_autobahn_is_one_clear_line(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from twistchat.server.service import CannotStart
+
+    from tests.test_tap import parse
+
+    monkeypatch.setitem(sys.modules, "autobahn", None)
+    monkeypatch.delitem(sys.modules, "twistchat.server.web", raising=False)
+    with pytest.raises(CannotStart, match=r"^twistd socketchat: --web needs autobahn: "
+                                          r"pip install 'twistchat\[web\]'$"):
+        parse(tmp_path, "--web", "8443")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--web-origin", "https://x.example"], "--web-origin needs --web"),
+    (["--web", "ssl:8443"], "describe the plain transport"),
+    (["--web", "7777"], "taken by the chat or metrics port"),
+    (["--web", "8443", "--web-origin", "x.example"], "not an origin"),
+])
+def test_web_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    from twisted.python import usage
+
+    from tests.test_tap import parse
+
+    with pytest.raises(usage.UsageError, match=message):
+        parse(tmp_path, *args)
+
+
+def test_origins_and_hsts_rule() -> None:
+    from twistchat.server.web import normalise_origin, origins_for
+
+    assert origins_for(["localhost", "::1", "Chat.Example"], 8443) == {
+        "https://localhost:8443", "https://[::1]:8443", "https://chat.example:8443"}
+    assert origins_for(["chat.example"], 443) == {"https://chat.example"}
+    assert normalise_origin("HTTPS://Chat.Example:8443/") == "https://chat.example:8443"

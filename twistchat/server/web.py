@@ -56,8 +56,9 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
-from twisted.web import resource, server, static
+from twisted.web import pages, server, static
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 
 from twistchat import wire
 from twistchat.crypto.webbinding import NONCE_BYTES, web_binding
@@ -376,8 +377,8 @@ class PageFiles(static.File):
         self.contentTypes = dict(CONTENT_TYPES)
         self.indexNames = ["index.html"]
 
-    def directoryListing(self) -> resource.Resource:
-        return resource.NoResource("No such file.")
+    def directoryListing(self) -> IResource:
+        return pages.notFound("No such file", "There is no such file.")
 
 
 class HeadersRequest(server.Request):
