@@ -19,16 +19,10 @@ import { ConnectionClosed, FrameTooLong, ProtocolError } from './errors.js';
 import { webBinding } from './spake2plus.js';
 import * as wire from './wire.js';
 
-// --- web-hello adapter ------------------------------------------------------------
-// The WebSocket endpoint (issue 14, on its own branch) starts every connection
-// with a server message web-hello {nonce: bytes(32), cert: bytes(32)}, and adds
-// it to wire.js. Until that lands, the schema lives here. On merge: use
-// wire.FROM_SERVER in place of WEB_HELLO_SCHEMA and delete it.
+// --- web-hello -------------------------------------------------------------------
+// The WebSocket endpoint (protocol.md section 13) starts every connection with a
+// server message web-hello {nonce: bytes(32), cert: bytes(32)}.
 const WEB_HELLO = 'web-hello';
-const WEB_HELLO_SCHEMA = {
-  ...wire.FROM_SERVER,
-  [WEB_HELLO]: [{ nonce: wire.binary(32), cert: wire.binary(32) }, {}],
-};
 
 /**
  * Wrap a connector whose server starts with web-hello: the first frame, if
@@ -49,7 +43,7 @@ export function webHello(connect, origin) {
           first = false;
           let message = null;
           try {
-            message = wire.decode(frame, WEB_HELLO_SCHEMA);
+            message = wire.decode(frame, wire.FROM_SERVER);
           } catch {
             // not ours: the session refuses it with the usual message
           }
@@ -70,7 +64,6 @@ export function webHello(connect, origin) {
   }
   return { connect: wrapped, binding };
 }
-// --- end of the web-hello adapter ----------------------------------------------------
 
 /**
  * A connector for the page: one binary WebSocket message per frame, on
