@@ -18,6 +18,7 @@ from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams, check_params
 from twistchat.crypto.verifier import Verifier, make_verifier
 from twistchat.errors import ConfigError, TwistchatError
+from twistchat.redisurl import RedisURL, redis_url
 from twistchat.server.verifiers import check_room, room_path, save_verifier
 
 
@@ -86,9 +87,11 @@ def main(argv: list[str]) -> int:
     options = Options()
     try:
         options.parseOptions(argv)
+        # The Redis options are checked before the password is asked for.
+        redis = redis_url(options["redis"], options["redis-password-file"])
         verifier = make_verifier(read_password(options), options["room"], options.params)
-        if options["redis"] is not None:
-            return _to_redis(options, verifier)
+        if redis is not None:
+            return _to_redis(options, redis, verifier)
         if options["output"] == "-":
             json.dump(verifier.to_json(), sys.stdout, indent=1)
             sys.stdout.write("\n")
@@ -109,19 +112,22 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _to_redis(options: Options, verifier: Verifier) -> int:
+def _to_redis(options: Options, url: RedisURL, verifier: Verifier) -> int:
     """
-    Store C{verifier} in Redis (runs the reactor, with L{task.react}, once).
-
-    @raise ConfigError: for a URL that is not one or an unreadable password file.
+    Store C{verifier} in Redis at C{url} (runs the reactor, with
+    L{task.react}, once).
     """
     from twisted.internet import task
 
-    from twistchat.server.redisnode import RedisURL, publish_room
+    from twistchat.server.redisnode import probe, publish_room
 
-    url = RedisURL.parse(options["redis"])
-    if options["redis-password-file"]:
-        url = url.with_password(read_password_file(options["redis-password-file"]))
+    try:
+        # The check twistd makes at start: one line for Redis unreachable or
+        # refusing the password, before txredisapi would retry it quietly.
+        probe(url)
+    except ConfigError as e:
+        sys.stderr.write(f"twistchat-passwd: {e.message}\n")
+        return 1
 
     def store(reactor: Any) -> Any:
         def report(error: str | None) -> None:
