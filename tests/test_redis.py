@@ -9,6 +9,7 @@ it); it never skips them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -666,3 +667,87 @@ async def test_every_member_on_both_nodes_sees_one_order(
             if name not in left:
                 await session.leave()
         stop_all([], [a, b])
+
+
+# --- moving from the embedded mode ------------------------------------------------
+
+
+def test_import_embedded_data_dir_then_replay_on_a_node(tmp_path: Path, redis: RedisServer,
+                                                        password_file: Path) -> None:
+    """
+    An embedded server stores history; once it is stopped, C{twistchat-passwd
+    --redis URL --import-data-dir DIR} copies its rooms, decoy secret and
+    history into Redis; a node on Redis replays that history, in order, to a
+    late joiner, then chat goes on. Redis holds the sealed messages only. A
+    second import is refused in one line, and so is one while a node runs.
+    """
+    (tmp_path / "embedded").mkdir()
+    embedded = Server(tmp_path / "embedded", "--port", "0", "--interface", "127.0.0.1",
+                      "--password-file", str(password_file))
+    clients: list[Client] = []
+    try:
+        alice = member(tmp_path, embedded, "alice")
+        clients.append(alice)
+        bob = member(tmp_path, embedded, "bob")
+        clients.append(bob)
+        said = [f"said before the move {i}" for i in range(4)]
+        for text in said:
+            alice.say(text)
+        bob.out.wait_for(re.escape(said[-1]))
+    finally:
+        stop_all(clients, [embedded])
+    data = embedded.data
+
+    def migrate() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "twistchat-passwd"), "--redis", redis.url, "--import-data-dir", str(data)],
+            capture_output=True, text=True, timeout=60, env=env(tmp_path))
+
+    done = migrate()
+    assert done.returncode == 0, done.stderr
+    assert "room 'main': verifier copied, 4 messages copied" in done.stderr
+    assert "decoy secret copied" in done.stderr
+    stored = json.loads(redis.cli("HGET", "twistchat:rooms", "main"))
+    assert stored == json.loads((data / "rooms" / "main.json").read_text())
+    assert redis.cli("STRLEN", "twistchat:decoy").strip() == "32"
+    dump = redis.cli("XRANGE", "twistchat:room:main:log", "-", "+")
+    assert not any(text in dump for text in said)
+
+    again = migrate()  # a second run changes nothing
+    assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
+    assert "room 'main' already has 4 entries in Redis" in again.stderr
+    assert "nothing was imported" in again.stderr
+
+    node = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    clients = []
+    try:
+        late = member(tmp_path, node, "late")
+        clients.append(late)
+        late.out.wait_for("--- live ---")
+        assert chat_lines(late.out.seen, "alice") == [(text, True) for text in said]
+        carol = member(tmp_path, node, "carol")
+        clients.append(carol)
+        carol.say("after the move")
+        late.out.wait_for(re.escape("[ carol: ] after the move"))
+        running = migrate()
+        assert running.returncode == 1 and "node(s) are running" in running.stderr
+    finally:
+        stop_all(clients, [node])
+
+
+def test_import_stream_ids_keep_the_order_and_the_time() -> None:
+    """
+    Imported entries take ids from their server time, strictly increasing
+    even for two rows in one millisecond or a clock that stepped back.
+    """
+    from twistchat.server.history import Row
+    from twistchat.server.redisimport import entry_ids
+
+    def row(ts: float) -> Row:
+        return Row(0, "main", "alice", ts, b"s" * 16, 1, b"c" * 32)
+
+    assert entry_ids([row(1700000000.0), row(1700000000.0004), row(1699999999.0),
+                      row(1700000001.5), row(0.0)]) == [
+        "1700000000000-0", "1700000000000-1", "1700000000000-2", "1700000001500-0",
+        "1700000001500-1"]
+    assert entry_ids([row(0.0)]) == ["0-1"]

@@ -26,7 +26,8 @@ class Options(usage.Options):
     # Plain text, not the module docstring: help must not depend on docstrings
     # (gone under python -OO) nor show their markup.
     synopsis = ("Usage: twistchat-passwd [--room NAME] [--data-dir DIR | --output FILE] "
-                "[--password-file FILE]")
+                "[--password-file FILE]\n"
+                "       twistchat-passwd --redis URL --import-data-dir DIR")
     longdesc = (
         "Set a room's password by writing its verifier. The verifier (salt, scrypt "
         "cost, w0, L) lets the server check the password with SPAKE2+ but not recover "
@@ -35,7 +36,9 @@ class Options(usage.Options):
         "restart: a running server adds a new room, and for a changed password keeps "
         "the members already in and asks new logins for the new password. The password "
         f"is read from --password-file, ${PASSWORD_ENV}, a prompt, or the first line "
-        "of standard input."
+        "of standard input. With --redis URL --import-data-dir DIR, copy a stopped "
+        "embedded server's rooms, decoy secret and stored history into Redis instead "
+        "(no password is asked; see docs/operations.md)."
     )
     optParameters = [
         ["room", "r", DEFAULT_ROOM, "Room whose password to set."],
@@ -47,6 +50,10 @@ class Options(usage.Options):
          "Store the verifier in this Redis (redis://HOST:PORT/DB) instead: every "
          "node of a --redis group serves the change within 5 seconds."],
         ["redis-password-file", None, None, "File whose first line is the Redis password."],
+        ["import-data-dir", None, None,
+         "With --redis: copy this (stopped) embedded server's rooms, decoy secret and "
+         "stored history into Redis, before any node runs on it; refused if a room "
+         "already has history there."],
     ]
 
     def opt_version(self) -> None:
@@ -89,6 +96,10 @@ def main(argv: list[str]) -> int:
         options.parseOptions(argv)
         # The Redis options are checked before the password is asked for.
         redis = redis_url(options["redis"], options["redis-password-file"])
+        if options["import-data-dir"] is not None:
+            if redis is None:
+                raise usage.UsageError("--import-data-dir needs --redis")
+            return _import(redis, Path(options["import-data-dir"]))
         verifier = make_verifier(read_password(options), options["room"], options.params)
         if redis is not None:
             return _to_redis(options, redis, verifier)
@@ -144,6 +155,41 @@ def _to_redis(options: Options, url: RedisURL, verifier: Verifier) -> int:
 
     try:
         task.react(store)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    return 0
+
+
+def _import(url: RedisURL, data_dir: Path) -> int:
+    """
+    Copy C{data_dir} into Redis at C{url} (L{twistchat.server.redisimport}).
+
+    @raise ConfigError: if the data directory cannot be read.
+    """
+    from twisted.internet import task
+
+    from twistchat.server.redisimport import import_data_dir, read_data_dir
+    from twistchat.server.redisnode import probe
+
+    found = read_data_dir(data_dir)
+    probe(url)
+
+    def copy(reactor: Any) -> Any:
+        def report(lines: list[str]) -> None:
+            for line in lines:
+                sys.stderr.write(f"twistchat-passwd: {line}\n")
+            sys.stderr.write(f"twistchat-passwd: imported {data_dir} into {url}\n")
+
+        def refused(failure: Any) -> None:
+            error = getattr(failure.value, "subFailure", failure).value
+            reason = getattr(error, "message", None) or str(error) or type(error).__name__
+            sys.stderr.write(f"twistchat-passwd: {reason}\n")
+            raise SystemExit(1)
+
+        return import_data_dir(url, found, reactor).addCallbacks(report, refused)
+
+    try:
+        task.react(copy)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
     return 0
