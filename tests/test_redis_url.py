@@ -33,6 +33,7 @@ SECRET = "s3cret-redis-pw"
     ("rediss://chat:p%40ss%2Fword@cache:6380/0",
      RedisURL("cache", 6380, 0, True, "p@ss/word", "chat")),
     ("redis://[::1]:7000/4", RedisURL("::1", 7000, 4, False)),
+    ("rediss://chat@cache:6380/0", RedisURL("cache", 6380, 0, True, None, "chat")),
 ])
 def test_good_urls(url: str, expected: RedisURL) -> None:
     parsed = RedisURL.parse(url)
