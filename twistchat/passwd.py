@@ -26,8 +26,7 @@ class Options(usage.Options):
     # Plain text, not the module docstring: help must not depend on docstrings
     # (gone under python -OO) nor show their markup.
     synopsis = ("Usage: twistchat-passwd [--room NAME] [--data-dir DIR | --output FILE] "
-                "[--password-file FILE]\n"
-                "       twistchat-passwd --redis URL --import-data-dir DIR")
+                "[--password-file FILE]")
     longdesc = (
         "Set a room's password by writing its verifier. The verifier (salt, scrypt "
         "cost, w0, L) lets the server check the password with SPAKE2+ but not recover "
