@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 from twistchat.bench import cli, relay
 from twistchat.bench.results import METRICS, TARGETS, add_ratios, check_targets
 
@@ -271,3 +272,39 @@ def test_redis_servers_run_one_and_two_nodes_on_their_own_redis(tmp_path: Path) 
             assert r["deliveries_per_s"] > 0 and r["sent"] > 0
         else:
             assert r["latency_samples"] > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_churn_names_differ_between_load_processes() -> None:
+    """
+    The handshake scenario's load processes (one per node with redis2) log
+    members in under names no other load process uses: with Redis, a name is
+    room-wide, and two processes counting the same names got "already taken"
+    now and then (the one failed login in 17 seen with --servers redis2).
+    The names each process tries are recorded through its C{connect}; the
+    churn lasts a tenth of a second.
+    """
+    import time
+
+    from twistchat.bench.load import Load
+    from twisted.internet import defer, reactor, task
+
+    tried: dict[int, list[str]] = {0: [], 1: []}
+
+    class Logged:
+        class transport:
+            @staticmethod
+            def loseConnection() -> None:
+                pass
+
+    class Recording(Load):
+        def connect(self, name: str, room: str) -> defer.Deferred[Any]:
+            tried[self.config["number"]].append(name)
+            return task.deferLater(reactor, 0.001, Logged)
+
+    end = time.monotonic() + 0.1
+    await defer.gatherResults([
+        Recording(reactor, {"kind": "twistchat", "number": number}).churn(0.0, end, 2, "main")
+        for number in (0, 1)])
+    assert tried[0] and tried[1]
+    assert not set(tried[0]) & set(tried[1]), sorted(set(tried[0]) & set(tried[1]))[:3]

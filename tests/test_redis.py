@@ -9,6 +9,7 @@ it); it never skips them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,8 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 from twistchat.bench.processes import Lines
+from twistchat.client import ChatListener, ChatMessage, ChatSession, TrustOnFirstUse, connect
+from twistchat.client import Member as ClientMember
+from twisted.internet import defer, task
 
+from tests.conftest import until
 from tests.test_e2e import BIN, Client, Server, assert_one_line, chat_lines, env, twistd
 
 PASSWORD = "scale out e2e room password"
@@ -500,3 +506,248 @@ def test_metrics_and_health_of_a_redis_node(tmp_path: Path, redis: RedisServer,
         assert scrape(port, "/healthz") == (200, "ok\n")
     finally:
         stop_all(clients, [node])
+
+
+# --- one order per room, checked on every member ----------------------------------
+
+
+class Sequence(ChatListener):
+    """
+    Everything one member is told live, in order: C{("say", sender, text)},
+    C{("joined", name)} and C{("left", name)}; replayed history and refusals
+    are kept apart.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+        self.history: list[tuple[str, str]] = []
+        self.refused: list[str] = []
+
+    def message_received(self, message: ChatMessage) -> None:
+        if message.history:
+            self.history.append((message.sender, message.text))
+        else:
+            self.events.append(("say", message.sender, message.text))
+
+    def member_joined(self, member: ClientMember) -> None:
+        self.events.append(("joined", member.name))
+
+    def member_left(self, member: ClientMember) -> None:
+        self.events.append(("left", member.name))
+
+    def message_refused(self, reason: str) -> None:
+        self.refused.append(reason)
+
+
+def check_sequence(reference: list[tuple[str, ...]], name: str, heard: Sequence,
+                   left: bool) -> None:
+    """
+    Check that what member C{name} was told is the reference's one order, with
+    no gap and no repeat, over the span it was present.
+
+    Without its own messages and its own join, the reference is C{others}.
+    The member's live sequence is one unbroken stretch C{others[start:end]}:
+    it starts at the node's read position when the member joined (at or
+    before its own join entry: the welcome's member list is as of that
+    position, and what follows is sent live), and ends at its leave. Its
+    replayed history is every message of C{others} before C{start} (fewer
+    than C{--history} were sent). A member that leaves closes its connection
+    without waiting for the server, so it may miss the last events before its
+    leave entry: its sequence is a prefix of the stretch.
+    """
+    others = [e for e in reference if e[:2] != ("say", name) and e != ("joined", name)]
+    joined_at = reference.index(("joined", name))
+    joined_before = len([e for e in reference[:joined_at]
+                         if e[:2] != ("say", name) and e != ("joined", name)])
+    end = others.index(("left", name)) if left else len(others)
+    live = heard.events
+    assert live, name
+    if left:
+        starts = [i for i in range(joined_before + 1) if others[i:i + len(live)] == live]
+        assert starts, (name, live, others[:end])
+        start = starts[-1]
+        assert start + len(live) <= end, (name, live, others[start:end])
+    else:
+        start = end - len(live)
+        assert 0 <= start <= joined_before, (name, live, others)
+        assert others[start:] == live, (name, live, others[start:])
+    assert heard.history == [e[1:] for e in others[:start] if e[0] == "say"], name
+    assert heard.refused == [], name
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_member_on_both_nodes_sees_one_order(
+        tmp_path: Path, redis: RedisServer, password_file: Path) -> None:
+    """
+    Eight members of the client library over real TLS, split across two
+    nodes: four send at once on both nodes while others join and leave. The
+    first member (present throughout) is the reference: every other member's
+    full live sequence (messages and presence) is exactly the reference's over
+    the span it was present, less its own messages; and every message sent
+    (none was refused) is in the reference, in its sender's order.
+    """
+    from twisted.internet import reactor
+
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    port = {"a": a.port, "b": b.port}
+    sessions: dict[str, ChatSession] = {}
+    heard: dict[str, Sequence] = {}
+    left: set[str] = set()
+
+    async def join(name: str, node: str) -> ChatSession:
+        heard[name] = Sequence()
+        session: ChatSession = await connect(
+            reactor, "127.0.0.1", port[node], name, PASSWORD, listener=heard[name],
+            trust=TrustOnFirstUse(tmp_path / "known_hosts"), profile=tmp_path / "p" / name)
+        sessions[name] = session
+        return session
+
+    async def leave(name: str) -> None:
+        left.add(name)
+        await sessions[name].leave()
+
+    def pause(seconds: float) -> defer.Deferred[None]:
+        return task.deferLater(reactor, seconds, lambda: None)
+
+    senders = {"a1": "a", "a2": "a", "b1": "b", "b2": "b"}
+    rounds = 20
+    sent: dict[str, list[str]] = {name: [] for name in senders}
+    try:
+        await join("ref", "a")  # the reference, present throughout
+        await join("wb", "b")   # a silent witness on the other node
+        for name, node in senders.items():
+            await join(name, node)
+        comings: list[defer.Deferred[Any]] = []
+        goings: list[defer.Deferred[Any]] = []
+        for r in range(rounds):  # bounded: rounds x senders messages
+            for name in senders:
+                if name not in left:
+                    text = f"{name}-{r}"
+                    sessions[name].send(text)
+                    sent[name].append(text)
+            # Joins and leaves on both nodes while the messages flow.
+            if r == 3:
+                comings.append(defer.ensureDeferred(join("c1", "a")))
+                comings.append(defer.ensureDeferred(join("c2", "b")))
+            if r == 8:
+                goings.append(defer.ensureDeferred(leave("a2")))
+            if r == 12:
+                goings.append(defer.ensureDeferred(leave("b2")))
+                await defer.gatherResults(comings)
+                goings.append(defer.ensureDeferred(leave("c1")))
+            await pause(0.05)
+        await defer.gatherResults(goings)
+
+        everything = {("say", name, text) for name in senders for text in sent[name]}
+        presence = {("left", name) for name in left}
+        await until(lambda: everything | presence <= set(heard["ref"].events), timeout=15)
+        reference = heard["ref"].events
+        stayers = [name for name in heard if name != "ref" and name not in left]
+        last = {n: next(e for e in reversed(reference) if e[:2] != ("say", n)) for n in stayers}
+        try:  # each stayer has been told the last event (not its own) the reference was
+            await until(lambda: all(last[n] in heard[n].events for n in stayers), timeout=10)
+        except AssertionError:
+            pass  # compared below, with what each member got
+        for name in heard:
+            if name != "ref":
+                check_sequence(reference, name, heard[name], name in left)
+        for name in senders:  # nothing accepted is lost, each sender's order kept
+            said = [e[2] for e in reference if e[:2] == ("say", name)]
+            assert said == sent[name]
+        assert heard["ref"].refused == []
+        # Every join and leave after the reference's own is in its sequence once.
+        changes = [e for e in reference if e[0] != "say"]
+        assert changes[:5] == [("joined", "wb"), *(("joined", n) for n in senders)]
+        assert sorted(changes[5:]) == [("joined", "c1"), ("joined", "c2"),
+                                        ("left", "a2"), ("left", "b2"), ("left", "c1")]
+        assert sum(len(s) for s in sent.values()) == len(everything)
+    finally:
+        for name, session in sessions.items():
+            if name not in left:
+                await session.leave()
+        stop_all([], [a, b])
+
+
+# --- moving from the embedded mode ------------------------------------------------
+
+
+def test_import_embedded_data_dir_then_replay_on_a_node(tmp_path: Path, redis: RedisServer,
+                                                        password_file: Path) -> None:
+    """
+    An embedded server stores history; once it is stopped, C{twistchat-passwd
+    --redis URL --import-data-dir DIR} copies its rooms, decoy secret and
+    history into Redis; a node on Redis replays that history, in order, to a
+    late joiner, then chat goes on. Redis holds the sealed messages only. A
+    second import is refused in one line, and so is one while a node runs.
+    """
+    (tmp_path / "embedded").mkdir()
+    embedded = Server(tmp_path / "embedded", "--port", "0", "--interface", "127.0.0.1",
+                      "--password-file", str(password_file))
+    clients: list[Client] = []
+    try:
+        alice = member(tmp_path, embedded, "alice")
+        clients.append(alice)
+        bob = member(tmp_path, embedded, "bob")
+        clients.append(bob)
+        said = [f"said before the move {i}" for i in range(4)]
+        for text in said:
+            alice.say(text)
+        bob.out.wait_for(re.escape(said[-1]))
+    finally:
+        stop_all(clients, [embedded])
+    data = embedded.data
+
+    def migrate() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "twistchat-passwd"), "--redis", redis.url, "--import-data-dir", str(data)],
+            capture_output=True, text=True, timeout=60, env=env(tmp_path))
+
+    done = migrate()
+    assert done.returncode == 0, done.stderr
+    assert "room 'main': verifier copied, 4 messages copied" in done.stderr
+    assert "decoy secret copied" in done.stderr
+    stored = json.loads(redis.cli("HGET", "twistchat:rooms", "main"))
+    assert stored == json.loads((data / "rooms" / "main.json").read_text())
+    assert redis.cli("STRLEN", "twistchat:decoy").strip() == "32"
+    dump = redis.cli("XRANGE", "twistchat:room:main:log", "-", "+")
+    assert not any(text in dump for text in said)
+
+    again = migrate()  # a second run changes nothing
+    assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
+    assert "room 'main' already has 4 entries in Redis" in again.stderr
+    assert "nothing was imported" in again.stderr
+
+    node = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    clients = []
+    try:
+        late = member(tmp_path, node, "late")
+        clients.append(late)
+        late.out.wait_for("--- live ---")
+        assert chat_lines(late.out.seen, "alice") == [(text, True) for text in said]
+        carol = member(tmp_path, node, "carol")
+        clients.append(carol)
+        carol.say("after the move")
+        late.out.wait_for(re.escape("[ carol: ] after the move"))
+        running = migrate()
+        assert running.returncode == 1 and "node(s) are running" in running.stderr
+    finally:
+        stop_all(clients, [node])
+
+
+def test_import_stream_ids_keep_the_order_and_the_time() -> None:
+    """
+    Imported entries take ids from their server time, strictly increasing
+    even for two rows in one millisecond or a clock that stepped back.
+    """
+    from twistchat.server.history import Row
+    from twistchat.server.redisimport import entry_ids
+
+    def row(ts: float) -> Row:
+        return Row(0, "main", "alice", ts, b"s" * 16, 1, b"c" * 32)
+
+    assert entry_ids([row(1700000000.0), row(1700000000.0004), row(1699999999.0),
+                      row(1700000001.5), row(0.0)]) == [
+        "1700000000000-0", "1700000000000-1", "1700000000000-2", "1700000001500-0",
+        "1700000001500-1"]
+    assert entry_ids([row(0.0)]) == ["0-1"]

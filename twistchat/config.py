@@ -12,9 +12,11 @@ PASSWORD_ENV = "TWISTCHAT_PASSWORD"
 DEFAULT_ROOM = "main"
 
 
-def read_password_file(path: str) -> str:
+def read_password_file(path: str, option: str = "--password-file") -> str:
     """
     The first line of C{path}, without its line ending (possibly empty).
+
+    @param option: the option that named the file, for the error message.
 
     @raise ConfigError: if the file cannot be read as UTF-8 text.
     """
@@ -25,4 +27,4 @@ def read_password_file(path: str) -> str:
         reason = e.strerror or str(e)
     except UnicodeDecodeError:
         reason = "it is not UTF-8 text"
-    raise ConfigError(f"cannot read --password-file {path}: {reason}")
+    raise ConfigError(f"cannot read {option} {path}: {reason}")

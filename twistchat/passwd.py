@@ -18,6 +18,7 @@ from twistchat.config import DEFAULT_ROOM, PASSWORD_ENV, read_password_file
 from twistchat.crypto.kdf import DEFAULT_PARAMS, ScryptParams, check_params
 from twistchat.crypto.verifier import Verifier, make_verifier
 from twistchat.errors import ConfigError, TwistchatError
+from twistchat.redisurl import RedisURL, redis_url
 from twistchat.server.verifiers import check_room, room_path, save_verifier
 
 
@@ -34,7 +35,9 @@ class Options(usage.Options):
         "restart: a running server adds a new room, and for a changed password keeps "
         "the members already in and asks new logins for the new password. The password "
         f"is read from --password-file, ${PASSWORD_ENV}, a prompt, or the first line "
-        "of standard input."
+        "of standard input. With --redis URL --import-data-dir DIR, copy a stopped "
+        "embedded server's rooms, decoy secret and stored history into Redis instead "
+        "(no password is asked; see docs/operations.md)."
     )
     optParameters = [
         ["room", "r", DEFAULT_ROOM, "Room whose password to set."],
@@ -46,6 +49,10 @@ class Options(usage.Options):
          "Store the verifier in this Redis (redis://HOST:PORT/DB) instead: every "
          "node of a --redis group serves the change within 5 seconds."],
         ["redis-password-file", None, None, "File whose first line is the Redis password."],
+        ["import-data-dir", None, None,
+         "With --redis: copy this (stopped) embedded server's rooms, decoy secret and "
+         "stored history into Redis, before any node runs on it; refused if a room "
+         "already has history there."],
     ]
 
     def opt_version(self) -> None:
@@ -86,9 +93,15 @@ def main(argv: list[str]) -> int:
     options = Options()
     try:
         options.parseOptions(argv)
+        # The Redis options are checked before the password is asked for.
+        redis = redis_url(options["redis"], options["redis-password-file"])
+        if options["import-data-dir"] is not None:
+            if redis is None:
+                raise usage.UsageError("--import-data-dir needs --redis")
+            return _import(redis, Path(options["import-data-dir"]))
         verifier = make_verifier(read_password(options), options["room"], options.params)
-        if options["redis"] is not None:
-            return _to_redis(options, verifier)
+        if redis is not None:
+            return _to_redis(options, redis, verifier)
         if options["output"] == "-":
             json.dump(verifier.to_json(), sys.stdout, indent=1)
             sys.stdout.write("\n")
@@ -109,19 +122,22 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _to_redis(options: Options, verifier: Verifier) -> int:
+def _to_redis(options: Options, url: RedisURL, verifier: Verifier) -> int:
     """
-    Store C{verifier} in Redis (runs the reactor, with L{task.react}, once).
-
-    @raise ConfigError: for a URL that is not one or an unreadable password file.
+    Store C{verifier} in Redis at C{url} (runs the reactor, with
+    L{task.react}, once).
     """
     from twisted.internet import task
 
-    from twistchat.server.redisnode import RedisURL, publish_room
+    from twistchat.server.redisnode import probe, publish_room
 
-    url = RedisURL.parse(options["redis"])
-    if options["redis-password-file"]:
-        url = url.with_password(read_password_file(options["redis-password-file"]))
+    try:
+        # The check twistd makes at start: one line for Redis unreachable or
+        # refusing the password, before txredisapi would retry it quietly.
+        probe(url)
+    except ConfigError as e:
+        sys.stderr.write(f"twistchat-passwd: {e.message}\n")
+        return 1
 
     def store(reactor: Any) -> Any:
         def report(error: str | None) -> None:
@@ -138,6 +154,41 @@ def _to_redis(options: Options, verifier: Verifier) -> int:
 
     try:
         task.react(store)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    return 0
+
+
+def _import(url: RedisURL, data_dir: Path) -> int:
+    """
+    Copy C{data_dir} into Redis at C{url} (L{twistchat.server.redisimport}).
+
+    @raise ConfigError: if the data directory cannot be read.
+    """
+    from twisted.internet import task
+
+    from twistchat.server.redisimport import import_data_dir, read_data_dir
+    from twistchat.server.redisnode import probe
+
+    found = read_data_dir(data_dir)
+    probe(url)
+
+    def copy(reactor: Any) -> Any:
+        def report(lines: list[str]) -> None:
+            for line in lines:
+                sys.stderr.write(f"twistchat-passwd: {line}\n")
+            sys.stderr.write(f"twistchat-passwd: imported {data_dir} into {url}\n")
+
+        def refused(failure: Any) -> None:
+            error = getattr(failure.value, "subFailure", failure).value
+            reason = getattr(error, "message", None) or str(error) or type(error).__name__
+            sys.stderr.write(f"twistchat-passwd: {reason}\n")
+            raise SystemExit(1)
+
+        return import_data_dir(url, found, reactor).addCallbacks(report, refused)
+
+    try:
+        task.react(copy)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
     return 0

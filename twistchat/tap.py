@@ -56,8 +56,8 @@ from twistchat.server.service import CannotStart, ChatServerFactory, ChatService
 from twistchat.server.tls import fingerprint, load_certificate, server_options
 
 if TYPE_CHECKING:
+    from twistchat.redisurl import RedisURL
     from twistchat.server.metrics import Metrics
-    from twistchat.server.redisnode import RedisURL
 from twistchat.server.verifiers import (
     ROOMS_DIR,
     check_room,
@@ -464,33 +464,26 @@ class Options(usage.Options):
 
     def _redis(self) -> RedisURL | None:
         """
-        The --redis URL with its password, or None.
+        The --redis URL with its password, or None (L{twistchat.redisurl}).
 
-        @raise usage.UsageError: for a URL that is not one.
-        @raise CannotStart: for a password file that cannot be read, or
-            without txredisapi installed.
+        @raise usage.UsageError: for a bad --redis-max-entries.
+        @raise CannotStart: for a URL that is not one, a password given twice
+            or in a file that cannot be read, or without txredisapi installed.
         """
-        if self["redis"] is None:
-            if self["redis-password-file"] is not None:
-                raise usage.UsageError("--redis-password-file needs --redis")
-            return None
-        from twistchat.server.redisnode import RedisURL
+        from twistchat.redisurl import redis_url
 
         try:
-            url = RedisURL.parse(self["redis"])
+            url = redis_url(self["redis"], self["redis-password-file"])
         except ConfigError as e:
-            raise usage.UsageError(e.message) from None
+            raise CannotStart(e.message) from None
+        if url is None:
+            return None
         if self["redis-max-entries"] < 1:
             raise usage.UsageError("--redis-max-entries must be more than 0")
         try:
             import txredisapi  # noqa: F401
         except ImportError:
             raise CannotStart("--redis needs txredisapi: pip install 'twistchat[redis]'") from None
-        if self["redis-password-file"] is not None:
-            try:
-                url = url.with_password(read_password_file(self["redis-password-file"]))
-            except ConfigError as e:
-                raise CannotStart(e.message) from None
         return url
 
     def _password(self) -> str | None:

@@ -369,8 +369,14 @@ class Load:
     def churn(self, start: float, end: float, concurrency: int, room: str) -> Any:
         """
         Log members in and out, C{concurrency} at a time, until C{end}.
+
+        Each name is new to the whole run: it carries this load process's
+        C{number} (the controller's), since the load processes of one run
+        share the room (and with Redis, its room-wide names) and would
+        otherwise log in under each other's names at the same moment.
         """
-        counts = {"ok": 0, "failed": 0, "seconds": 0.0}
+        number = self.config.get("number", 0)
+        counts: dict[str, Any] = {"ok": 0, "failed": 0, "seconds": 0.0, "errors": []}
         names = iter(range(1, 10**6))
 
         @defer.inlineCallbacks
@@ -378,9 +384,11 @@ class Load:
             while time.monotonic() < end:
                 t0 = time.monotonic()
                 try:
-                    member = yield self.connect(f"h{index:03d}x{next(names):06d}", room)
-                except Exception:
+                    member = yield self.connect(f"h{number}-{index:03d}x{next(names):06d}", room)
+                except Exception as e:
                     counts["failed"] += 1
+                    if len(counts["errors"]) < 3:
+                        counts["errors"].append(str(e) or type(e).__name__)
                     continue
                 counts["ok"] += 1
                 counts["seconds"] += time.monotonic() - t0

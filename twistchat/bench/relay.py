@@ -379,7 +379,7 @@ def _drive(run: Run) -> dict[str, Any]:
     listeners = _split(specs[setting.senders:], nloads)
     for i in range(nloads):
         load_config = {"kind": run.load_kind, "port": ports[i % len(ports)],
-                       "password": run.password,
+                       "password": run.password, "number": i,
                        "size": config.size, "sender_ids": sender_sets[i], "lifetime": 3600}
         run.loads.append(LoadProcess(load_config))
     loads = run.loads
@@ -440,6 +440,8 @@ def _drive(run: Run) -> dict[str, Any]:
         result.update(
             logins=ok,
             failed=sum(r["failed"] for r in replies),
+            **({"errors": sorted({e for r in replies for e in r["errors"]})[:3]}
+               if any(r["errors"] for r in replies) else {}),
             logins_per_s=round(ok / setting.seconds, 1),
             cpu_ms_per_login=round(1000 * cpu / ok, 3),
             login_ms=round(1000 * sum(r["seconds"] for r in replies) / ok, 2),

@@ -58,7 +58,6 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
-from urllib.parse import unquote, urlsplit
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -70,6 +69,7 @@ from zope.interface import implementer
 from twistchat import wire
 from twistchat.crypto.verifier import Verifier
 from twistchat.errors import ConfigError
+from twistchat.redisurl import RedisURL
 from twistchat.server.history import Row, history_frame
 from twistchat.server.limits import AddressBook, AddressRecord, Limits
 from twistchat.server.room import Member, Room, Rooms, ack, listed
@@ -174,55 +174,6 @@ def block_key(host: str) -> str:
 
 def guess_key(host: str) -> str:
     return f"{PREFIX}guess:{host}"
-
-
-@dataclass(frozen=True)
-class RedisURL:
-    """
-    Where Redis is: C{redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]}, or
-    C{rediss://...} for TLS.
-    """
-
-    host: str
-    port: int
-    db: int
-    tls: bool
-    password: str | None = field(default=None, repr=False)
-    username: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> RedisURL:
-        """
-        @raise ConfigError: if C{url} is not a Redis URL.
-        """
-        try:
-            parts = urlsplit(url)
-            port = parts.port or 6379
-        except ValueError as e:
-            raise ConfigError(f"--redis: not a Redis URL ({e})") from None
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ConfigError("--redis: give redis://HOST:PORT/DB or rediss://HOST:PORT/DB")
-        path = parts.path.strip("/")
-        if path and not path.isdigit():
-            raise ConfigError(f"--redis: the database must be a number, not {path!r}")
-        return cls(
-            host=parts.hostname,
-            port=port,
-            db=int(path or 0),
-            tls=parts.scheme == "rediss",
-            password=unquote(parts.password) if parts.password else None,
-            username=unquote(parts.username) if parts.username else None,
-        )
-
-    def with_password(self, password: str | None) -> RedisURL:
-        if password is None:
-            return self
-        return RedisURL(self.host, self.port, self.db, self.tls, password, self.username)
-
-    def __str__(self) -> str:
-        # Never the password: this is what logs show.
-        scheme = "rediss" if self.tls else "redis"
-        return f"{scheme}://{self.host}:{self.port}/{self.db}"
 
 
 def probe(url: RedisURL, timeout: float = COMMAND_TIMEOUT) -> None:
