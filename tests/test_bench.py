@@ -308,3 +308,27 @@ async def test_churn_names_differ_between_load_processes() -> None:
         for number in (0, 1)])
     assert tried[0] and tried[1]
     assert not set(tried[0]) & set(tried[1]), sorted(set(tried[0]) & set(tried[1]))[:3]
+
+
+
+@needs_proc
+def test_redis_workers2_runs_one_node_with_two_workers(tmp_path: Path) -> None:
+    """
+    C{--servers redis1,redis-workers2}: one twistd with C{--workers 2} on the
+    bench's own redis-server, members on its one port landing on both
+    workers, server CPU summed over the parent, its workers and
+    redis-server; the figures are also given as ratios to C{redis1}'s.
+    """
+    lines, results = run_smoke(tmp_path, "--scenarios", "fanout", "--members", "12",
+                               "--servers", "redis1,redis-workers2")
+    by_server = {r["server"]: r for r in results}
+    assert set(by_server) == {"redis1", "redis-workers2"}
+    workers = by_server["redis-workers2"]
+    assert "--workers 2" in workers["server_options"]
+    assert "--workers" not in by_server["redis1"]["server_options"]
+    assert workers["deliveries_per_s"] > 0 and workers["sent"] > 0
+    # Both workers took members (their log lines), not one alone.
+    assert 0 < workers["min_worker_share"] <= 0.5
+    assert set(workers["vs_redis1"]) == {"deliveries_per_s", "cpu_us_per_delivery"}
+    assert any(line.startswith("fanout") and "redis-workers2" in line and "xredis1" in line
+               for line in lines), lines

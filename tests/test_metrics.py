@@ -254,3 +254,28 @@ def test_errors_counted_from_the_log_event_by_code() -> None:
     assert got["twistchat_errors_sent_total", (("code", "timeout"),)] == 1
     assert ("twistchat_errors_sent_total", (("code", "busy"),)) not in got
     assert got["twistchat_slow_readers_dropped_total", ()] == 2
+
+
+def test_health_of_workers_says_how_many_listen() -> None:
+    """
+    The parent of C{--workers} answers 503 with how many workers listen,
+    from their sampled gauges, until all of them do.
+    """
+    from twistchat.server.metrics import WorkersMetricsService
+
+    class Link:
+        def probe(self) -> defer.Deferred[None]:
+            return defer.succeed(None)
+
+    listening = [1]
+    service = WorkersMetricsService(
+        None, "tcp:0", task.Clock(), 2, lambda: None, Link())  # type: ignore[arg-type]
+    service.collector.listening = lambda: listening[0]  # type: ignore[method-assign]
+    page = service.site.resource.children[b"healthz"]
+    request = DummyRequest([b""])
+    assert page.render_GET(request) == b"1 of 2 workers listening\n"
+    assert request.responseCode == 503
+    listening[0] = 2
+    request = DummyRequest([b""])
+    page.render_GET(request)
+    assert request.finished and b"".join(request.written) == b"ok\n"

@@ -751,3 +751,93 @@ def test_import_stream_ids_keep_the_order_and_the_time() -> None:
         "1700000000000-0", "1700000000000-1", "1700000000000-2", "1700000001500-0",
         "1700000001500-1"]
     assert entry_ids([row(0.0)]) == ["0-1"]
+
+
+def test_one_metrics_endpoint_for_all_workers(tmp_path: Path, redis: RedisServer,
+                                              password_file: Path) -> None:
+    """
+    C{--workers 2 --metrics}: the parent's one C{/metrics} adds up both
+    workers (members logged in on each, a message from each, a failed
+    login); C{promtool} accepts it. A worker killed with SIGKILL leaves the
+    gauges (its members' connections) while its counters stay in the sums;
+    C{/healthz} is 200 again once the restarted worker listens.
+    """
+    from .test_metrics import METRICS_AT, samples, scrape, until
+
+    node = Node(tmp_path, "w", redis, "--password-file", str(password_file), "--workers", "2",
+                "--metrics", "tcp:0:interface=127.0.0.1")
+    clients: list[Client] = []
+    try:
+        port = int(node.log.wait_for(METRICS_AT).group(1))
+        for number in (1, 2):
+            node.log.wait_for(rf"\[worker-{number}#info\] twistchat listening on port {node.port}")
+        until(lambda: scrape(port, "/healthz") == (200, "ok\n"), "healthy with both workers")
+        on: dict[str, int] = {}  # member -> worker
+        by_name: dict[str, Client] = {}
+        for i in range(12):  # bounded: until both workers have a member
+            name = f"m{i}"
+            by_name[name] = member(tmp_path, node, name)
+            clients.append(by_name[name])
+            on[name] = int(node.log.wait_for(
+                rf"\[worker-(\d)#info\] {name} \(127\.0\.0\.1, \d+\) connected").group(1))
+            if len(set(on.values())) == 2:
+                break
+        assert set(on.values()) == {1, 2}, on
+        first = next(n for n, w in on.items() if w == 1)
+        second = next(n for n, w in on.items() if w == 2)
+        by_name[first].say("from worker one")
+        by_name[second].out.wait_for(re.escape(f"[ {first}: ] from worker one"))
+        by_name[second].say("from worker two")
+        by_name[first].out.wait_for(re.escape(f"[ {second}: ] from worker two"))
+        wrong = Client(tmp_path, node.port, "mallory", password="not the room password")
+        assert wrong.finish() == 1
+        total = len(on)
+
+        # Gauges are sampled by each worker every second: wait for them.
+        member_state = ("twistchat_connections", (("state", "member"),))
+        until(lambda: samples(scrape(port)[1]).get(member_state) == total,
+              f"{total} member connections over both workers")
+        status, text = scrape(port)
+        assert status == 200
+        got = samples(text)
+        assert got[member_state] == total
+        assert got["twistchat_workers_listening", ()] == 2
+        assert got["twistchat_members", ()] == total  # room-wide: the largest, not a sum
+        assert got["twistchat_rooms", ()] == 1
+        assert got["twistchat_logins_total", (("result", "ok"),)] == total
+        assert got["twistchat_logins_total", (("result", "failed"),)] == 1
+        assert got["twistchat_messages_accepted_total", ()] == 2
+        assert got["twistchat_deliveries_total", ()] == 2 * (total - 1)
+        assert got["twistchat_login_duration_seconds_count", ()] == total
+        assert got["twistchat_redis_command_seconds_count", ()] > 0
+        assert got["twistchat_redis_unavailable", ()] == 0
+        for private in (PASSWORD, "not the room password", "from worker", first, "mallory",
+                        "127.0.0.1"):
+            assert private not in text, private
+        promtool = shutil.which("promtool")
+        assert promtool, "promtool is missing: tests/system-packages.sh installs it"
+        check = subprocess.run([promtool, "check", "metrics"], input=text,
+                               capture_output=True, text=True, timeout=60, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+        pid = int(node.log.wait_for(r"workers: worker 1 started \(pid (\d+)\)").group(1))
+        os.kill(pid, signal.SIGKILL)
+        node.log.wait_for(r"workers: worker 1 ended \(signal 9\)")
+        node.log.wait_for(rf"workers: worker 1 started \(pid (?!{pid}\))\d+\)", timeout=10)
+        node.log.wait_for(rf"\[worker-1#info\] twistchat listening on port {node.port}")
+        until(lambda: scrape(port, "/healthz") == (200, "ok\n"), "healthy after the restart")
+        left = sum(1 for w in on.values() if w == 2)
+        until(lambda: samples(scrape(port)[1]).get(member_state) == left,
+              f"only worker 2's {left} member connections")
+        got = samples(scrape(port)[1])
+        assert got["twistchat_workers_listening", ()] == 2
+        # The killed worker's counts stay.
+        assert got["twistchat_logins_total", (("result", "ok"),)] == total
+        assert got["twistchat_messages_accepted_total", ()] == 2
+    finally:
+        for client in clients:
+            if client.process.poll() is None:
+                client.process.kill()
+                client.process.wait(timeout=10)
+        assert node.stop()
+    assert "Traceback" not in "\n".join(node.log.seen)

@@ -6,6 +6,7 @@ L{task.Clock}); tests/test_redis.py runs real workers.
 from __future__ import annotations
 
 import io
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,49 @@ def test_a_dying_worker_is_restarted_with_backoff(tmp_path: Path) -> None:
             call.cancel()
         assert pool.socket is not None
         pool.socket.close()
+
+
+def test_shared_metrics_dir_keeps_counters_and_drops_a_dead_workers_gauges() -> None:
+    """
+    With shared metrics the workers get a private directory in their
+    environment; a worker that ends loses its live gauges there (not its
+    counters); the directory goes when the pool stops.
+    """
+    from twistchat.server.metrics import MULTIPROC_ENV
+
+    reactor = _Reactor()
+    pool = WorkerPool(reactor, 1, "127.0.0.1", 0, [], {}, err=io.StringIO(),
+                      shared_metrics=True)
+    pool.startService()
+    folder = Path(pool.metrics_dir or "")
+    assert pool.env[MULTIPROC_ENV] == str(folder) and folder.is_dir()
+    assert folder.stat().st_mode & 0o077 == 0
+    pid = _Process.pid
+    for name in (f"gauge_livesum_{pid}.db", f"gauge_livemax_{pid}.db",
+                 f"counter_{pid}.db", f"histogram_{pid}.db", "gauge_livesum_99.db"):
+        (folder / name).write_bytes(b"")
+    reactor.spawned[-1].processEnded(Failure(error.ProcessTerminated(signal=9)))
+    assert sorted(p.name for p in folder.iterdir()) == [
+        f"counter_{pid}.db", "gauge_livesum_99.db", f"histogram_{pid}.db"]
+    reactor.advance(workers.FIRST_DELAY)
+    stopped = pool.stopService()
+    reactor.spawned[-1].processEnded(Failure(error.ProcessTerminated(exitCode=0)))
+    assert stopped.called
+    assert not folder.exists() and pool.metrics_dir is None
+    for call in reactor.getDelayedCalls():
+        call.cancel()
+
+
+def test_a_worker_counts_metrics_only_for_its_parent(tmp_path: Path) -> None:
+    """
+    C{--worker-fd} with C{--metrics} counts into the parent's directory; without
+    it (not started by C{--workers}) it is refused rather than counting for
+    nobody.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        args = ["--redis", "redis://127.0.0.1/0", "--worker-fd", str(listener.fileno()),
+                "--metrics", "tcp:0:interface=127.0.0.1"]
+        with pytest.raises(usage.UsageError, match="PROMETHEUS_MULTIPROC_DIR"):
+            parse(tmp_path, *args)

@@ -396,6 +396,14 @@ class Options(usage.Options):
             raise CannotStart(
                 "--metrics needs prometheus_client: pip install 'twistchat[metrics]'"
             ) from None
+        from twistchat.server.metrics import MULTIPROC_ENV
+
+        if self["worker-fd"] is not None and not self.environ.get(MULTIPROC_ENV):
+            # Its counters would stay in this process, which serves none.
+            raise usage.UsageError(
+                f"--worker-fd with --metrics needs {MULTIPROC_ENV}, which the "
+                "parent of --workers sets for its workers"
+            )
         from twisted.internet import reactor
 
         try:
@@ -767,9 +775,22 @@ def _redis_service(options: Options) -> service.IService:
     chat.setServiceParent(node)
     _web_service(options, factory, node)
     if metrics is not None:
-        # Health: listening, and Redis takes a real write.
         link.observe = metrics.redis_seconds.observe
-        _metrics_service(options, factory, metrics, chat, link.probe).setServiceParent(node)
+        if options["worker-fd"] is None:
+            # Health: listening, and Redis takes a real write.
+            _metrics_service(options, factory, metrics, chat, link.probe).setServiceParent(node)
+        else:
+            # A worker: its parent serves every worker's metrics and health.
+            from twistchat.server.metrics import (
+                SampledGauges,
+                StateCollector,
+                WorkerMetricsService,
+            )
+
+            gauges = SampledGauges(
+                StateCollector(factory, room_names=bool(options["metrics-room-names"])),
+                metrics.registry, listening=lambda: bool(chat.ports))
+            WorkerMetricsService(metrics, gauges, reactor).setServiceParent(node)
     if options["worker-fd"] is None:
         return node
     from twistchat.server.workers import ParentWatchService
@@ -791,8 +812,22 @@ def _workers(options: Options) -> service.IService:
 
     url = options.redis
     assert url is not None
-    return WorkerPool(
+    pool = WorkerPool(
         reactor, options["workers"], options["interface"], options["port"],
         worker_arguments(options.argv), dict(os.environ), err=options.err,
         check=lambda: check_at_start(url, options.err),
+        shared_metrics=options.metrics_endpoint is not None,
     )
+    if options.metrics_endpoint is None:
+        return pool
+    from twistchat.server.metrics import WorkersMetricsService
+    from twistchat.server.redisnode import RedisLink
+
+    # One endpoint for every worker; it listens before the workers start.
+    top = service.MultiService()
+    WorkersMetricsService(
+        options.metrics_endpoint, options["metrics"], reactor, options["workers"],
+        lambda: pool.metrics_dir, RedisLink(url, reactor),
+    ).setServiceParent(top)
+    pool.setServiceParent(top)
+    return top

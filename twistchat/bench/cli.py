@@ -27,10 +27,11 @@ Hardening scenarios (twistd alone; docs/operations.md, "Measured"):
 and bare only (5 interleaved runs of 3 s; with --smoke, tiny), then one line per
 target: twistchat's figure, bare's, their ratio, the limit, met or missed.
 
-With --servers redis1 or redis2 (fanout, latency, handshake), the bench
-starts its own redis-server (appendonly, appendfsync everysec) and one or two
-twistd nodes on it; members are split between the nodes; server CPU is the sum
-over every node and redis-server.
+With --servers redis1, redis2 or redis-workers2 (fanout, latency, handshake),
+the bench starts its own redis-server (appendonly, appendfsync everysec) and
+one or two twistd nodes on it, or one twistd with --workers 2; members are
+split between the nodes (with --workers, the kernel splits the connections to
+the one port); server CPU is the sum over every node, worker and redis-server.
 
 history: --repeat rounds with history off, then on: msg/s and server CPU per
 1000 messages (--history-senders, --history-receivers, --history-messages).
@@ -91,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
                         + " ('hardening' for all four hardening scenarios)")
     parser.add_argument("--servers", default=",".join(SERVERS),
                         help="comma-separated subset of: " + ", ".join(SERVERS + REDIS_SERVERS)
-                        + " (redis1, redis2: one or two nodes on a Redis the bench starts)")
+                        + " (redis1, redis2: one or two nodes on a Redis the bench starts;"
+                        " redis-workers2: one node with --workers 2 on it)")
     parser.add_argument("--repeat", type=int, help="interleaved runs per setting (median)")
     parser.add_argument("--seconds", type=float, help="seconds per traffic run")
     parser.add_argument("--members", type=_numbers(int),

@@ -22,8 +22,11 @@ SERVERS = ("twistchat", "bare", "threaded")
 #: The servers a --targets run compares (the targets are ratios to bare).
 TARGET_SERVERS = ("twistchat", "bare")
 #: twistchat on a Redis the bench starts (not run unless asked for with
-#: --servers): one node, or two nodes with the members split between them.
-REDIS_SERVERS = ("redis1", "redis2")
+#: --servers): one node, two nodes with the members split between them, or
+#: one node with --workers 2 (members on its one port, the kernel's split).
+REDIS_SERVERS = ("redis1", "redis2", "redis-workers2")
+#: How many worker processes redis-workers2 runs.
+BENCH_WORKERS = 2
 MAIN_ROOM = "main"
 
 #: Settings per mode: member counts, seconds per run, repeats, and the sizes

@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import math
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -27,10 +28,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from twistchat.bench.config import MAIN_ROOM, MODES, REDIS_SERVERS, BenchConfig
+from twistchat.bench.config import (
+    BENCH_WORKERS,
+    MAIN_ROOM,
+    MODES,
+    REDIS_SERVERS,
+    BenchConfig,
+)
 from twistchat.bench.load import COUNTER_BASE
 from twistchat.bench.measure import children, cpu_seconds, rss_bytes
 from twistchat.bench.processes import (
+    LISTENING,
+    START_TIMEOUT,
     STEP_TIMEOUT,
     BenchError,
     LoadProcess,
@@ -251,9 +260,12 @@ class Run:
 
     def cpu(self) -> float:
         """
-        CPU seconds used by every server process (nodes and redis-server).
+        CPU seconds used by every server process (nodes, the workers of a
+        node with C{--workers}, and redis-server).
         """
         pids = [node.pid for node in self.nodes or [self.server]]
+        if self.kind == "redis-workers2":
+            pids += [child for node in self.nodes for child in children(node.pid)]
         if self.redis is not None:
             pids.append(self.redis.pid)
         return sum(cpu_seconds(pid) for pid in pids)
@@ -297,14 +309,18 @@ def _run_redis(kind: str, setting: Setting, config: BenchConfig) -> dict[str, An
     """
     One run on a redis-server of the run's own and one (C{redis1}) or two
     (C{redis2}) twistd nodes on it, each with its own data directory and the
-    same room verifier.
+    same room verifier; or one twistd with C{--workers 2} (C{redis-workers2}),
+    started once both its workers listen.
     """
     password = secrets.token_urlsafe(18)
+    workers = kind == "redis-workers2"
     with tempfile.TemporaryDirectory(prefix="twistchat-bench-") as tmp:
         workdir = Path(tmp)
         redis = RedisProcess(workdir / "redis")
         options = [*server_options(setting, config.size), *extra_options(config.server_args),
                    "--redis", redis.url]
+        if workers:
+            options += ["--workers", str(BENCH_WORKERS)]
         nodes: list[RelayServer] = []
         run: Run | None = None
         try:
@@ -317,15 +333,37 @@ def _run_redis(kind: str, setting: Setting, config: BenchConfig) -> dict[str, An
                     shutil.copytree(workdir / "node0" / "data" / "rooms",
                                     folder / "data" / "rooms")
                 nodes.append(RelayServer("twistchat", folder, options, password))
+            if workers:
+                # The first worker's "listening" line started the node.
+                for number in range(1, BENCH_WORKERS + 1):
+                    nodes[0].log.wait_for(
+                        rf"\[worker-{number}#info\] .*{LISTENING}", START_TIMEOUT)
             run = Run(kind, setting, config, nodes[0], password, options, nodes=nodes,
                       redis=redis)
-            return _drive(run)
+            result = _drive(run)
+            if workers:
+                result["min_worker_share"] = _min_worker_share(nodes[0])
+            return result
         finally:
             for load in run.loads if run is not None else []:
                 load.stop()
             for node in nodes:
                 node.stop(15)
             redis.stop()
+
+
+def _min_worker_share(node: RelayServer) -> float:
+    """
+    The share of the logins the least loaded worker of C{node} took (0.5:
+    an even split of two), from the workers' lines in its log.
+    """
+    node.log.count("")  # take what was printed so far
+    per_worker = [0] * BENCH_WORKERS
+    for line in node.log.seen:
+        match = re.search(r"\[worker-(\d+)#info\] \S+ \([^)]*\) connected to room", line)
+        if match and 0 < int(match.group(1)) <= BENCH_WORKERS:
+            per_worker[int(match.group(1)) - 1] += 1
+    return round(min(per_worker) / (sum(per_worker) or 1), 3)
 
 
 def run_all(config: BenchConfig) -> list[dict[str, Any]]:

@@ -10,6 +10,8 @@ import dataclasses
 import statistics
 from typing import Any
 
+from twistchat.bench.config import REDIS_SERVERS
+
 #: The figures of each scenario shown in the table (and compared with the
 #: baselines), and whether more is better.
 METRICS = {
@@ -59,19 +61,23 @@ def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
 #: The servers twistchat's figures are divided by (a variant's also by
 #: twistchat's), in the order shown.
 BASES = ("bare", "threaded", "before", "twistchat")
+#: What the other Redis servers are also compared with (C{vs_redis1}).
+REDIS_BASE = "redis1"
 
 
 def add_ratios(results: list[dict[str, Any]]) -> None:
     """
     Give each twistchat result (and each variant's) C{vs_bare},
-    C{vs_threaded}, C{vs_before} (and C{vs_twistchat}): its figures divided
-    by those of the same setting on that server.
+    C{vs_threaded}, C{vs_before} (and C{vs_twistchat}; a Redis server's also
+    C{vs_redis1}): its figures divided by those of the same setting on that
+    server.
     """
     index = {(r["scenario"], r["members"], r.get("rate"), r["server"]): r for r in results}
     for r in results:
         if r["server"] in ("bare", "threaded", "before"):
             continue
-        for base in BASES:
+        bases = BASES + (REDIS_BASE,) if r["server"] in REDIS_SERVERS else BASES
+        for base in bases:
             if base == r["server"]:
                 continue
             other = index.get((r["scenario"], r["members"], r.get("rate"), base))
@@ -90,17 +96,18 @@ def table(results: list[dict[str, Any]]) -> str:
     One line per result: scenario, server, setting, figures and ratios.
     """
     width = max([10, *(len(r["scenario"]) for r in results)])
-    lines = [f"{'scenario':<{width}} {'server':<10} {'setting':<16} figures"]
+    servers = max([10, *(len(r["server"]) for r in results)])
+    lines = [f"{'scenario':<{width}} {'server':<{servers}} {'setting':<16} figures"]
     for r in results:
         setting = SETTING[r["scenario"]](r)
         figures = ", ".join(
             f"{m}={r[m]:g}" for m, _ in METRICS[r["scenario"]] if r.get(m) is not None
         )
-        for base in BASES:
+        for base in (*BASES, REDIS_BASE):
             ratios = r.get(f"vs_{base}")
             if ratios:
                 figures += f" | x{base}: " + ", ".join(f"{k}={v:g}" for k, v in ratios.items())
-        lines.append(f"{r['scenario']:<{width}} {r['server']:<10} {setting:<16} {figures}")
+        lines.append(f"{r['scenario']:<{width}} {r['server']:<{servers}} {setting:<16} {figures}")
     return "\n".join(lines)
 
 

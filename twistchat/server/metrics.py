@@ -17,6 +17,14 @@ relay path of a server started without C{--metrics}. With it:
 No metric or label holds a member name, an address or (unless
 C{room_names}) a room name; none holds a password, a key or a message.
 
+With C{--workers} (L{twistchat.server.workers}), prometheus_client's
+multiprocess mode joins the workers: each worker's counters and histograms
+live in files of a directory the parent gives it, and its gauges, which
+multiprocess mode cannot compute at scrape time, are sampled every
+L{SAMPLE_INTERVAL} into multiprocess gauges (L{SampledGauges},
+L{WorkerMetricsService}); the parent serves the sums, and health from all
+workers listening and its own Redis probe (L{WorkersMetricsService}).
+
 The exposition is rendered in the reactor thread, not in a thread pool as
 C{prometheus_client.twisted.MetricsResource} does, because the collector
 reads the factory's state, which only the reactor thread may touch.
@@ -24,6 +32,8 @@ reads the factory's state, which only the reactor thread may touch.
 
 from __future__ import annotations
 
+import glob
+import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,15 +41,17 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
@@ -315,6 +327,7 @@ class HealthPage(resource.Resource):
 
     @param listening: whether the chat server listens now.
     @param probe: a real write to the store, or None (no store).
+    @param reason: why it does not listen, or None for C{not listening}.
     """
 
     isLeaf = True
@@ -322,10 +335,12 @@ class HealthPage(resource.Resource):
 
     def __init__(self, clock: IReactorTime, listening: Callable[[], bool],
                  probe: Callable[[], defer.Deferred[None]] | None,
-                 limit: float = PROBE_LIMIT) -> None:
+                 limit: float = PROBE_LIMIT,
+                 reason: Callable[[], str] | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.clock = clock
         self.listening = listening
+        self.reason = reason
         self.probe = probe
         self.limit = limit
         self._waiting: list[server.Request] = []
@@ -333,7 +348,8 @@ class HealthPage(resource.Resource):
 
     def render_GET(self, request: server.Request) -> bytes | int:
         if not self.listening():
-            return self._answer(request, "not listening")
+            why = "not listening" if self.reason is None else self.reason()
+            return self._answer(request, why)
         if self.probe is None:
             return self._answer(request, None)
         self._waiting.append(request)
@@ -371,33 +387,23 @@ class HealthPage(resource.Resource):
         return (" ".join(reason.split()) + "\n").encode("utf-8")
 
 
-class MetricsService(service.Service):
+class MetricsEndpoint(service.Service):
     """
-    Serve C{/metrics} and C{/healthz} on C{endpoint} while running, and
-    count the errors sent to peers from the log.
-
-    @param listening: whether the chat server listens now.
-    @param probe: a real write to the history store, or None.
+    Serve C{/metrics} (C{registry}) and C{/healthz} (C{health}) on
+    C{endpoint} while running.
     """
 
     log = Logger()
 
     def __init__(self, endpoint: IStreamServerEndpoint, description: str,
-                 metrics: Metrics, collector: StateCollector, clock: IReactorTime,
-                 listening: Callable[[], bool],
-                 probe: Callable[[], defer.Deferred[None]] | None) -> None:
+                 registry: CollectorRegistry, health: HealthPage) -> None:
         self.endpoint = endpoint
         self.description = description
-        self.metrics = metrics
-        metrics.registry.register(collector)
-        ProcessCollector(registry=metrics.registry)
-        PlatformCollector(registry=metrics.registry)
         root = resource.Resource()
-        root.putChild(b"metrics", MetricsPage(metrics.registry))
-        root.putChild(b"healthz", HealthPage(clock, listening, probe))
+        root.putChild(b"metrics", MetricsPage(registry))
+        root.putChild(b"healthz", health)
         self.site = server.Site(root)
         self.site.noisy = False
-        self.observer = ErrorCounter(metrics)
         self.port: IListeningPort | None = None
         self._failed: Failure | None = None
 
@@ -412,7 +418,6 @@ class MetricsService(service.Service):
             reason = getattr(error, "socketError", None) or error
             raise CannotStart(f"cannot serve metrics on {self.description}: {reason}")
         super().startService()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
-        globalLogPublisher.addObserver(self.observer)
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
@@ -426,14 +431,229 @@ class MetricsService(service.Service):
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
-        globalLogPublisher.removeObserver(self.observer)
         port, self.port = self.port, None
         if port is None:
             return defer.succeed(None)
         return defer.maybeDeferred(port.stopListening).addCallback(lambda _: None)
 
 
+class MetricsService(MetricsEndpoint):
+    """
+    Serve one server's C{/metrics} and C{/healthz} on C{endpoint} while
+    running, and count the errors sent to peers from the log.
+
+    @param listening: whether the chat server listens now.
+    @param probe: a real write to the history store, or None.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, description: str,
+                 metrics: Metrics, collector: StateCollector, clock: IReactorTime,
+                 listening: Callable[[], bool],
+                 probe: Callable[[], defer.Deferred[None]] | None) -> None:
+        self.metrics = metrics
+        metrics.registry.register(collector)
+        ProcessCollector(registry=metrics.registry)
+        PlatformCollector(registry=metrics.registry)
+        super().__init__(endpoint, description, metrics.registry,
+                         HealthPage(clock, listening, probe))
+        self.observer = ErrorCounter(metrics)
+
+    def startService(self) -> None:
+        """
+        @raise CannotStart: if the endpoint cannot listen.
+        """
+        super().startService()
+        globalLogPublisher.addObserver(self.observer)
+
+    def stopService(self) -> defer.Deferred[None]:
+        globalLogPublisher.removeObserver(self.observer)
+        return super().stopService()
+
+
+#: With --workers: how the parent adds up each gauge over the live workers
+#: (prometheus_client's multiprocess modes), and its labels. Connections and
+#: send queues are each worker's own, so they are summed; rooms and members
+#: are room-wide in every node of a Redis group (each worker counts everyone
+#: in the room, on any node), so the largest count is taken, as for the
+#: 0-or-1 outage gauges (1 when any worker has the outage).
+WORKER_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "twistchat_connections": ("livesum", ("state",)),
+    "twistchat_rooms": ("livemax", ()),
+    "twistchat_members": ("livemax", ()),
+    "twistchat_room_members": ("livemax", ("room",)),
+    "twistchat_send_queue_bytes": ("livesum", ()),
+    "twistchat_send_queue_largest_bytes": ("livemax", ()),
+    "twistchat_redis_unavailable": ("livemax", ()),
+    "twistchat_history_failing": ("livemax", ()),
+}
+#: The gauge each worker sets to 1 while it listens (summed: workers listening).
+LISTENING_GAUGE = "twistchat_workers_listening"
+#: Seconds between a worker's samples of its gauges.
+SAMPLE_INTERVAL = 1.0
+#: The environment variable prometheus_client's multiprocess mode reads.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class SampledGauges:
+    """
+    In a worker of C{--workers}: the gauges of L{StateCollector}, read from
+    this worker's state by L{sample} into prometheus_client's multiprocess
+    gauges, which the parent adds up (see L{WORKER_GAUGES}).
+
+    Multiprocess mode keeps values in files, so a gauge computed when
+    Prometheus scrapes cannot be: the parent cannot call into a worker.
+    Sampling on a timer keeps the relay path as it is (send-queue sizes
+    change with every write) at the cost of gauges up to one interval old.
+    A room that is gone keeps its C{--metrics-room-names} series at 0:
+    multiprocess mode cannot remove a label.
+    """
+
+    def __init__(self, collector: StateCollector, registry: CollectorRegistry,
+                 listening: Callable[[], bool]) -> None:
+        self.collector = collector
+        self.listening = listening
+        self.listening_gauge = Gauge(
+            LISTENING_GAUGE, "Workers listening on the chat port.",
+            multiprocess_mode="livesum", registry=registry)
+        self.gauges: dict[str, Gauge] = {}
+        self.registry = registry
+        self._labelled: dict[str, set[tuple[str, ...]]] = {}
+
+    def _gauge(self, family: Metric) -> Gauge:
+        gauge = self.gauges.get(family.name)
+        if gauge is None:
+            mode, labels = WORKER_GAUGES[family.name]
+            gauge = self.gauges[family.name] = Gauge(
+                family.name, family.documentation, labels,
+                multiprocess_mode=mode, registry=self.registry)  # type: ignore[arg-type]
+        return gauge
+
+    def sample(self) -> None:
+        """
+        Set every gauge from this worker's state now.
+        """
+        self.listening_gauge.set(1 if self.listening() else 0)
+        for family in self.collector.collect():
+            gauge = self._gauge(family)
+            _, names = WORKER_GAUGES[family.name]
+            if not names:
+                for s in family.samples:
+                    gauge.set(s.value)
+                continue
+            seen = set()
+            for s in family.samples:
+                values = tuple(s.labels[name] for name in names)
+                seen.add(values)
+                gauge.labels(*values).set(s.value)
+            for gone in self._labelled.get(family.name, set()) - seen:
+                gauge.labels(*gone).set(0)
+            self._labelled[family.name] = seen
+
+
+class WorkerMetricsService(service.Service):
+    """
+    In a worker of C{--workers}: count the errors sent to peers from the log
+    and sample the gauges every L{SAMPLE_INTERVAL}; the parent serves them
+    (L{WorkersMetricsService}). The counters and histograms of L{Metrics}
+    are in the shared files already, kept current on every change.
+    """
+
+    def __init__(self, metrics: Metrics, gauges: SampledGauges, clock: IReactorTime) -> None:
+        self.observer = ErrorCounter(metrics)
+        self.gauges = gauges
+        self.loop = task.LoopingCall(gauges.sample)
+        self.loop.clock = clock
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
+        globalLogPublisher.addObserver(self.observer)
+        self.loop.start(SAMPLE_INTERVAL, now=True)
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
+        if self.loop.running:
+            self.loop.stop()
+        globalLogPublisher.removeObserver(self.observer)
+
+
+class WorkersCollector(Collector):
+    """
+    In the parent of C{--workers}: every worker's metrics, read from the
+    files of prometheus_client's multiprocess mode at scrape time (the
+    directory is the pool's, None until it starts).
+    """
+
+    def __init__(self, folder: Callable[[], str | None]) -> None:
+        self.folder = folder
+
+    def _merged(self, pattern: str) -> Iterable[Metric]:
+        folder = self.folder()
+        if folder is None:
+            return []
+        files = glob.glob(os.path.join(folder, pattern))
+        # (prometheus_client leaves merge unannotated)
+        merge: Callable[..., Iterable[Metric]] = MultiProcessCollector.merge
+        return merge(files, accumulate=True)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._merged("*.db")
+
+    def listening(self) -> int:
+        """
+        How many workers listen, as of their last samples.
+        """
+        for family in self._merged("gauge_livesum_*.db"):
+            if family.name == LISTENING_GAUGE:
+                return int(sum(s.value for s in family.samples))
+        return 0
+
+
+class WorkersMetricsService(MetricsEndpoint):
+    """
+    In the parent of C{--workers N}: one C{/metrics} for every worker
+    (L{WorkersCollector}; counters of workers that ended stay in the sums,
+    their gauges leave them) and one C{/healthz}: 200 when all N workers
+    listen and Redis takes a real write from the parent's own connection.
+
+    @param count: the number of workers.
+    @param folder: the pool's directory of metric files, or None.
+    @param link: the parent's L{twistchat.server.redisnode.RedisLink}, opened
+        while this runs.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, description: str,
+                 clock: IReactorTime, count: int, folder: Callable[[], str | None],
+                 link: Any) -> None:
+        registry = CollectorRegistry()
+        self.collector = WorkersCollector(folder)
+        registry.register(self.collector)
+        PlatformCollector(registry=registry)
+        self.count = count
+        self.link = link
+        super().__init__(endpoint, description, registry,
+                         HealthPage(clock, self.all_listening, link.probe,
+                                    reason=self.not_listening))
+
+    def all_listening(self) -> bool:
+        return self.collector.listening() >= self.count
+
+    def not_listening(self) -> str:
+        return f"{self.collector.listening()} of {self.count} workers listening"
+
+    def startService(self) -> None:
+        """
+        @raise CannotStart: if the endpoint cannot listen.
+        """
+        super().startService()
+        self.link.open()
+
+    def stopService(self) -> defer.Deferred[None]:
+        closed = self.link.close()
+        return defer.gatherResults([super().stopService(), closed]).addCallback(lambda _: None)
+
+
 __all__ = [
     "ErrorCounter", "HealthPage", "MeasuredFactory", "MeasuredStore", "Metrics",
-    "MetricsPage", "MetricsService", "StateCollector",
+    "MetricsEndpoint", "MetricsPage", "MetricsService", "SampledGauges", "StateCollector",
+    "WorkerMetricsService", "WorkersCollector", "WorkersMetricsService",
 ]

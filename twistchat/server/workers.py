@@ -23,7 +23,17 @@ and started again after a delay that doubles from L{FIRST_DELAY} to
 L{MAX_DELAY} (back to the first after L{STABLE} seconds of running). SIGTERM
 to the parent stops every worker with SIGTERM (each shuts down cleanly, as a
 single server does) and waits for them, killing those still running after
-L{STOP_TIMEOUT} seconds. Each line a worker logs is logged again by the
+L{STOP_TIMEOUT} seconds.
+
+With C{shared_metrics} (C{--metrics}), the workers count into
+prometheus_client's multiprocess mode: the parent makes a private temporary
+directory for the metric files and gives it to every worker (the
+C{PROMETHEUS_MULTIPROC_DIR} environment variable); when a worker ends, its
+live gauges are dropped from that directory (C{mark_process_dead}) while its
+counters stay in the sums; the directory is removed when the pool stops. The
+parent serves them (L{twistchat.server.metrics.WorkersMetricsService}).
+
+Each line a worker logs is logged again by the
 parent under the worker's number (C{[worker-2#info] ...}), so one log reads
 as one server's. A worker whose parent dies (its standard input closes)
 stops too.
@@ -33,8 +43,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import IO, Any
 
@@ -98,6 +110,7 @@ class _Worker(protocol.ProcessProtocol):
         self.number = number
         self.log = Logger(namespace=f"worker-{number}")
         self.started = pool.clock.seconds()
+        self.pid: int | None = None
         self.ended: defer.Deferred[None] = defer.Deferred()
         self._partial = {1: b"", 2: b""}
 
@@ -135,13 +148,17 @@ class WorkerPool(service.Service):
         L{worker_arguments}).
     @param check: run once at start before anything is bound (the Redis
         probe); it raises L{CannotStart} to stop the start.
+    @param shared_metrics: give the workers a directory for their metrics
+        (prometheus_client's multiprocess mode; see the module docstring).
+    @ivar metrics_dir: that directory while the pool runs, else None.
     """
 
     log = Logger()
 
     def __init__(self, reactor: Any, count: int, interface: str, port: int,
                  arguments: Sequence[str], env: dict[str, str],
-                 err: IO[str] | None = None, check: Any = None) -> None:
+                 err: IO[str] | None = None, check: Any = None,
+                 shared_metrics: bool = False) -> None:
         self.reactor: IReactorProcess = reactor
         self.clock: IReactorTime = reactor
         self.count = count
@@ -151,6 +168,8 @@ class WorkerPool(service.Service):
         self.env = {**env, "PYTHONUNBUFFERED": "1"}
         self.err = sys.stderr if err is None else err
         self.check = check
+        self.shared_metrics = shared_metrics
+        self.metrics_dir: str | None = None
         self.socket: socket.socket | None = None
         self.workers: dict[int, _Worker] = {}
         self._delays: dict[int, float] = {}
@@ -182,6 +201,11 @@ class WorkerPool(service.Service):
         listener.setblocking(False)
         listener.set_inheritable(True)
         self.socket = listener
+        if self.shared_metrics:
+            from twistchat.server.metrics import MULTIPROC_ENV
+
+            self.metrics_dir = tempfile.mkdtemp(prefix="twistchat-metrics-")
+            self.env[MULTIPROC_ENV] = self.metrics_dir
         super().startService()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.log.info("workers: port {port} shared by {count} worker processes",
                       port=listener.getsockname()[1], count=self.count)
@@ -197,6 +221,7 @@ class WorkerPool(service.Service):
             worker, self.command[0], self.command, env=self.env,
             childFDs={0: "w", 1: "r", 2: "r", WORKER_FD: self.socket.fileno()},
         )
+        worker.pid = process.pid
         self.workers[number] = worker
         self.log.info("workers: worker {number} started (pid {pid})",
                       number=number, pid=process.pid)
@@ -204,6 +229,10 @@ class WorkerPool(service.Service):
     def ended(self, worker: _Worker, reason: Failure) -> None:
         if self.workers.get(worker.number) is worker:
             del self.workers[worker.number]
+        if self.metrics_dir is not None and worker.pid is not None:
+            from prometheus_client.multiprocess import mark_process_dead
+
+            mark_process_dead(worker.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
         status = getattr(reason.value, "exitCode", None)
         signal = getattr(reason.value, "signal", None)
         how = f"signal {signal}" if signal is not None else f"status {status}"
@@ -240,6 +269,13 @@ class WorkerPool(service.Service):
             if self.socket is not None:
                 self.socket.close()
                 self.socket = None
+            folder, self.metrics_dir = self.metrics_dir, None
+            if folder is not None:
+                try:
+                    shutil.rmtree(folder)
+                except OSError as e:
+                    self.log.warn("workers: cannot remove the metrics directory {folder}: "
+                                  "{reason}", folder=folder, reason=e.strerror or str(e))
 
         return defer.gatherResults(waits).addCallback(close)
 
