@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,42 @@ async def test_join_while_writes_are_in_flight(made: Any, room: Room) -> None:
     send(history, room, alice, 4)
     await until(lambda: (4, False) in carol.messages(), clock=clock)
     assert carol.messages() == [(1, True), (2, False), (3, False), (4, False)]
+
+
+def test_next_batch_is_written_while_the_last_one_is_relayed(room: Room) -> None:
+    """
+    When a write commits, what came in meanwhile goes to the store at once,
+    before the committed batch is relayed (no turn of the clock between): the
+    store writes batch k+1 while batch k goes out. Still one write at a time,
+    each batch relayed only once stored, in order.
+    """
+    clock = task.Clock()
+    history, store = memory_history(clock, hold=True)
+    alice = Peer("alice")
+    room.join(alice)
+    pending_at_delivery: list[list[str]] = []
+
+    class Watcher(Peer):
+        def deliver(self, data: bytes) -> None:
+            pending_at_delivery.append([name for name, _, _ in store.pending])
+            super().deliver(data)
+
+    bob = Watcher("bob")
+    room.join(bob)
+    send(history, room, alice, 1)
+    clock.advance(0)  # message 1's write is in flight
+    send(history, room, alice, 2)
+    send(history, room, alice, 3)
+    assert [name for name, _, _ in store.pending] == ["append"]  # one write at a time
+    store.answer()  # 1 is committed: 2 and 3 go to the store, then 1 is relayed
+    assert bob.messages() == [(1, False)]
+    assert pending_at_delivery == [["append"]]
+    assert [r.n for r in store.rows] == [1]  # 2 and 3 not stored: not relayed
+    store.answer()
+    assert bob.messages() == [(1, False), (2, False), (3, False)]
+    assert [r.n for r in store.rows] == [1, 2, 3]
+    assert alice.acks == [(1, 1), (2, 2), (3, 3)]
+    assert store.pending == deque()
 
 
 def test_history_off_for_limit_zero(room: Room) -> None:

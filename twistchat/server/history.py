@@ -475,9 +475,12 @@ class History:
             self._write_timer = self.clock.callLater(self.hold_limit, self._write_late)
         # Only relay() queues entries here, each with its row.
         d = self.store.append([e.row for e in batch if e.row is not None])
+        # First hand the store the next batch (what came while this one was
+        # written), then relay this one: the store commits batch k+1 while
+        # the reactor relays batch k. Still one write at a time, in order.
+        d.addBoth(self._write_done)
         d.addCallbacks(self._written, self._write_failed,
                        callbackArgs=(batch,), errbackArgs=(batch,))
-        d.addBoth(self._write_done)
 
     def _written(self, ids: list[int], batch: list[_Entry]) -> None:
         for entry, row_id in zip(batch, ids):
@@ -498,16 +501,20 @@ class History:
         self.unstored += len(batch)
         self._fail(_reason(failure))
 
-    def _write_done(self, _: Any) -> None:
+    def _write_done(self, result: Any) -> Any:
+        """
+        A write finished (C{result}: its ids or its failure, passed on):
+        start the next one at once, with everything received meanwhile.
+        """
         self._writing = False
         if self._write_timer is not None and self._write_timer.active():
             self._write_timer.cancel()
         self._write_timer = None
-        if self._idle:
-            self._write()  # stopping: write what is left now
-        elif self._unsubmitted and self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self._write)
-        self._check_idle()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self._write()  # also fires the stop() waiters when nothing is left
+        return result
 
     def _write_late(self) -> None:
         self._write_timer = None
