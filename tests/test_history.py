@@ -21,6 +21,7 @@ from twistchat.client.api import ChatMessage
 from twistchat.crypto.verifier import make_verifier
 from twistchat.server.history import (
     HISTORY_FILE,
+    ROWS_PER_INSERT,
     SCHEMA_VERSION,
     History,
     HistoryStore,
@@ -166,6 +167,38 @@ async def test_store_order_limit_and_rooms(tmp_path: Path) -> None:
     assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     assert db.execute("SELECT size FROM messages WHERE n = 7").fetchone() == (48,)
     db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_append_gives_each_row_its_own_id(tmp_path: Path) -> None:
+    """
+    A batch larger than one INSERT statement takes (several statements), and
+    one after every row was deleted: the ids returned are the rows' ids in
+    the file, in order, never reused.
+    """
+    path = tmp_path / "h.sqlite3"
+
+    def stored() -> list[tuple[int, int]]:
+        db = sqlite3.connect(path)
+        try:
+            return db.execute("SELECT id, n FROM messages ORDER BY id").fetchall()
+        finally:
+            db.close()
+
+    store = HistoryStore(path)
+    try:
+        count = 2 * ROWS_PER_INSERT + 3
+        rows = [("main" if n % 3 else "other", f"m{n}", 1.0, SID, n, bytes([n % 256]) * (n % 50))
+                for n in range(count)]
+        ids = await store.append(rows)
+        assert stored() == list(zip(ids, range(count)))
+        assert len(set(ids)) == count
+        assert await store.expire(2.0) == count  # every row, the newest too
+        later = await store.append([("main", "alice", 3.0, SID, n, b"x") for n in range(5)])
+        assert stored() == list(zip(later, range(5)))
+        assert min(later) > max(ids)
+    finally:
+        store.close()
 
 
 @pytest_twisted.ensureDeferred
