@@ -57,6 +57,23 @@ def test_smoke_run_prints_json_results(tmp_path: Path) -> None:
     assert "--message-rate" in fanout["server_options"]
 
 
+def test_cprofile_runs_twistd_under_its_own_profiler(tmp_path: Path) -> None:
+    """
+    --profiler cprofile: twistd's own profiling options, before the
+    subcommand, instead of a py-spy command around twistd.
+    """
+    assert cli.parse(["--profile", "p", "--profiler", "cprofile"]).profiler == "cprofile"
+    assert cli.parse(["--profile", "p"]).profiler == "py-spy"
+    out = str(tmp_path / "p-fanout-10-0.pstats")
+    command = relay.server_command("twistchat", tmp_path, ["--history", "0"], profile=out)
+    at = command.index("socketchat")
+    assert command[at - 3:at] == [f"--profile={out}", "--profiler=cprofile", "--savestats"]
+    assert command[-2:] == ["--history", "0"]
+    assert "py-spy" not in " ".join(command)
+    spied = relay.server_command("twistchat", tmp_path, [], profile=str(tmp_path / "p.txt"))
+    assert "record" in spied and "--profiler=cprofile" not in spied
+
+
 def test_options() -> None:
     args = cli.parse(["--quick", "--scenarios", "fanout", "--servers", "twistchat"])
     assert (args.mode, args.scenarios, args.servers, args.repeat) == (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from twistchat.client.api import ChatMessage
 from twistchat.crypto.verifier import make_verifier
 from twistchat.server.history import (
     HISTORY_FILE,
+    ROWS_PER_INSERT,
     SCHEMA_VERSION,
     History,
     HistoryStore,
@@ -169,6 +171,38 @@ async def test_store_order_limit_and_rooms(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_append_gives_each_row_its_own_id(tmp_path: Path) -> None:
+    """
+    A batch larger than one INSERT statement takes (several statements), and
+    one after every row was deleted: the ids returned are the rows' ids in
+    the file, in order, never reused.
+    """
+    path = tmp_path / "h.sqlite3"
+
+    def stored() -> list[tuple[int, int]]:
+        db = sqlite3.connect(path)
+        try:
+            return db.execute("SELECT id, n FROM messages ORDER BY id").fetchall()
+        finally:
+            db.close()
+
+    store = HistoryStore(path)
+    try:
+        count = 2 * ROWS_PER_INSERT + 3
+        rows = [("main" if n % 3 else "other", f"m{n}", 1.0, SID, n, bytes([n % 256]) * (n % 50))
+                for n in range(count)]
+        ids = await store.append(rows)
+        assert stored() == list(zip(ids, range(count)))
+        assert len(set(ids)) == count
+        assert await store.expire(2.0) == count  # every row, the newest too
+        later = await store.append([("main", "alice", 3.0, SID, n, b"x") for n in range(5)])
+        assert stored() == list(zip(later, range(5)))
+        assert min(later) > max(ids)
+    finally:
+        store.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_reopen_keeps_rows_and_version(tmp_path: Path) -> None:
     for n in (1, 2):
         store = HistoryStore(tmp_path / "h.sqlite3")
@@ -305,6 +339,42 @@ async def test_join_while_writes_are_in_flight(made: Any, room: Room) -> None:
     send(history, room, alice, 4)
     await until(lambda: (4, False) in carol.messages(), clock=clock)
     assert carol.messages() == [(1, True), (2, False), (3, False), (4, False)]
+
+
+def test_next_batch_is_written_while_the_last_one_is_relayed(room: Room) -> None:
+    """
+    When a write commits, what came in meanwhile goes to the store at once,
+    before the committed batch is relayed (no turn of the clock between): the
+    store writes batch k+1 while batch k goes out. Still one write at a time,
+    each batch relayed only once stored, in order.
+    """
+    clock = task.Clock()
+    history, store = memory_history(clock, hold=True)
+    alice = Peer("alice")
+    room.join(alice)
+    pending_at_delivery: list[list[str]] = []
+
+    class Watcher(Peer):
+        def deliver(self, data: bytes) -> None:
+            pending_at_delivery.append([name for name, _, _ in store.pending])
+            super().deliver(data)
+
+    bob = Watcher("bob")
+    room.join(bob)
+    send(history, room, alice, 1)
+    clock.advance(0)  # message 1's write is in flight
+    send(history, room, alice, 2)
+    send(history, room, alice, 3)
+    assert [name for name, _, _ in store.pending] == ["append"]  # one write at a time
+    store.answer()  # 1 is committed: 2 and 3 go to the store, then 1 is relayed
+    assert bob.messages() == [(1, False)]
+    assert pending_at_delivery == [["append"]]
+    assert [r.n for r in store.rows] == [1]  # 2 and 3 not stored: not relayed
+    store.answer()
+    assert bob.messages() == [(1, False), (2, False), (3, False)]
+    assert [r.n for r in store.rows] == [1, 2, 3]
+    assert alice.acks == [(1, 1), (2, 2), (3, 3)]
+    assert store.pending == deque()
 
 
 def test_history_off_for_limit_zero(room: Room) -> None:

@@ -128,6 +128,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", metavar="PREFIX",
                         help="run the twistchat server under py-spy; raw profiles go to "
                         "PREFIX-SCENARIO-N-I.txt (CPU figures then include some sampling cost)")
+    parser.add_argument("--profiler", choices=("py-spy", "cprofile"), default="py-spy",
+                        help="with --profile: py-spy (every thread, sampled), or cprofile "
+                        "(twistd's own --profiler: the reactor thread only, every call, "
+                        "much slower; pstats files PREFIX-SCENARIO-N-I.pstats)")
     hard = parser.add_argument_group("hardening scenarios (defaults: the full mode's)")
     hard.add_argument("--connections", type=int, help="hardening-idle: connections (1000)")
     hard.add_argument("--waves", type=int, help="hardening-idle: rounds of connections (2)")

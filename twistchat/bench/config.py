@@ -85,6 +85,8 @@ class BenchConfig:
     server_args: str = ""
     plot: str | None = None
     profile: str | None = None
+    #: With C{profile}: C{py-spy}, or C{cprofile} (twistd's own profiler).
+    profiler: str = "py-spy"
     connections: int | None = None
     waves: int | None = None
     handshake_timeout: float | None = None

@@ -176,13 +176,18 @@ def server_command(kind: str, data: Path, options: list[str], before: str | None
         variant's name), C{before} (the twistd of interpreter C{before}), or
         a baseline's name.
     @param profile: for C{twistchat}, run it under py-spy, which writes raw
-        flame-graph lines to this file.
+        flame-graph lines to this file; a name ending in C{.pstats}: under
+        twistd's own cProfile instead (the reactor thread), which writes its
+        statistics there when the server stops.
     """
     if kind in BASELINES:
         return [sys.executable, "-m", f"twistchat.bench.baselines.{kind}_relay", str(data)]
     command = socketchat_command("--data-dir", str(data), "--room", MAIN_ROOM, *options,
                      python=before if kind == "before" else None)
-    if profile and kind != "before":
+    if profile and kind != "before" and profile.endswith(".pstats"):
+        at = command.index("socketchat")
+        command[at:at] = [f"--profile={profile}", "--profiler=cprofile", "--savestats"]
+    elif profile and kind != "before":
         spy = Path(sys.executable).with_name("py-spy")
         command = [str(spy) if spy.exists() else "py-spy", "record", "--format", "raw",
                    "-o", profile, "--", *command]
@@ -197,7 +202,9 @@ class RelayServer(ServerProcess):
 
     def __init__(self, kind: str, workdir: Path, options: list[str], password: str,
                  before: str | None = None, profile: str | None = None) -> None:
-        self.profiled = bool(profile) and kind not in (*BASELINES, "before")
+        #: Under py-spy (twistd's own profiler needs nothing special here).
+        self.profiled = (bool(profile) and kind not in (*BASELINES, "before")
+                         and not str(profile).endswith(".pstats"))
         env = dict(os.environ)
         if kind not in BASELINES:
             env[PASSWORD_ENV] = password
@@ -294,7 +301,9 @@ def run_one(kind: str, setting: Setting, config: BenchConfig) -> dict[str, Any]:
             prepare_rooms(workdir / "data", password, setting)
         profile = None
         if config.profile:
-            profile = f"{config.profile}-{setting.scenario}-{setting.members}-{next(_profiles)}.txt"
+            suffix = "pstats" if config.profiler == "cprofile" else "txt"
+            profile = (f"{config.profile}-{setting.scenario}-{setting.members}-"
+                       f"{next(_profiles)}.{suffix}")
         server = RelayServer(kind, workdir, options, password, config.before, profile)
         run = Run(kind, setting, config, server, password, options)
         try:
