@@ -220,6 +220,26 @@ def test_rate_recovers_with_time(verifier: Any) -> None:
     assert bob.to_client.of("notice") == []
 
 
+def test_rate_bucket_made_on_first_use_is_full_but_no_fuller(verifier: Any) -> None:
+    """
+    The rate bucket is made on a member's first message, not when it joins:
+    after a long quiet spell the member gets the burst, and no more, exactly
+    as a bucket made at the join would have allowed.
+    """
+    chat = relay(verifier, message_rate=1, message_burst=3)
+    alice, bob = chat.login("alice", PASSWORD), chat.login("bob", PASSWORD, keepalive=None)
+    chat.advance(50)
+    for i in range(5):
+        bob.client.send_text(f"m{i}")
+    chat.flush()
+    assert [t for _, t in alice.events.messages()] == ["m0", "m1", "m2"]
+    assert bob.to_client.types()[-1] == "notice"
+    chat.advance(1)
+    bob.client.send_text("m5")
+    chat.flush()
+    assert [t for _, t in alice.events.messages()][-1] == "m5"
+
+
 def test_late_joiner_gets_history_then_live(verifier: Any) -> None:
     """
     With history (on the in-memory store), a member who joins late is sent

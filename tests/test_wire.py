@@ -4,7 +4,9 @@ The message schema: strict decoding, and fuzzing of every decoder.
 
 from __future__ import annotations
 
+import base64
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -159,3 +161,38 @@ def test_max_text_fits_the_frame_limit(max_frame: int) -> None:
 def test_welcome_announces_the_text_limit_for_the_frame_limit() -> None:
     assert wire.max_text_for(wire.MAX_FRAME) == wire.MAX_TEXT_BYTES
     assert wire.max_text_for(4096) < wire.max_text_for(8192) < wire.MAX_TEXT_BYTES
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _walked(value: Any) -> Any:
+    """
+    Bytes anywhere in C{value} as base64 text (what L{wire.encode} promises).
+    """
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, list):
+        return [_walked(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _walked(item) for key, item in value.items()}
+    return value
+
+
+@given(fields=st.dictionaries(st.text().filter(lambda k: k != "type"), _json_values, max_size=5))
+def test_encode_turns_bytes_anywhere_into_base64(fields: dict[str, Any]) -> None:
+    """
+    The encoder's own hook converts bytes at any depth (a member list's keys):
+    the same text as converting them first, then encoding.
+    """
+    expected = json.dumps({"type": "x", **_walked(fields)}, separators=(",", ":"))
+    assert wire.encode("x", **fields) == expected.encode("ascii")
+
+
+def test_encode_refuses_what_json_cannot_carry() -> None:
+    with pytest.raises(TypeError, match="a set cannot be sent"):
+        wire.encode("x", members=[{"key": {1}}])

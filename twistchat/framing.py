@@ -32,6 +32,9 @@ from twisted.protocols.basic import StringTooLongError
 from twistchat.errors import FrameTooLong
 
 _PREFIX = Struct(">I")
+#: What every framer holding no bytes has as its chunks: never appended to
+#: (L{Int32Framer.feed} makes a deque of its own first).
+_NOTHING: deque[bytes] = deque()
 
 
 def no_delay(transport: object) -> None:
@@ -65,7 +68,9 @@ class Int32Framer:
     PREFIX_BYTES = _PREFIX.size
 
     def __init__(self) -> None:
-        self._chunks: deque[bytes] = deque()
+        #: The chunks held; L{_NOTHING} (shared) while none are, so that an idle
+        #: connection does not keep a deque's first block (about 600 bytes).
+        self._chunks: deque[bytes] = _NOTHING
         #: Bytes of C{_chunks[0]} already returned.
         self._offset = 0
         #: Bytes held and not yet returned.
@@ -92,6 +97,8 @@ class Int32Framer:
         the framer has refused a frame.
         """
         if data and self.refused is None:
+            if self._chunks is _NOTHING:
+                self._chunks = deque()
             self._chunks.append(data)
             self._held += len(data)
 
@@ -99,7 +106,7 @@ class Int32Framer:
         """
         Forget every byte held; the next byte fed starts a new frame.
         """
-        self._chunks.clear()
+        self._chunks = _NOTHING
         self._offset = self._held = 0
         self._length = None
 
@@ -117,6 +124,8 @@ class Int32Framer:
         """
         if self._length is None:
             if self.refused is not None or self._held < self.PREFIX_BYTES:
+                if not self._held:
+                    self._chunks = _NOTHING
                 return None
             length = self._read_prefix()
             if length > max_length:

@@ -434,8 +434,13 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         gets an answer or costs a decode, so a flood of them is held to the
         same rate. Past the rate: a notice, then a disconnect.
         """
-        assert self._bucket is not None
-        if self._bucket.take(self.factory.clock.seconds()):
+        now = self.factory.clock.seconds()
+        if self._bucket is None:
+            # Made on a member's first message or request, full: one made when
+            # it joined would have filled up to the same burst by then.
+            limits = self.factory.limits
+            self._bucket = TokenBucket(limits.message_rate, limits.message_burst, now)
+        if self._bucket.take(now):
             self._too_fast = 0
             return None
         return Input.OVER_RATE, None
@@ -534,9 +539,6 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         limits = self.factory.limits
         self.MAX_LENGTH = limits.max_frame
         self.setTimeout(limits.idle_timeout)
-        self._bucket = TokenBucket(
-            limits.message_rate, limits.message_burst, self.factory.clock.seconds()
-        )
         self.transport.registerProducer(self, True)
 
     def _send_welcome(self, message: wire.Message) -> None:
