@@ -163,6 +163,10 @@ class Options(usage.Options):
          "Serve Prometheus metrics (/metrics) and a health check (/healthz) on "
          "this Twisted endpoint description, e.g. tcp:9108:interface=127.0.0.1 "
          "(needs twistchat[metrics]; see docs/operations.md)."],
+        ["web", None, None,
+         "Also serve the browser page and its WebSocket over HTTPS, with the "
+         "server's certificate: a port, or a Twisted endpoint description such as "
+         "tcp:8443:interface=127.0.0.1 (needs twistchat[web]; see docs/operations.md)."],
         ["workers", None, 0,
          "With --redis: run this many worker processes sharing the port (each a "
          "node of the group), supervised by this one (0: serve in this process).", _count],
@@ -190,6 +194,8 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["web-origin"] = []
+        self.web_origins: list[str] = []
         #: The arguments as given (the workers of --workers get them again).
         self.argv: list[str] = []
 
@@ -208,6 +214,16 @@ class Options(usage.Options):
         "systemd:domain=INET:index=0 for a socket passed by systemd. The server "
         "adds its own TLS, so give the plain transport (tcp:, not ssl:). Repeat "
         "to listen in several places."
+    )
+
+    def opt_web_origin(self, origin: str) -> None:
+        self["web-origin"].append(origin)
+
+    opt_web_origin.__doc__ = (
+        "With --web: also accept WebSocket logins from a page of this origin "
+        "(e.g. https://chat.example.org behind a reverse proxy). The origins of "
+        "the names in the certificate, on the --web port, are accepted anyway. "
+        "Repeat for more."
     )
 
     def postOptions(self) -> None:
@@ -261,6 +277,7 @@ class Options(usage.Options):
         self._check_workers()
         self.endpoints = self._endpoints()
         self.metrics_endpoint = self._metrics_endpoint()
+        self.web_endpoint = self._web_endpoint()
         self.redis = self._redis()
         # From here on the options are fine; what fails is a file or folder.
         self.data_dir = Path(self["data-dir"])
@@ -386,6 +403,62 @@ class Options(usage.Options):
         except (ValueError, TypeError, AttributeError, LookupError) as e:
             raise usage.UsageError(
                 f"--metrics {description}: not an endpoint description twistd "
+                f"can use ({e})"
+            ) from None
+
+    def _web_endpoint(self) -> IStreamServerEndpoint | None:
+        """
+        Parse --web (a port, or an endpoint description without TLS) and
+        --web-origin; None without --web.
+
+        @raise usage.UsageError: for a description that is not one, that is
+            TLS already, or that names the chat or metrics port.
+        @raise CannotStart: without autobahn installed.
+        """
+        description = self["web"]
+        if description is None:
+            if self["web-origin"]:
+                raise usage.UsageError("--web-origin needs --web")
+            return None
+        if self["workers"]:
+            raise usage.UsageError("--web is served by one process: not with --workers")
+        if description.strip().isdigit():
+            interface = self["interface"].replace(":", "\\:")
+            description = f"tcp:{int(description)}" + (
+                f":interface={interface}" if interface else "")
+        try:
+            _refuse_tls(description)
+        except usage.UsageError:
+            raise usage.UsageError(
+                f"--web {self['web']}: the page is served with the server's own TLS "
+                "(its certificate, TLS 1.3 only), so describe the plain transport: tcp:..."
+            ) from None
+        port = _tcp_port(description)
+        chat = ([_tcp_port(d) for d in self["listen"]] if self["listen"]
+                else [self["port"]])
+        taken = chat + ([_tcp_port(self["metrics"])] if self["metrics"] else [])
+        if port and port in taken:
+            raise usage.UsageError(
+                f"--web {self['web']}: that port is taken by the chat or metrics port; "
+                "give the page a port of its own (e.g. --web 8443)"
+            )
+        try:
+            from twistchat.server.web import normalise_origin
+        except ImportError:
+            raise CannotStart(
+                "--web needs autobahn: pip install 'twistchat[web]'"
+            ) from None
+        try:
+            self.web_origins = [normalise_origin(o) for o in self["web-origin"]]
+        except ValueError as e:
+            raise usage.UsageError(f"--web-origin: {e}") from None
+        from twisted.internet import reactor
+
+        try:
+            return serverFromString(reactor, description)
+        except (ValueError, TypeError, AttributeError, LookupError) as e:
+            raise usage.UsageError(
+                f"--web {self['web']}: not a port or an endpoint description twistd "
                 f"can use ({e})"
             ) from None
 
@@ -557,10 +630,13 @@ def makeService(options: Options) -> service.IService:
         decoy_secret=options.decoy_secret,
     )
     chat = _chat_service(options, factory)
-    if metrics is None:
+    if metrics is None and options.web_endpoint is None:
         return chat
     top = service.MultiService()
     chat.setServiceParent(top)
+    _web_service(options, factory, top)
+    if metrics is None:
+        return top
     probe = getattr(store, "probe", None)
     _metrics_service(options, factory, metrics, chat, probe).setServiceParent(top)
     return top
@@ -607,6 +683,32 @@ def _metrics_service(options: Options, factory: ChatServerFactory, metrics: Metr
         StateCollector(factory, room_names=bool(options["metrics-room-names"])),
         reactor, listening=lambda: bool(chat.ports), probe=probe,
     )
+
+
+def _web_service(options: Options, factory: ChatServerFactory,
+                 parent: service.MultiService) -> None:
+    """
+    With --web: serve the page and the WebSocket into C{factory}'s rooms,
+    under C{parent}, after the chat port.
+    """
+    if options.web_endpoint is None:
+        return
+    from twisted.internet import reactor
+
+    from twistchat.server import web
+
+    certificate = options.certificate.original.to_cryptography()
+    factory.channel_binding = web.channel_binding(factory.channel_binding)
+    sockets = web.ChatSocketFactory(factory, web.certificate_sha256(certificate))
+    # A self-signed certificate is accepted by a browser only after a click,
+    # which HSTS would rule out for a year: only a CA-issued one gets it.
+    hsts = options["tls-cert"] is not None and web.is_ca_issued(certificate)
+    site = web.site(sockets, hsts, timeout=options.limits.idle_timeout)
+    endpoint = wrapServerTLS(server_options(options.certificate), options.web_endpoint,
+                             reactor)
+    web.WebService(endpoint, options["web"], sockets, site,
+                   web.certificate_names(certificate),
+                   options.web_origins).setServiceParent(parent)
 
 
 def _chat_service(options: Options, factory: ChatServerFactory,
@@ -670,6 +772,7 @@ def _redis_service(options: Options) -> service.IService:
     # Rooms come from Redis (twistchat-passwd --redis), not the rooms folder.
     chat = _chat_service(options, factory, watch_rooms=False)
     chat.setServiceParent(node)
+    _web_service(options, factory, node)
     if metrics is not None:
         # Health: listening, and Redis takes a real write.
         link.observe = metrics.redis_seconds.observe

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 from twistchat.crypto.seal import encode_field
 
-__all__ = ["NONCE_BYTES", "WEB_BINDING_LABEL", "web_binding"]
+__all__ = ["CERT_HASH_BYTES", "NONCE_BYTES", "WEB_BINDING_LABEL", "web_binding"]
 
 #: The label that starts a browser's channel binding.
 WEB_BINDING_LABEL = b"twistchat/2 web binding\x00"
 #: Bytes of the server's per-connection nonce.
 NONCE_BYTES = 32
-_HASH_BYTES = 32
+#: Bytes of the certificate hash (SHA-256).
+CERT_HASH_BYTES = 32
 
 
 def web_binding(origin: str, nonce: bytes, cert_sha256: bytes) -> bytes:
@@ -45,6 +46,6 @@ def web_binding(origin: str, nonce: bytes, cert_sha256: bytes) -> bytes:
     """
     if not isinstance(nonce, (bytes, bytearray)) or len(nonce) != NONCE_BYTES:
         raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
-    if not isinstance(cert_sha256, (bytes, bytearray)) or len(cert_sha256) != _HASH_BYTES:
-        raise ValueError(f"certificate hash must be {_HASH_BYTES} bytes")
+    if not isinstance(cert_sha256, (bytes, bytearray)) or len(cert_sha256) != CERT_HASH_BYTES:
+        raise ValueError(f"certificate hash must be {CERT_HASH_BYTES} bytes")
     return WEB_BINDING_LABEL + bytes(nonce) + bytes(cert_sha256) + encode_field("origin", origin)

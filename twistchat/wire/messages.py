@@ -33,6 +33,7 @@ from twistchat.crypto.seal import (
 )
 from twistchat.crypto.signed import MAX_ENVELOPE_BYTES, MAX_SIGNED_CIPHERTEXT
 from twistchat.crypto.spake2plus import MAC_BYTES, POINT_BYTES
+from twistchat.crypto.webbinding import CERT_HASH_BYTES, NONCE_BYTES
 from twistchat.errors import BadMessage
 
 # Sizes fixed by the cryptography (session id, tag, points, MACs, counters, padding,
@@ -253,6 +254,9 @@ FROM_SERVER: Schema = {
     "error": ({"code": text(32), "text": text(MAX_TEXT_FIELD)}, {}),
     "ping": ({}, {"id": _token}),
     "pong": ({}, {"id": _token}),
+    # Only on a WebSocket, as its first frame: what the page binds its login to
+    # (twistchat.crypto.webbinding).
+    "web-hello": ({"nonce": binary(NONCE_BYTES), "cert": binary(CERT_HASH_BYTES)}, {}),
 }
 
 

@@ -13,7 +13,7 @@ import { MAX_SALT_BYTES, MIN_SALT_BYTES } from './kdf.js';
 import { PUBLIC_KEY_BYTES } from './identity.js';
 import { MAX_COUNTER, MAX_TEXT_BYTES, PAD_BLOCK, SID_BYTES, TAG_BYTES } from './seal.js';
 import { MAX_LOST, MIN_OVERHEAD } from './signed.js';
-import { MAC_BYTES, POINT_BYTES } from './spake2plus.js';
+import { HASH_BYTES, MAC_BYTES, NONCE_BYTES, POINT_BYTES } from './spake2plus.js';
 
 export const PROTOCOL_VERSION = 3;
 export const MAX_FRAME_PREAUTH = 4096;
@@ -325,6 +325,9 @@ export const FROM_SERVER = {
   error: [{ code: text(32), text: text(MAX_TEXT_FIELD) }, {}],
   ping: [{}, { id: token }],
   pong: [{}, { id: token }],
+  // Only on a WebSocket, as its first frame: what the page binds its login to
+  // (webBinding in spake2plus.js).
+  'web-hello': [{ nonce: binary(NONCE_BYTES), cert: binary(HASH_BYTES) }, {}],
 };
 
 /** Each type's [required field names, optional field names], for drift checks. */

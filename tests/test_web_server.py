@@ -1,0 +1,249 @@
+"""
+The web port end to end: a real C{twistd -n socketchat --web} on loopback with
+real TLS; a browser stand-in (tests/webclient.py: Autobahn's WebSocket client
+over TLS pinned to the server's certificate, the browser's channel binding, the
+ordinary client protocol) as a process; the real terminal client as another.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from twistchat.bench.processes import LineNotSeen, Lines
+
+from tests.test_e2e import Client, Server, env
+
+HERE = Path(__file__).parent
+PASSWORD = "correct horse battery staple"
+WEB_LINE = r"web page and WebSocket on port (\d+)"
+
+
+class WebServer(Server):
+    def __init__(self, workdir: Path, *args: str) -> None:
+        (workdir / "pw").write_text(PASSWORD + "\n")
+        super().__init__(workdir, "--password-file", str(workdir / "pw"),
+                         "--web", "tcp:0:interface=127.0.0.1", *args)
+        self.web = int(self.log.wait_for(WEB_LINE).group(1))
+        self.cert = self.data / "server.pem"
+
+
+class Browser:
+    """
+    tests/webclient.py as a process.
+    """
+
+    def __init__(self, server: WebServer, name: str, *options: str,
+                 password: str = PASSWORD) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE / "webclient.py"), str(server.web), str(server.cert),
+             name, *options],
+            cwd=server.workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+            env=env(server.workdir, TWISTCHAT_PASSWORD=password))
+        assert self.process.stdout is not None
+        self.out = Lines(self.process.stdout)
+
+    def say(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def finish(self) -> list[str]:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+        return self.out.rest(timeout=5)
+
+
+@pytest.fixture
+def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    running = WebServer(tmp_path)
+    try:
+        yield running
+    finally:
+        assert running.stop()
+        assert "Traceback" not in "\n".join(running.log.seen)
+
+
+def get(server: WebServer, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """
+    One HTTPS request, trusting the test server's own certificate only.
+    """
+    context = ssl.create_default_context(cafile=str(server.cert))
+    request = urllib.request.Request(f"https://127.0.0.1:{server.web}{path}", method=method)
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+       "connect-src 'self'")
+
+
+@pytest.mark.parametrize("path", ["/", "/index.html", "/twistchat.js", "/no-such-file"])
+def test_headers_on_every_response(server: WebServer, path: str) -> None:
+    status, headers, body = get(server, path)
+    assert status == (404 if "no-such" in path else 200)
+    assert headers["Content-Security-Policy"].startswith(CSP)
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["X-Frame-Options"] == "DENY"
+    # A self-signed certificate: no HSTS (a browser would then refuse the click-through).
+    assert "Strict-Transport-Security" not in headers
+    if path == "/twistchat.js":
+        assert headers["Content-Type"].startswith("text/javascript")
+    if path in ("/", "/index.html"):
+        assert b'<script type="module" src="/twistchat.js"></script>' in body
+
+
+def test_only_get_and_no_listings(server: WebServer) -> None:
+    assert get(server, "/", method="POST")[0] == 405
+    assert get(server, "/", method="HEAD")[0] == 200
+    assert get(server, "/../setup.cfg")[0] == 404
+
+
+def test_browser_and_terminal_chat_in_one_room(server: WebServer) -> None:
+    terminal = Client(server.workdir, server.port, "alice", password=PASSWORD)
+    terminal.out.wait_for("connected — you can start sending messages")
+    browser = Browser(server, "bob")
+    try:
+        browser.out.wait_for("web-hello cert ok")
+        browser.out.wait_for("logged in")
+        terminal.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) entered the room")
+        terminal.say("hello from the terminal")
+        browser.out.wait_for(re.escape("[ alice: ] hello from the terminal"))
+        browser.say("hello from the page")
+        terminal.out.wait_for(re.escape("[ bob: ] hello from the page"))
+        server.log.wait_for(r"bob \(127\.0\.0\.1, \d+\) connected to room 'main'")
+    finally:
+        browser.finish()
+    terminal.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) left the room")
+    assert terminal.finish() == 0
+    log = "\n".join(server.log.seen)
+    assert "hello from" not in log
+
+
+def test_wrong_password_same_error_as_terminal(server: WebServer) -> None:
+    terminal = Client(server.workdir, server.port, "eve", password="not it")
+    assert terminal.finish() == 1
+    said = [line for line in terminal.err.rest() if "Unable to connect" in line]
+    browser = Browser(server, "mallory", password="not it")
+    browser.out.wait_for("closed")
+    lines = browser.finish()
+    assert said == ["Unable to connect: wrong password, or the server could not prove "
+                    "it knows this room"]
+    assert set(said) == {line for line in browser.out.seen + lines if "Unable to connect" in line}
+    server.log.wait_for(r"failed to join room 'main' as mallory")
+
+
+def test_other_origin_is_refused_with_403(server: WebServer) -> None:
+    browser = Browser(server, "bob", "--origin", "https://evil.example")
+    browser.out.wait_for("handshake refused: .*403")
+    browser.finish()
+    server.log.wait_for(r"WebSocket refused: origin 'https://evil.example' is not one")
+    assert not any("logged in" in line for line in browser.out.seen)
+
+
+def test_oversize_message_is_refused_others_unaffected(server: WebServer) -> None:
+    terminal = Client(server.workdir, server.port, "alice", password=PASSWORD)
+    terminal.out.wait_for("connected — you can start sending messages")
+    browser = Browser(server, "bob", "--oversize", "100000")
+    browser.out.wait_for("error frame-too-long: frame of 100000 bytes exceeds the limit "
+                         "of 4096 bytes")
+    browser.out.wait_for("closed")
+    browser.finish()
+    server.log.wait_for(r"sent a frame of 100000 bytes, over the limit of 4096")
+    other = Browser(server, "carol")
+    try:
+        other.out.wait_for("logged in")
+        terminal.say("still here")
+        other.out.wait_for("still here")
+    finally:
+        other.finish()
+    assert terminal.finish() == 0
+
+
+def test_text_message_is_refused(server: WebServer) -> None:
+    browser = Browser(server, "bob", "--text")
+    browser.out.wait_for("error bad-message: a text WebSocket message: send each frame as "
+                         "one binary message")
+    browser.out.wait_for("closed")
+    browser.finish()
+
+
+def test_slow_websocket_reader_is_dropped(tmp_path: Path) -> None:
+    server = WebServer(tmp_path, "--max-send-queue", "65536", "--message-rate", "10000",
+                       "--message-burst", "10000")
+    try:
+        slow = Browser(server, "slow", "--stop-reading")
+        slow.out.wait_for("stopped reading")
+        terminal = Client(server.workdir, server.port, "alice", password=PASSWORD)
+        terminal.out.wait_for("connected — you can start sending messages")
+        line = "y" * 3000
+        dropped = False
+        for _ in range(40):  # bounded: at most 2000 messages of 3000 characters
+            for _ in range(50):
+                terminal.say(line)
+            try:
+                server.log.wait_for(r"slow \(127\.0\.0\.1, \d+\) is not reading", timeout=1)
+            except LineNotSeen:
+                continue
+            dropped = True
+            break
+        assert dropped, "the slow WebSocket reader was not dropped"
+        terminal.out.wait_for(r"\* slow \(127\.0\.0\.1:\d+\) left the room")
+        slow.finish()
+        assert terminal.finish() == 0
+    finally:
+        assert server.stop()
+    assert "Traceback" not in "\n".join(server.log.seen)
+
+
+# --- options (no listening) --------------------------------------------------------
+
+
+def test_web_without_autobahn_is_one_clear_line(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from twistchat.server.service import CannotStart
+
+    from tests.test_tap import parse
+
+    monkeypatch.setitem(sys.modules, "autobahn", None)
+    monkeypatch.delitem(sys.modules, "twistchat.server.web", raising=False)
+    with pytest.raises(CannotStart, match=r"^twistd socketchat: --web needs autobahn: "
+                                          r"pip install 'twistchat\[web\]'$"):
+        parse(tmp_path, "--web", "8443")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--web-origin", "https://x.example"], "--web-origin needs --web"),
+    (["--web", "ssl:8443"], "describe the plain transport"),
+    (["--web", "7777"], "taken by the chat or metrics port"),
+    (["--web", "8443", "--web-origin", "x.example"], "not an origin"),
+])
+def test_web_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    from twisted.python import usage
+
+    from tests.test_tap import parse
+
+    with pytest.raises(usage.UsageError, match=message):
+        parse(tmp_path, *args)
+
+
+def test_origins_and_hsts_rule() -> None:
+    from twistchat.server.web import normalise_origin, origins_for
+
+    assert origins_for(["localhost", "::1", "Chat.Example"], 8443) == {
+        "https://localhost:8443", "https://[::1]:8443", "https://chat.example:8443"}
+    assert origins_for(["chat.example"], 443) == {"https://chat.example"}
+    assert normalise_origin("HTTPS://Chat.Example:8443/") == "https://chat.example:8443"
