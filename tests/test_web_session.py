@@ -22,8 +22,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from twistchat.bench.processes import Lines
 from twistchat import wire
+from twistchat.bench.processes import Lines
 from twistchat.crypto.webbinding import web_binding
 from twistchat.errors import CODES, ServerNotAuthenticated
 
