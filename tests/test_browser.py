@@ -310,3 +310,101 @@ def test_phone_and_keyboard_alone(server: WebServer, members: list[Client],
         assert send["y"] + send["height"] <= PHONE[1]
         browser.screenshot(tmp_path / "phone.png")
         check_clean(browser, server)
+
+
+def test_reconnect_with_visible_state(tmp_path: Path, members: list[Client]) -> None:
+    server = WebServer(tmp_path)
+    web = server.web
+    try:
+        with Chromium(pin_of(server.cert), tmp_path) as browser:
+            open_page(browser, server)
+            join(browser, "bob")
+            assert server.stop()
+            text = browser.wait_for_text(
+                re.compile(r"Reconnecting in \d+ s \(attempt \d+\): the server is shutting down").search)
+            assert "Connection lost: the server is shutting down" in text
+            # The same port again; the page finds it on its own.
+            server = WebServer(tmp_path, "--web", f"tcp:{web}:interface=127.0.0.1")
+            browser.wait_for_text("* Reconnected: back in room main")
+            browser.wait_for_text("Connected to room main as bob")
+            alice = terminal(server, members, "alice")
+            say(browser, "after the restart")
+            alice.out.wait_for(re.escape("[ bob: ] after the restart"))
+            browser.press("Leave")
+            browser.wait_for_text("Left the room")
+            assert not browser.field("Message").is_enabled()
+            check_clean(browser, server)
+    finally:
+        server.stop()
+
+
+#: A page-side micro benchmark, run in Chromium on the shipped bundle (what
+#: the page does per message: sign with the WebCrypto key and seal; open and
+#: verify a peer's). Seconds per message, and the bundle's own scrypt.
+MEASURE = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  const tc = await import('/twistchat.js');
+  const { kdf, seal, signed } = tc;
+  const subtle = crypto.subtle;
+  const pair = await subtle.generateKey({ name: 'Ed25519' }, false, ['sign', 'verify']);
+  const me = { publicKey: new Uint8Array(await subtle.exportKey('raw', pair.publicKey)),
+    sign: async (d) => new Uint8Array(await subtle.sign('Ed25519', pair.privateKey, d)) };
+  const key = crypto.getRandomValues(new Uint8Array(32));
+  const sealer = await seal.Sealer.create(key, 'main', 'bob');
+  const opener = new seal.Opener(key, 'main');
+  const count = 200;
+  const sealed = [];
+  let t = performance.now();
+  let prev = signed.NO_HASH;
+  for (let i = 0; i < count; i++) {
+    const sent = await signed.sealSigned(sealer, me, { seq: BigInt(i + 1), prev,
+      seen: signed.NO_HASH, text: 'a short message of about forty characters' });
+    sealed.push(sent);
+    prev = sent.hash;
+  }
+  const sealMs = (performance.now() - t) / count;
+  t = performance.now();
+  for (const m of sealed) await signed.openMessage(opener, 'bob', m.sid, m.n, m.ciphertext);
+  const openMs = (performance.now() - t) / count;
+  t = performance.now();
+  await kdf.deriveSecrets('correct horse', new Uint8Array(16), { n: 32768, r: 8, p: 1 });
+  const scryptMs = performance.now() - t;
+  done({ sealMs, openMs, scryptMs });
+})().catch((e) => done({ error: String(e) }));
+"""
+
+
+def test_measure_the_page(server: WebServer, tmp_path: Path) -> None:
+    """
+    docs/browser.md's figures: load size, login time, per-message cost, in Chromium.
+    """
+    import gzip
+
+    from tests.test_web_crypto import BUNDLE
+
+    files = ["index.html", "style.css", "app.js", "twistchat.js", "favicon.svg"]
+    raw = sum((BUNDLE.parent / name).stat().st_size for name in files)
+    packed = sum(len(gzip.compress((BUNDLE.parent / name).read_bytes(), 9)) for name in files)
+    with Chromium(pin_of(server.cert), tmp_path) as browser:
+        open_page(browser, server)
+        logins = []
+        for attempt in range(3):
+            started = time.monotonic()
+            assert "Connected to room main as bob" in join(browser, "bob")
+            logins.append(time.monotonic() - started)
+            browser.press("Leave")
+            browser.wait_for_text("Left the room")
+            browser.reload()
+            browser.wait_for_text("Not connected")
+        browser.driver.set_script_timeout(120)
+        got = browser.driver.execute_async_script(MEASURE)
+        assert "error" not in got, got
+        check_clean(browser, server)
+    print(f"\npage files: {raw} bytes, {packed} gzipped;"
+          f" login (median of 3, press Join to 'Connected'): {sorted(logins)[1]:.2f} s;"
+          f" scrypt alone: {got['scryptMs']:.0f} ms;"
+          f" sign and seal: {got['sealMs']:.2f} ms; open and verify: {got['openMs']:.2f} ms")
+    assert raw < 200_000
+    assert max(logins) < 20
+    assert got["sealMs"] < 50 and got["openMs"] < 50
