@@ -389,7 +389,7 @@ def test_measure_the_page(server: WebServer, tmp_path: Path) -> None:
     with Chromium(pin_of(server.cert), tmp_path) as browser:
         open_page(browser, server)
         logins = []
-        for attempt in range(3):
+        for _ in range(3):
             started = time.monotonic()
             assert "Connected to room main as bob" in join(browser, "bob")
             logins.append(time.monotonic() - started)

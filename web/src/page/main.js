@@ -111,11 +111,11 @@ class Page {
     }
     const li = el('li', null, 'message');
     if (m.history) li.classList.add('history');
-    if (m.time !== null && m.time !== undefined) {
-      const time = el('time', showTime(m.time));
-      time.dateTime = new Date(m.time * 1000).toISOString();
-      li.append(time, ' ');
-    }
+    // Live messages carry no time: they are shown when they arrive.
+    const at = m.time ?? Date.now() / 1000;
+    const time = el('time', showTime(at));
+    time.dateTime = new Date(at * 1000).toISOString();
+    li.append(time, ' ');
     li.append(isolated(m.sender, 'sender'));
     if (unreadable) li.append(' ', el('span', UNREADABLE, 'mark unreadable'));
     else if (!m.signed) li.append(' ', el('span', UNSIGNED, 'mark unsigned'));
