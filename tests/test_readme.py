@@ -103,6 +103,7 @@ CLAIMS = [
     ("reconnect-output", "", r"Reconnecting in"),
     ("rooms", "sh", r"twistchat-passwd "),
     ("history-output", "", r"^--- history ---"),
+    ("web", "sh", r"^\.venv/bin/twistd -n socketchat --port 7777 --web 8443$"),
     ("twisted", "python", r"task\.react"),
     ("blocking", "python", r"BlockingChat"),
 ]
@@ -122,6 +123,7 @@ RUN_BY = {
     "reconnect": "test_reconnect",
     "reconnect-output": "test_reconnect",
     "rooms": "test_rooms_and_history",
+    "web": "test_from_a_browser",
     "history-output": "test_rooms_and_history",
 }
 
@@ -452,3 +454,24 @@ def test_rooms_and_history(tmp_path: Path, started: list) -> None:
     started.append(late)
     expect(late.out, block("history-output"), port)
     assert late.finish() == 0
+
+
+def test_from_a_browser(tmp_path: Path, started: list) -> None:
+    """
+    "From a browser": the command serves the page on the web port (on loopback
+    here, and a free port in place of 8443); the page loads in Chromium, trusting
+    the server's own certificate only, and shows its join form and its warning.
+    """
+    from tests.browser import Chromium, pin_of
+
+    (command,) = block("web").commands
+    command = substitute(command, 0).replace(
+        "--web 8443", "--interface 127.0.0.1 --web tcp:0:interface=127.0.0.1")
+    server = ServerProcess(shlex.split(command), tmp_path, env(tmp_path))
+    started.append(server)
+    web = int(server.log.wait_for(r"web page and WebSocket on port (\d+)").group(1))
+    with Chromium(pin_of(tmp_path / "twistchat-data" / "server.pem"), tmp_path) as browser:
+        browser.open(f"https://127.0.0.1:{web}/")
+        text = browser.wait_for_text("Not connected")
+        assert "Join a room" in text
+        assert "whoever serves this page can serve different code" in text

@@ -37,6 +37,8 @@ from twistchat.errors import TwistchatError
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
 BUNDLE = ROOT / "twistchat" / "web" / "static" / "twistchat.js"
+#: The page's own code (web/src/page), which imports the bundle.
+PAGE = BUNDLE.with_name("app.js")
 VECTORS = Path(__file__).resolve().parent / "vectors"
 #: Largest bundle we accept without a second look (bytes).
 MAX_BUNDLE_BYTES = 150_000
@@ -664,9 +666,11 @@ def test_wire_codec_matches_python(results: tuple[dict, dict, dict]) -> None:
 def test_bundle_is_small_and_csp_safe() -> None:
     data = BUNDLE.read_bytes()
     assert len(data) <= MAX_BUNDLE_BYTES, f"bundle grew to {len(data)} bytes"
-    text = data.decode("ascii")
-    for word in ("eval(", "new Function", "Function(", "import(", "document.write", "innerHTML"):
-        assert word not in text, word
+    for path in (BUNDLE, PAGE):
+        text = path.read_text("ascii")
+        for word in ("eval(", "new Function", "Function(", "import(", "document.write",
+                     "innerHTML", "outerHTML", "insertAdjacentHTML", ".style"):
+            assert word not in text, (path.name, word)
     licences = (BUNDLE.parent / "LICENSES.txt").read_text()
     assert "@noble/curves" in licences and "@noble/hashes" in licences
 
@@ -697,3 +701,5 @@ def test_bundle_is_what_the_lockfile_builds(tmp_path: Path) -> None:
     assert build.returncode == 0, build.stderr
     assert out.read_bytes() == BUNDLE.read_bytes(), (
         "twistchat/web/static/twistchat.js is not what web/ builds: run `npm run build` in web/")
+    assert (tmp_path / "app.js").read_bytes() == PAGE.read_bytes(), (
+        "twistchat/web/static/app.js is not what web/ builds: run `npm run build` in web/")

@@ -103,7 +103,7 @@ def test_headers_on_every_response(server: WebServer, path: str) -> None:
     if path == "/twistchat.js":
         assert headers["Content-Type"].startswith("text/javascript")
     if path in ("/", "/index.html"):
-        assert b'<script type="module" src="/twistchat.js"></script>' in body
+        assert b'<script type="module" src="/app.js"></script>' in body
 
 
 def test_only_get_and_no_listings(server: WebServer) -> None:

@@ -1,0 +1,410 @@
+"""
+The page in a real headless Chromium (tests/browser.py) against the real
+C{twistd -n socketchat --web} and the real terminal client, as processes.
+
+The tests drive only what a person can: they type into labelled fields, press
+buttons and keys, and read the rendered text. Each checks that the pages
+contacted no origin but the server's and that the console reports no
+Content-Security-Policy violation.
+
+With C{TWISTCHAT_SCREENSHOT=PATH} set, the chat test also saves its screenshot
+there (README's docs/browser.png is made so).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.browser import PHONE, Chromium, pin_of
+from tests.test_e2e import Client
+from tests.test_e2e_identity import DIGITS_30, DIGITS_60
+from tests.test_web_server import PASSWORD, WebServer
+
+WRONG = "Unable to connect: wrong password, or the server could not prove it knows this room"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[WebServer]:
+    running = WebServer(tmp_path)
+    try:
+        yield running
+    finally:
+        assert running.stop()
+        log = "\n".join(running.log.seen)
+        assert "Traceback" not in log
+        # The server never sees what the page typed (only sealed messages).
+        assert "from the page" not in log and PASSWORD not in log
+
+
+@pytest.fixture
+def members() -> Iterator[list[Client]]:
+    started: list[Client] = []
+    yield started
+    for client in started:
+        if client.process.poll() is None:
+            client.process.kill()
+        client.process.wait(timeout=30)
+
+
+def terminal(server: WebServer, members: list[Client], name: str, *options: str) -> Client:
+    client = Client(server.workdir, server.port, name, password=PASSWORD, options=options)
+    members.append(client)
+    client.out.wait_for("connected — you can start sending messages")
+    return client
+
+
+def origin(server: WebServer) -> str:
+    return f"https://127.0.0.1:{server.web}"
+
+
+def open_page(browser: Chromium, server: WebServer) -> None:
+    browser.open(origin(server) + "/")
+    browser.wait_for_text("Not connected")
+
+
+def join(browser: Chromium, name: str, password: str = PASSWORD, room: str = "main") -> str:
+    browser.type("Room", room)
+    browser.type("Name", name)
+    browser.type("Password", password)
+    browser.press("Join")
+    return browser.wait_for_text(lambda t: "Connected to room" in t or "Unable to connect" in t)
+
+
+def say(browser: Chromium, text: str) -> None:
+    browser.type("Message", text)
+    browser.press("Send")
+
+
+def check_clean(browser: Chromium, server: WebServer) -> None:
+    assert browser.origins() <= {origin(server), f"wss://127.0.0.1:{server.web}"}
+    console = browser.console()
+    assert not [line for line in console if "Content Security Policy" in line], console
+    assert not [line for line in console if "SEVERE" in line or "error" in line.lower()], console
+    from selenium.common.exceptions import NoAlertPresentException
+
+    with pytest.raises(NoAlertPresentException):
+        browser.driver.switch_to.alert.text  # noqa: B018
+
+
+def test_first_screen_says_who_serves_the_code(server: WebServer, tmp_path: Path) -> None:
+    with Chromium(pin_of(server.cert), tmp_path) as browser:
+        open_page(browser, server)
+        text = browser.text()
+        assert "whoever serves this page can serve different code" in text
+        from selenium.webdriver.common.by import By
+
+        browser.driver.find_element(By.LINK_TEXT, "how to check the page").click()
+        browser.wait_for_text("Checking the page you run")
+        assert "sha256sum" in browser.text()
+        check_clean(browser, server)
+
+
+def test_browser_and_terminal_chat(server: WebServer, members: list[Client],
+                                   tmp_path: Path) -> None:
+    alice = terminal(server, members, "alice")
+    with Chromium(pin_of(server.cert), tmp_path) as browser:
+        open_page(browser, server)
+        started = time.monotonic()
+        text = join(browser, "bob")
+        login = time.monotonic() - started
+        assert "Connected to room main as bob" in text, text
+        assert "* In the room: alice (127.0.0.1:" in text
+        alice.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) entered the room")
+        browser.wait_for_text(lambda t: "Members (2)" in t)
+        say(browser, "hello from the page")
+        alice.out.wait_for(re.escape("[ bob: ] hello from the page"))
+        alice.say("hello from the terminal")
+        text = browser.wait_for_text("hello from the terminal")
+        assert re.search(r"alice\s*:\s*hello from the terminal", text), text
+        shot = tmp_path / "browser.png"
+        browser.screenshot(shot)
+        assert shot.read_bytes().startswith(b"\x89PNG")
+        if os.environ.get("TWISTCHAT_SCREENSHOT"):
+            shutil.copy(shot, os.environ["TWISTCHAT_SCREENSHOT"])
+        alice.say("/quit")
+        browser.wait_for_text(re.compile(r"\* alice \(127\.0\.0\.1:\d+\) left the room").search)
+        browser.wait_for_text("* The room is empty.")
+        check_clean(browser, server)
+    print(f"\nlogin in the page (scrypt, SPAKE2+, WebSocket): {login:.2f} s")
+    assert login < 20
+
+
+def test_wrong_password_same_message_as_terminal(server: WebServer, tmp_path: Path) -> None:
+    wrong = Client(server.workdir, server.port, "eve", password="not it")
+    assert wrong.finish() == 1
+    assert WRONG in wrong.err.rest()
+    with Chromium(pin_of(server.cert), tmp_path) as browser:
+        open_page(browser, server)
+        text = join(browser, "mallory", password="not it")
+        assert WRONG in text
+        assert "Connected" not in text
+        # The password field is empty again, and focused for the next try.
+        assert browser.field("Password").get_attribute("value") == ""
+        check_clean(browser, server)
+
+
+HOSTILE_NAME = "<img src=x onerror=alert(1)>"
+HOSTILE_TEXT = ("<script>alert('s')</script> <img src=x onerror=alert('i')> "
+                "\u202eevil\u202c <b>bold</b> \u2067isolated\u2069")
+#: Hebrew first, then an unterminated right-to-left override.
+RTL_TEXT = "\u05e9\u05dc\u05d5\u05dd 1 \u202eunterminated"
+
+
+def test_hostile_names_and_text_are_inert_text(server: WebServer, members: list[Client],
+                                                tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    mallory = terminal(server, members, "mallory")
+    with Chromium(pin_of(server.cert), tmp_path) as browser:
+        page = browser.driver
+        open_page(browser, server)
+        # The server allows only plain ASCII names: the page shows its refusal as text.
+        text = join(browser, HOSTILE_NAME)
+        assert "Unable to connect: invalid name: use 1 to 32 letters" in text
+        join(browser, "bob")
+        mallory.say(HOSTILE_TEXT)
+        mallory.say(RTL_TEXT)
+        browser.wait_for_text("unterminated")
+        text = browser.text()
+        assert HOSTILE_TEXT in text and RTL_TEXT in text
+        # No element came from a text: any <img>, <script> or <b> would be seen.
+        for tag in ("img", "script", "b"):
+            assert page.find_elements(By.CSS_SELECTOR, f"body {tag}") == []
+        # Each sender and text is isolated: on screen the sender stays left of
+        # the colon, and the colon left of the text, whatever the text holds.
+        lines = page.find_elements(By.CSS_SELECTOR, "#messages li.message")
+        assert len(lines) == 2
+        for line in lines:
+            sender, text_part = line.find_elements(By.TAG_NAME, "bdi")
+            colon = line.find_element(By.CLASS_NAME, "colon")
+            assert sender.get_attribute("dir") == text_part.get_attribute("dir") == "auto"
+            assert sender.rect["x"] < colon.rect["x"] < text_part.rect["x"], line.text
+        check_clean(browser, server)
+
+
+def test_reload_asks_again_and_shows_history(server: WebServer, members: list[Client],
+                                             tmp_path: Path) -> None:
+    alice = terminal(server, members, "alice")
+    with Chromium(pin_of(server.cert), tmp_path) as browser:
+        open_page(browser, server)
+        join(browser, "bob")
+        say(browser, "before the reload")
+        alice.out.wait_for(re.escape("[ bob: ] before the reload"))
+        alice.say("while bob reloads")
+        browser.wait_for_text("while bob reloads")
+        browser.reload()
+        text = browser.wait_for_text("Join a room")
+        assert "Connected" not in text
+        # Nothing kept without the opt-in: the password is asked again.
+        browser.press("Join")
+        browser.wait_for_text("Type the room password.")
+        text = join(browser, "bob")
+        assert "Connected to room main as bob" in text
+        text = browser.wait_for_text("--- live ---")
+        history = text[text.index("--- history ---"):text.index("--- live ---")]
+        assert "before the reload" in history and "while bob reloads" in history
+        assert "NOT VERIFIED" not in text and "!!!" not in text
+        alice.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) entered the room")
+        check_clean(browser, server)
+
+
+def test_kept_keys_log_in_after_a_reload_without_the_password(server: WebServer,
+                                                              tmp_path: Path) -> None:
+    with Chromium(pin_of(server.cert), tmp_path) as browser:
+        open_page(browser, server)
+        browser.field("Keep my keys on this device (never the password)").click()
+        join(browser, "bob")
+        browser.reload()
+        browser.wait_for_text("you may leave the password empty")
+        browser.press("Join")
+        assert "Connected to room main as bob" in browser.wait_for_text("Connected to room")
+        browser.reload()
+        browser.wait_for_text("you may leave the password empty")
+        browser.press("Forget my keys")
+        browser.press("Join")
+        browser.wait_for_text("Type the room password.")
+        check_clean(browser, server)
+
+
+def test_key_change_warning_and_same_safety_numbers(server: WebServer, members: list[Client],
+                                                    tmp_path: Path) -> None:
+    alice = terminal(server, members, "alice", "--identity", str(tmp_path / "alice.json"))
+    with Chromium(pin_of(server.cert), tmp_path) as browser:
+        open_page(browser, server)
+        join(browser, "bob")
+        alice.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) entered the room")
+        # The safety number with alice, from both sides.
+        alice.say("/verify bob")
+        theirs = alice.out.wait_for(rf"\* Safety number with bob: ({DIGITS_60})").group(1)
+        browser.press("Verify alice")
+        text = browser.wait_for_text("Compare this")
+        assert " ".join(theirs.split()) in " ".join(text.split())
+        browser.press("Close")
+        say(browser, "/verify alice")
+        assert f"* Safety number with alice: {theirs}" in browser.wait_for_text("Safety number with alice:")
+        browser.press("Close")
+        # The room code too.
+        alice.say("/safety")
+        code = alice.out.wait_for(rf"\* Room safety code: ({DIGITS_30})").group(1)
+        browser.press("Room safety code")
+        browser.press("Close")
+        assert f"* Room safety code: {code}" in browser.wait_for_text("Room safety code:")
+        # alice comes back with another identity key: a warning, and marks.
+        alice.say("/quit")
+        assert alice.finish() == 0
+        browser.wait_for_text(re.compile(r"alice \(127\.0\.0\.1:\d+\) left the room").search)
+        other = terminal(server, members, "alice", "--identity", str(tmp_path / "other.json"))
+        text = browser.wait_for_text("safety number has changed")
+        assert ("!!! WARNING: alice's safety number has changed. Someone else may be using "
+                "the name alice.") in text
+        other.say("it is me, honest")
+        text = browser.wait_for_text("it is me, honest")
+        assert re.search(r"alice \(NOT VERIFIED: key changed\)\s*:\s*it is me, honest", text), text
+        say(browser, "/verify alice")
+        browser.wait_for_text("Safety number with alice (CHANGED: not accepted yet):")
+        browser.press("Close")
+        say(browser, "/accept alice")
+        browser.wait_for_text("* alice's new identity key is now trusted.")
+        other.say("and now")
+        text = browser.wait_for_text("and now")
+        assert re.search(r"alice\s*:\s*and now", text), text
+        check_clean(browser, server)
+
+
+def test_phone_and_keyboard_alone(server: WebServer, members: list[Client],
+                                  tmp_path: Path) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    alice = terminal(server, members, "alice")
+    with Chromium(pin_of(server.cert), tmp_path, size=PHONE) as browser:
+        page = browser.driver
+        # Headless Chromium keeps a window at least 500 pixels wide: emulate
+        # the phone's screen itself.
+        page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": PHONE[0], "height": PHONE[1], "deviceScaleFactor": 3, "mobile": True})
+        open_page(browser, server)
+
+        def keys(*typed: str) -> None:
+            page.switch_to.active_element.send_keys(*typed)
+
+        # The Room field has the focus; Tab goes Room, Name, Password; Enter joins.
+        assert page.switch_to.active_element.get_attribute("id") == "room"
+        keys(Keys.TAB, "bob", Keys.TAB, PASSWORD, Keys.ENTER)
+        browser.wait_for_text("Connected to room main as bob")
+        # Focus is in the message field: Enter sends.
+        keys("typed on a phone", Keys.ENTER)
+        alice.out.wait_for(re.escape("[ bob: ] typed on a phone"))
+        # Nothing wider than the phone: no sideways scrolling, Send on screen.
+        assert page.execute_script("return document.documentElement.scrollWidth") <= PHONE[0]
+        from selenium.webdriver.common.by import By
+
+        send = page.find_element(By.XPATH, "//button[normalize-space()='Send']").rect
+        assert 0 <= send["x"] and send["x"] + send["width"] <= PHONE[0]
+        assert send["y"] + send["height"] <= PHONE[1]
+        browser.screenshot(tmp_path / "phone.png")
+        check_clean(browser, server)
+
+
+def test_reconnect_with_visible_state(tmp_path: Path, members: list[Client]) -> None:
+    server = WebServer(tmp_path)
+    web = server.web
+    try:
+        with Chromium(pin_of(server.cert), tmp_path) as browser:
+            open_page(browser, server)
+            join(browser, "bob")
+            assert server.stop()
+            text = browser.wait_for_text(
+                re.compile(r"Reconnecting in \d+ s \(attempt \d+\): the server is shutting down").search)
+            assert "Connection lost: the server is shutting down" in text
+            # The same port again; the page finds it on its own.
+            server = WebServer(tmp_path, "--web", f"tcp:{web}:interface=127.0.0.1")
+            browser.wait_for_text("* Reconnected: back in room main")
+            browser.wait_for_text("Connected to room main as bob")
+            alice = terminal(server, members, "alice")
+            say(browser, "after the restart")
+            alice.out.wait_for(re.escape("[ bob: ] after the restart"))
+            browser.press("Leave")
+            browser.wait_for_text("Left the room")
+            assert not browser.field("Message").is_enabled()
+            check_clean(browser, server)
+    finally:
+        server.stop()
+
+
+#: A page-side micro benchmark, run in Chromium on the shipped bundle (what
+#: the page does per message: sign with the WebCrypto key and seal; open and
+#: verify a peer's). Seconds per message, and the bundle's own scrypt.
+MEASURE = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  const tc = await import('/twistchat.js');
+  const { kdf, seal, signed } = tc;
+  const subtle = crypto.subtle;
+  const pair = await subtle.generateKey({ name: 'Ed25519' }, false, ['sign', 'verify']);
+  const me = { publicKey: new Uint8Array(await subtle.exportKey('raw', pair.publicKey)),
+    sign: async (d) => new Uint8Array(await subtle.sign('Ed25519', pair.privateKey, d)) };
+  const key = crypto.getRandomValues(new Uint8Array(32));
+  const sealer = await seal.Sealer.create(key, 'main', 'bob');
+  const opener = new seal.Opener(key, 'main');
+  const count = 200;
+  const sealed = [];
+  let t = performance.now();
+  let prev = signed.NO_HASH;
+  for (let i = 0; i < count; i++) {
+    const sent = await signed.sealSigned(sealer, me, { seq: BigInt(i + 1), prev,
+      seen: signed.NO_HASH, text: 'a short message of about forty characters' });
+    sealed.push(sent);
+    prev = sent.hash;
+  }
+  const sealMs = (performance.now() - t) / count;
+  t = performance.now();
+  for (const m of sealed) await signed.openMessage(opener, 'bob', m.sid, m.n, m.ciphertext);
+  const openMs = (performance.now() - t) / count;
+  t = performance.now();
+  await kdf.deriveSecrets('correct horse', new Uint8Array(16), { n: 32768, r: 8, p: 1 });
+  const scryptMs = performance.now() - t;
+  done({ sealMs, openMs, scryptMs });
+})().catch((e) => done({ error: String(e) }));
+"""
+
+
+def test_measure_the_page(server: WebServer, tmp_path: Path) -> None:
+    """
+    docs/browser.md's figures: load size, login time, per-message cost, in Chromium.
+    """
+    import gzip
+
+    from tests.test_web_crypto import BUNDLE
+
+    files = ["index.html", "style.css", "app.js", "twistchat.js", "favicon.svg"]
+    raw = sum((BUNDLE.parent / name).stat().st_size for name in files)
+    packed = sum(len(gzip.compress((BUNDLE.parent / name).read_bytes(), 9)) for name in files)
+    with Chromium(pin_of(server.cert), tmp_path) as browser:
+        open_page(browser, server)
+        logins = []
+        for _ in range(3):
+            started = time.monotonic()
+            assert "Connected to room main as bob" in join(browser, "bob")
+            logins.append(time.monotonic() - started)
+            browser.press("Leave")
+            browser.wait_for_text("Left the room")
+            browser.reload()
+            browser.wait_for_text("Not connected")
+        browser.driver.set_script_timeout(120)
+        got = browser.driver.execute_async_script(MEASURE)
+        assert "error" not in got, got
+        check_clean(browser, server)
+    print(f"\npage files: {raw} bytes, {packed} gzipped;"
+          f" login (median of 3, press Join to 'Connected'): {sorted(logins)[1]:.2f} s;"
+          f" scrypt alone: {got['scryptMs']:.0f} ms;"
+          f" sign and seal: {got['sealMs']:.2f} ms; open and verify: {got['openMs']:.2f} ms")
+    assert raw < 200_000
+    assert max(logins) < 20
+    assert got["sealMs"] < 50 and got["openMs"] < 50

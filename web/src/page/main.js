@@ -1,0 +1,497 @@
+// The page: a room member in the browser on the session of ../session.js.
+// Everything a peer sends (names, messages, reasons) reaches the document
+// through textContent only, each inside its own <bdi> so that bidi controls
+// in it cannot reorder the text around it. No inline script or style: the
+// server's Content-Security-Policy forbids both.
+
+import { errors, kdf, session as S, transcript as T, transport } from '../index.js';
+import { Store, StoredPins, identityFor } from './store.js';
+
+const UNREADABLE = '(unreadable: sealed under an earlier room password)';
+const UNSIGNED = '(unsigned: sent before identity keys)';
+const UNTRUSTED = '(NOT VERIFIED: key changed)';
+const HELP = [
+  '/verify NAME   the safety number with NAME: compare it with them, in person or by a call',
+  '/accept NAME   trust NAME\'s new identity key (after checking the new number)',
+  '/safety        the room safety code: the same for everyone in the room',
+  '/who           everyone in the room',
+  '/quit          leave the room',
+];
+
+const $ = (id) => document.getElementById(id);
+
+/** An element with text (never HTML) and optional class. */
+function el(tag, text, className) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = text;
+  if (className) e.className = className;
+  return e;
+}
+
+/** Text from a peer, isolated from the text around it. */
+function isolated(text, className) {
+  const e = el('bdi', text, className);
+  e.dir = 'auto';
+  return e;
+}
+
+function showTime(seconds) {
+  const t = new Date(seconds * 1000);
+  return [t.getHours(), t.getMinutes(), t.getSeconds()].map((n) => String(n).padStart(2, '0')).join(':');
+}
+
+function groups(digits) {
+  return digits.split(' ');
+}
+
+class Page {
+  constructor(store) {
+    this.store = store;
+    this.session = null;
+    this.inHistory = false;
+    this.countdown = null;
+    this.saveTimer = null;
+    this.origin = location.origin;
+  }
+
+  // --- the state line -----------------------------------------------------------------
+
+  setState(text, kind) {
+    const state = $('state');
+    state.textContent = text;
+    state.dataset.kind = kind;
+  }
+
+  stopCountdown() {
+    if (this.countdown) clearInterval(this.countdown);
+    this.countdown = null;
+  }
+
+  // --- the list of messages and notices ---------------------------------------------
+
+  add(item) {
+    const list = $('messages');
+    const atEnd = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    list.append(item);
+    if (atEnd) item.scrollIntoView({ block: 'end' });
+  }
+
+  notice(text, className = 'notice') {
+    this.add(el('li', text, className));
+  }
+
+  /** A notice with peer text in isolated pieces: parts are strings or [text]. */
+  noticeParts(parts, className = 'notice') {
+    const li = el('li', null, className);
+    for (const p of parts) li.append(Array.isArray(p) ? isolated(p[0]) : p);
+    this.add(li);
+  }
+
+  separator(text) {
+    const li = el('li', text, 'separator');
+    li.setAttribute('role', 'separator');
+    this.add(li);
+  }
+
+  endHistory() {
+    if (this.inHistory) {
+      this.inHistory = false;
+      this.separator('--- live ---');
+    }
+  }
+
+  message(m, unreadable = false) {
+    if (m.history) {
+      if (!this.inHistory) {
+        this.inHistory = true;
+        this.separator('--- history ---');
+      }
+    } else {
+      this.endHistory();
+    }
+    const li = el('li', null, 'message');
+    if (m.history) li.classList.add('history');
+    // Live messages carry no time: they are shown when they arrive.
+    const at = m.time ?? Date.now() / 1000;
+    const time = el('time', showTime(at));
+    time.dateTime = new Date(at * 1000).toISOString();
+    li.append(time, ' ');
+    li.append(isolated(m.sender, 'sender'));
+    if (unreadable) li.append(' ', el('span', UNREADABLE, 'mark unreadable'));
+    else if (!m.signed) li.append(' ', el('span', UNSIGNED, 'mark unsigned'));
+    else if (!m.trusted) li.append(' ', el('span', UNTRUSTED, 'mark changed'));
+    li.append(el('span', ': ', 'colon'));
+    if (!unreadable) li.append(isolated(m.text, 'text'));
+    this.add(li);
+  }
+
+  // --- members --------------------------------------------------------------------
+
+  async showMembers() {
+    const s = this.session;
+    const list = $('members');
+    const items = [];
+    const me = el('li', null, 'me');
+    me.append(isolated(s.name), ' (you)');
+    items.push(me);
+    for (const m of [...s.members].sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      const li = el('li');
+      li.append(isolated(m.name, 'member'));
+      if (m.key && m.key.length) {
+        if (await s.changedKey(m.name)) li.append(' ', el('span', 'key changed', 'mark changed'));
+        const verify = el('button', 'Verify', 'small');
+        verify.type = 'button';
+        verify.setAttribute('aria-label', `Verify ${m.name}`);
+        verify.addEventListener('click', () => this.verify(m.name));
+        li.append(' ', verify);
+      }
+      items.push(li);
+    }
+    list.replaceChildren(...items);
+    $('member-count').textContent = String(items.length);
+  }
+
+  // --- /verify, /accept, /safety: the "compare this" view ---------------------------
+
+  async verify(name) {
+    let number;
+    try {
+      number = await this.session.verify(name);
+    } catch {
+      this.noticeParts(['! No identity key known for ', [name]]);
+      return;
+    }
+    const changed = (await this.session.changedKey(name)) ? ' (CHANGED: not accepted yet)' : '';
+    this.noticeParts(['* Safety number with ', [name], `${changed}: ${number}`]);
+    this.compare(`Safety number with ${name}`, number,
+      `Compare these 60 digits with ${name}, in person or on a call: ${name} sees the same ` +
+      'number with your name on their screen (in the terminal: /verify). If they differ, ' +
+      'someone else holds one of the two keys.');
+  }
+
+  safety() {
+    const code = this.session.safety();
+    this.notice(`* Room safety code: ${code} (the same for everyone with the same room key, members and keys)`);
+    this.compare('Room safety code', code,
+      'Everyone in this room who has the same room key, members and keys sees this same code ' +
+      '(in the terminal: /safety). Read it out to the others; if theirs differs, your views of ' +
+      'the room differ.');
+  }
+
+  compare(title, digits, explanation) {
+    $('compare-title').textContent = title;
+    $('compare-digits').replaceChildren(...groups(digits).map((g) => el('span', g, 'group')));
+    $('compare-text').textContent = explanation;
+    const dialog = $('compare');
+    if (!dialog.open) dialog.showModal();
+    $('compare-close').focus();
+  }
+
+  async accept(name) {
+    if (await this.session.accept(name)) {
+      this.noticeParts(['* ', [name], "'s new identity key is now trusted."]);
+      await this.showMembers();
+    } else {
+      this.noticeParts(['! No changed key waits to be accepted for ', [name]]);
+    }
+  }
+
+  // --- typing -------------------------------------------------------------------------
+
+  async typed(line) {
+    if (!line.trim() || !this.session) return;
+    if (line.startsWith('/')) {
+      const words = line.trim().split(/\s+/);
+      const word = words[0].toLowerCase();
+      if (word === '/quit' || word === '/exit') {
+        await this.session.leave();
+      } else if (word === '/help') {
+        for (const h of HELP) this.notice(h);
+      } else if (word === '/who') {
+        try {
+          const everyone = await this.session.who();
+          this.noticeParts(['* In the room: ', ...everyone.flatMap((m, i) => [
+            i ? ', ' : '', [m.name], m.name === this.session.name ? ' (you)' : ''])]);
+        } catch {
+          this.notice('! Not connected');
+        }
+      } else if (word === '/verify' || word === '/accept') {
+        if (words.length !== 2) this.notice(`! Usage: ${word} NAME`);
+        else if (word === '/verify') await this.verify(words[1]);
+        else await this.accept(words[1]);
+      } else if (word === '/safety') {
+        this.safety();
+      } else {
+        this.noticeParts(['! Unknown command ', [word], ': type /help']);
+      }
+      return;
+    }
+    try {
+      this.session.send(line);
+    } catch (e) {
+      this.notice(`! Not sent: ${e.message}`, 'notice warning');
+      return;
+    }
+    this.message({ sender: this.session.name, text: line, time: Date.now() / 1000, history: false,
+      signed: true, trusted: true });
+    if (this.session.reconnecting) {
+      this.notice(`* Not connected: queued, to be sent after reconnecting (${this.session.pending} waiting).`);
+    }
+    this.saveSoon();
+  }
+
+  // --- the session's events --------------------------------------------------------------
+
+  listener() {
+    return {
+      messageReceived: (m) => {
+        this.message(m);
+        this.saveSoon();
+      },
+      historyUnreadable: (m) => this.message(m, true),
+      historyEnd: () => this.endHistory(),
+      memberJoined: (m) => {
+        this.noticeParts(['* ', [m.name], ` (${m.addr}) entered the room`]);
+        this.showMembers();
+      },
+      memberLeft: (m) => {
+        this.noticeParts(['* ', [m.name], ` (${m.addr}) left the room`]);
+        if (!this.session.members.length) this.notice('* The room is empty.');
+        this.showMembers();
+      },
+      messageRejected: (sender, reason) =>
+        this.noticeParts(['! A message from ', [sender], ' was rejected: ', [reason]], 'notice warning'),
+      memberKeyChanged: (name) => {
+        this.noticeParts(['!!! WARNING: ', [name], "'s safety number has changed. Someone else may be " +
+          'using the name ', [name], '. Their messages are marked until you check the new number (/verify ',
+        [name], ') and type /accept ', [name], '.'], 'notice alarm');
+        this.showMembers();
+      },
+      transcriptAlarm: (a) => this.noticeParts(['!!! ', [a.text]], 'notice alarm'),
+      messageUndelivered: (count) => {
+        for (let i = 0; i < count; i++) {
+          this.notice('! Not sent: the server never acknowledged it (not delivered)', 'notice warning');
+        }
+      },
+      messageRefused: (reason) => this.noticeParts(['! Not sent: refused by the server: ', [reason]], 'notice warning'),
+      notice: (text) => this.noticeParts(['! Server: ', [text]]),
+      reconnecting: (attempt, delay, reason) => this.reconnecting(attempt, delay, reason),
+      reconnected: () => {
+        this.stopCountdown();
+        const queued = this.session.pending;
+        this.noticeParts(['* Reconnected: back in room ', [this.session.room],
+          queued ? `; sending ${queued} queued message(s).` : '.']);
+        this.connected();
+        this.showMembers();
+      },
+      disconnected: (reason) => this.ended(reason),
+      stateChanged: (state) => {
+        if (state === 'logging-in') {
+          this.stopCountdown();
+          this.setState('Logging in again…', 'waiting');
+        } else if (state === 'leaving') {
+          this.setState('Leaving…', 'waiting');
+        }
+      },
+    };
+  }
+
+  reconnecting(attempt, delay, reason) {
+    const lead = attempt === 1 ? `* Connection lost: ${reason}. Reconnecting in ${delay.toFixed(1)} s`
+      : `* Reconnect attempt ${attempt - 1} failed: ${reason}. Retrying in ${delay.toFixed(1)} s`;
+    this.noticeParts([lead.slice(0, 2), [lead.slice(2)], ` (attempt ${attempt})…`]);
+    this.stopCountdown();
+    const until = Date.now() + delay * 1000;
+    const tick = () => {
+      const left = Math.max(0, Math.ceil((until - Date.now()) / 1000));
+      this.setState(`Reconnecting in ${left} s (attempt ${attempt}): ${reason}`, 'waiting');
+    };
+    tick();
+    this.countdown = setInterval(tick, 1000);
+  }
+
+  connected() {
+    const s = this.session;
+    this.setState(`Connected to room ${s.room} as ${s.name}`, 'connected');
+  }
+
+  ended(reason) {
+    this.stopCountdown();
+    this.save();
+    this.setState(reason === null ? 'Left the room' : `Ended: ${reason}`, 'ended');
+    if (reason !== null) this.noticeParts(['Disconnected from chat server: ', [reason]], 'notice alarm');
+    $('compose-fields').disabled = true;
+    $('rejoin').hidden = false;
+  }
+
+  // --- keeping state ----------------------------------------------------------------
+
+  transcriptKey() {
+    return JSON.stringify([this.session.room, this.session.name]);
+  }
+
+  saveSoon() {
+    if (this.saveTimer === null) {
+      this.saveTimer = setTimeout(() => {
+        this.saveTimer = null;
+        this.save();
+      }, 200);
+    }
+  }
+
+  save() {
+    if (!this.session) return;
+    this.store.put('transcripts', this.transcriptKey(), this.session.transcript.state()).catch(
+      (e) => this.notice(`! Could not save the transcript: ${e.message}`, 'notice warning'));
+  }
+
+  // --- joining ---------------------------------------------------------------------------
+
+  async join({ room, name, password, keep }) {
+    const error = $('join-error');
+    error.textContent = '';
+    const keptAt = JSON.stringify([room, name]);
+    const kept = password ? null : await this.store.get('kept', keptAt);
+    if (!password && !kept) {
+      error.textContent = 'Type the room password.';
+      $('password').focus();
+      return;
+    }
+    $('join-fields').disabled = true;
+    const progress = $('progress');
+    progress.hidden = false;
+    progress.value = 0;
+    this.setState('Deriving the room key from the password…', 'waiting');
+    let derived = null;
+    const derive = kept
+      ? async (_password, salt, params) => {
+        if (kept.n !== params.n || kept.r !== params.r || kept.p !== params.p ||
+            !equal(kept.salt, salt)) throw new errors.SaltChanged();
+        return { w0: kept.w0, w1: kept.w1, contentSecret: kept.contentSecret };
+      }
+      : async (pw, salt, params, options) => {
+        const secrets = await kdf.deriveSecrets(pw, salt, params, options);
+        derived = { salt: salt.slice(), n: params.n, r: params.r, p: params.p, ...secrets };
+        return secrets;
+      };
+    const identity = await identityFor(this.store, name);
+    const state = await this.store.get('transcripts', keptAt);
+    let transcript;
+    try {
+      transcript = state ? new T.Transcript(name, identity.publicKey, state) : undefined;
+    } catch {
+      transcript = undefined; // a damaged or foreign state: start the chains afresh
+    }
+    const web = transport.webHello(
+      transport.webSocketConnector(`wss://${location.host}/ws`), this.origin);
+    const started = performance.now();
+    try {
+      this.session = await S.login({
+        connect: web.connect, binding: web.binding, name, room,
+        password: password || '', server: this.origin, listener: this.listener(),
+        pins: new StoredPins(this.store), identity, transcript,
+        reconnect: new S.Reconnect(), derive,
+        onProgress: (f) => {
+          progress.value = f;
+          if (f >= 1) this.setState('Logging in…', 'waiting');
+        },
+      });
+    } catch (e) {
+      if (kept) await this.store.delete('kept', keptAt);
+      error.textContent = `Unable to connect: ${S.describe(e)}`;
+      this.setState('Not connected', 'ended');
+      $('join-fields').disabled = false;
+      progress.hidden = true;
+      $('password').value = '';
+      $('password').focus();
+      return;
+    }
+    $('password').value = '';
+    this.loginSeconds = (performance.now() - started) / 1000;
+    document.body.dataset.loginMs = String(Math.round(this.loginSeconds * 1000));
+    if (keep && derived) await this.store.put('kept', keptAt, derived);
+    if (!keep && !kept) await this.store.delete('kept', keptAt);
+    progress.hidden = true;
+    this.enterRoom(identity);
+  }
+
+  enterRoom(identity) {
+    const s = this.session;
+    $('join-view').hidden = true;
+    $('chat-view').hidden = false;
+    $('room-title').replaceChildren('Room ', isolated(s.room));
+    this.connected();
+    this.notice('connected — you can start sending messages (/help for commands)');
+    if (!s.members.length) this.notice('* The room is empty.');
+    else {
+      this.noticeParts(['* In the room: ', ...s.members.flatMap((m, i) => [
+        i ? ', ' : '', [m.name], ` (${m.addr})`])]);
+    }
+    if (identity.kind !== 'webcrypto') {
+      this.notice('! This browser has no WebCrypto Ed25519: your identity key is kept readable by this page.',
+        'notice warning');
+    }
+    this.showMembers();
+    $('message').focus();
+    s.ended.then(() => this.save());
+  }
+}
+
+function equal(a, b) {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+async function main() {
+  const store = await Store.open();
+  const page = new Page(store);
+  if (!store.persistent) {
+    $('keep-row').hidden = true;
+    $('storage-note').textContent = 'This browser keeps nothing for this page: keys last until you close it.';
+  }
+  const lastRoom = localStorage.getItem('twistchat.room');
+  const lastName = localStorage.getItem('twistchat.name');
+  if (lastRoom) $('room').value = lastRoom;
+  if (lastName) $('name').value = lastName;
+  const showKept = async () => {
+    const kept = await store.get('kept', JSON.stringify([$('room').value, $('name').value]));
+    $('kept-note').hidden = !kept;
+    $('forget').hidden = !kept;
+    if (kept) $('keep').checked = true;
+  };
+  $('room').addEventListener('change', showKept);
+  $('name').addEventListener('change', showKept);
+  await showKept();
+  $('forget').addEventListener('click', async () => {
+    await store.delete('kept', JSON.stringify([$('room').value, $('name').value]));
+    await showKept();
+    $('password').focus();
+  });
+  $('join').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const room = $('room').value.trim();
+    const name = $('name').value.trim();
+    localStorage.setItem('twistchat.room', room);
+    localStorage.setItem('twistchat.name', name);
+    page.join({ room, name, password: $('password').value, keep: $('keep').checked });
+  });
+  $('compose').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const input = $('message');
+    const line = input.value;
+    input.value = '';
+    page.typed(line);
+  });
+  $('safety-button').addEventListener('click', () => page.safety());
+  $('leave').addEventListener('click', () => page.session && page.session.leave());
+  $('compare-close').addEventListener('click', () => $('compare').close());
+  $('compare').addEventListener('close', () => $('message').focus());
+  $('rejoin').addEventListener('click', () => location.reload());
+  window.addEventListener('pagehide', () => page.save());
+  page.setState('Not connected', 'ended');
+  if ($('room').value && $('name').value) $('password').focus();
+  else $('room').focus();
+}
+
+main();
