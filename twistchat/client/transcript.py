@@ -120,6 +120,16 @@ def _bounded(numbers: set[int]) -> set[int]:
     return set(sorted(numbers)[-MAX_MISSING:])
 
 
+#: Sequence numbers above this are written to the state file as decimal
+#: strings: a JSON reader in the page (JavaScript's) rounds larger numbers.
+#: Only a sender that skips ahead can reach them; both readers take either.
+MAX_EXACT = 2**53
+
+
+def _number(value: int) -> int | str:
+    return value if value <= MAX_EXACT else str(value)
+
+
 def _plural(count: int, one: str, many: str) -> str:
     return one if count == 1 else many.format(count=count)
 
@@ -213,16 +223,19 @@ class Transcript:
             "format": _FORMAT,
             "version": 1,
             "out": {
-                "key": self.my_key.hex(), "seq": self.seq, "last": self.last.hex(),
+                "key": self.my_key.hex(), "seq": _number(self.seq), "last": self.last.hex(),
                 "seen": self.seen.hex(),
-                "lost": self.lost,
-                "flight": [[sid.hex(), n, seq] for (sid, n), (seq, _) in self.in_flight.items()],
+                "lost": [_number(x) for x in self.lost],
+                "flight": [[sid.hex(), n, _number(seq)]
+                           for (sid, n), (seq, _) in self.in_flight.items()],
             },
             "chains": [
                 {
-                    "name": name, "key": key.hex(), "high": c.high, "last": c.last.hex(),
-                    "recent": [[s, h.hex(), p.hex()] for s, (h, p) in c.recent.items()],
-                    "missing": sorted(c.missing), "lost": sorted(c.lost),
+                    "name": name, "key": key.hex(), "high": _number(c.high),
+                    "last": c.last.hex(),
+                    "recent": [[_number(s), h.hex(), p.hex()] for s, (h, p) in c.recent.items()],
+                    "missing": [_number(x) for x in sorted(c.missing)],
+                    "lost": [_number(x) for x in sorted(c.lost)],
                     "views": c.views_reported,
                 }
                 for (name, key), c in self._chains.items()

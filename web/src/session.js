@@ -204,7 +204,11 @@ export class Connection {
     this.#transport = connect({
       opened: () => this.#serial(() => this.#opened()),
       frame: (frame) => this.#serial(() => this.#frame(frame)),
-      closed: (error) => this.#lost(error),
+      // After the frames that came before it: the server's last word (an
+      // error frame just before it closes) is what the loss reports.
+      closed: (error) => {
+        this.#queue = this.#queue.then(() => this.#lost(error));
+      },
     });
   }
 

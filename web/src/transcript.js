@@ -17,6 +17,7 @@ export const MAX_MISSING = 1024;
 export const MAX_SENDERS = 256;
 export const MAX_HASHES = 1024;
 const FORMAT = 'twistchat-transcript';
+const MAX_EXACT = 2n ** 53n;
 
 /** Something wrong with the transcript: { kind, sender, count, text }. */
 export function alarm(kind, sender, count, text) {
@@ -60,7 +61,7 @@ function sortedBig(numbers) {
 }
 
 function plural(count, one, many) {
-  return count === 1 ? one : many;
+  return count === 1 || count === 1n ? one : many;
 }
 
 function chainId(name, key) {
@@ -120,7 +121,9 @@ export class Transcript {
 
   /** A JSON-able copy of what is kept (the terminal client's file format). */
   state() {
-    const num = (x) => Number(x); // seq numbers beyond 2^53 are not reachable by counting
+    // Beyond 2^53 (only a sender skipping ahead gets there) as decimal
+    // strings, as Python writes them: JSON numbers that large get rounded.
+    const num = (x) => (x <= MAX_EXACT ? Number(x) : x.toString());
     return {
       format: FORMAT,
       version: 1,
@@ -274,19 +277,21 @@ export class Transcript {
     const from = m.seq - chain.high <= BigInt(MAX_MISSING) ? chain.high + 1n : m.seq - BigInt(MAX_MISSING);
     const skipped = [];
     for (let s = from; s < m.seq; s++) skipped.push(s);
-    const count = Number(m.seq - chain.high - 1n);
+    // A bigint: a sender may skip more numbers than a Number holds exactly.
+    // The texts say the exact count; an alarm's count is a Number.
+    const count = m.seq - chain.high - 1n;
     const lostSet = new Set(m.lost);
     const declared = skipped.filter((s) => lostSet.has(s));
     if (count && !continuing) {
       if (!this.offlineReported) {
         this.offlineReported = true;
-        alarms.push(alarm('offline', name, count, 'you missed messages while offline'));
+        alarms.push(alarm('offline', name, Number(count), 'you missed messages while offline'));
       }
     } else if (count) {
-      const withheld = count - declared.length;
+      const withheld = count - BigInt(declared.length);
       if (withheld) {
         chain.missing = bounded([...chain.missing, ...skipped.filter((s) => !lostSet.has(s))]);
-        alarms.push(alarm('gap', name, withheld, plural(withheld,
+        alarms.push(alarm('gap', name, Number(withheld), plural(withheld,
           `1 message from ${name} was withheld from you`,
           `${withheld} messages from ${name} were withheld from you`)));
       }
