@@ -1009,3 +1009,58 @@ async def test_two_nodes_announce_a_dead_nodes_leaves_once(
         globalLogPublisher.removeObserver(observe)
         for node in (a, b, c):
             await node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_vouch_given_on_one_node_reaches_the_other(
+        tmp_path: Path, redis: RedisServer, password_file: Path) -> None:
+    """
+    alice logs in on node A from a second device, with a vouch made by her
+    first: bob on node B gets the vouch in the C{joined} notice and in the
+    member list (C{/who}), and carol, logging in on B later, in her welcome's
+    list (from Redis's member hash).
+    """
+    from twistchat.config import DEFAULT_ROOM
+    from twistchat.crypto.identity import Identity
+    from twistchat.crypto.vouch import make_vouch
+    from twisted.internet import reactor
+
+    class Joins(ChatListener):
+        def __init__(self) -> None:
+            self.joined: list[ClientMember] = []
+
+        def member_joined(self, member: ClientMember) -> None:
+            self.joined.append(member)
+
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    sessions: list[ChatSession] = []
+
+    async def login(name: str, node: Node, **options: Any) -> ChatSession:
+        session: ChatSession = await connect(
+            reactor, "127.0.0.1", node.port, name, PASSWORD,
+            trust=TrustOnFirstUse(tmp_path / "known_hosts"), profile=tmp_path / "p" / name,
+            **options)
+        sessions.append(session)
+        return session
+
+    try:
+        first, second = Identity.generate(), Identity.generate()
+        vouch = make_vouch(first, DEFAULT_ROOM, "alice", second.public_key,
+                           int(time.time()) + 86400)
+        heard = Joins()
+        bob = await login("bob", b, listener=heard)
+        await login("alice", a, identity=second, vouch=vouch)
+        await until(lambda: [m.name for m in heard.joined] == ["alice"], timeout=10)
+        assert heard.joined[0].key == second.public_key
+        assert heard.joined[0].vouch == vouch
+        listed = {m.name: m for m in await bob.who()}
+        assert listed["alice"].vouch == vouch and listed["bob"].vouch == b""
+        carol = await login("carol", b)
+        welcome = {m.name: m for m in carol.members}
+        assert welcome["alice"].key == second.public_key
+        assert welcome["alice"].vouch == vouch and welcome["bob"].vouch == b""
+    finally:
+        for session in sessions:
+            await session.leave()
+        stop_all([], [a, b])
