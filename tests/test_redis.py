@@ -841,3 +841,226 @@ def test_one_metrics_endpoint_for_all_workers(tmp_path: Path, redis: RedisServer
                 client.process.wait(timeout=10)
         assert node.stop()
     assert "Traceback" not in "\n".join(node.log.seen)
+
+
+# --- the dead-node sweep, in process on the real redis-server ----------------------
+
+
+class Present:
+    """
+    A member of a room on an in-process node: what a connection is to a room.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.addr = "127.0.0.1:1"
+        self.key = bytes(32)
+        self.vouch = b""
+        self.got: list[bytes] = []
+
+    def deliver(self, data: bytes) -> None:
+        self.got.append(data)
+
+
+def in_process_node(redis: RedisServer, node: str, verifiers: list[Any]) -> Any:
+    """
+    A node's ordering pipeline (L{RedisHistory}) on C{redis}, serving a room
+    per verifier. Its heartbeats and sweeps run only when a test calls them:
+    its own clock is a L{task.Clock} nobody advances (so its reader does not
+    run either); its link to Redis runs on the reactor.
+    """
+    from twistchat.redisurl import RedisURL
+    from twistchat.server.redisnode import RedisHistory, RedisLink, RedisRooms
+    from twisted.internet import reactor
+
+    rooms = RedisRooms()
+    for verifier in verifiers:
+        rooms.add(verifier)
+    link = RedisLink(RedisURL.parse(redis.url), reactor)
+    link.open()
+    history = RedisHistory(link, rooms, task.Clock(), node=node)
+    history.start()
+    return history
+
+
+def enter(history: Any, room_name: str, name: str) -> Present:
+    """
+    C{name} joins room C{room_name} on C{history}'s node, as the factory does.
+    """
+    room = history.rooms.get(room_name)
+    present = Present(name)
+    history.announce(room, present, room.join(present))
+    return present
+
+
+def command_counts(redis: RedisServer) -> dict[str, int]:
+    """
+    The commands Redis ran since its last C{CONFIG RESETSTAT}, by name (those
+    run inside scripts included), less those the test itself sent.
+    """
+    counts = {}
+    for line in redis.cli("INFO", "commandstats").splitlines():
+        found = re.match(r"cmdstat_([^:]+):calls=(\d+)", line)
+        if found and not found.group(1).startswith(("info", "config")):
+            counts[found.group(1)] = int(found.group(2))
+    return counts
+
+
+def leaves(redis: RedisServer, room: str) -> list[str]:
+    """
+    The names whose leave is in room C{room}'s stream, in order.
+    """
+    out = redis.cli("--no-raw", "XRANGE", f"twistchat:room:{room}:log", "-", "+")
+    return re.findall(r'"k"\s+\d+\) "l"\s+\d+\) "name"\s+\d+\) "([^"]+)"', out)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sweep_for_dead_nodes_costs_the_same_with_200_rooms(
+        redis: RedisServer, verifier: Any) -> None:
+    """
+    Two nodes serve 200 rooms, each with a member in every room. One sweep
+    for dead nodes (none is dead) runs a handful of Redis commands, not a
+    read per room: the cost of the sweep does not grow with the rooms.
+    """
+    from dataclasses import replace
+
+    names = [f"r{i}" for i in range(200)]
+    verifiers = [replace(verifier, room=name) for name in names]
+    a = in_process_node(redis, "a", verifiers)
+    b = in_process_node(redis, "b", verifiers)
+    try:
+        for i, name in enumerate(names):
+            enter(a, name, f"a{i}")
+            enter(b, name, f"b{i}")
+        await a.sweep()  # after the joins, on the same connection: they are done
+        await b.sweep()
+        assert redis.cli("HLEN", "twistchat:room:r199:members").strip() == "2"
+        redis.cli("CONFIG", "RESETSTAT")
+        await a.sweep()
+        counts = command_counts(redis)
+        assert sum(counts.values()) <= 4, counts
+        assert leaves(redis, "r0") == []
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_nodes_announce_a_dead_nodes_leaves_once(
+        redis: RedisServer, verifier: Any) -> None:
+    """
+    Nodes A and B survive node C. While C's heartbeat lives nothing of C's is
+    swept; once it expired, A and B sweeping at the same moment announce
+    each of C's members' leaves exactly once (in the stream and in the log),
+    leave A's member alone, and forget C. C back with the same id (after an
+    outage) has its new members left alone.
+    """
+    from dataclasses import replace
+
+    from twisted.logger import globalLogPublisher
+
+    names = [f"r{i}" for i in range(5)]
+    verifiers = [replace(verifier, room=name) for name in names]
+    a = in_process_node(redis, "a", verifiers)
+    b = in_process_node(redis, "b", verifiers)
+    c = in_process_node(redis, "c", verifiers)
+    gone: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "is gone" in event.get("log_format", ""):
+            gone.append(f"{event['name']}@{event['room']}")
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        enter(a, "r0", "alice")
+        for name in names:
+            enter(c, name, "carol")
+        enter(c, "r0", "dave")
+        await c.sweep()  # C's joins are done
+        await defer.gatherResults([a.sweep(), b.sweep()])
+        assert [leaves(redis, name) for name in names] == [[]] * 5  # C's heartbeat lives
+
+        await c.link.close()  # C dies; its heartbeat expires
+        redis.cli("DEL", "twistchat:node:c")
+        redis.cli("CONFIG", "RESETSTAT")
+        await defer.gatherResults([a.sweep(), b.sweep()])
+        counts = command_counts(redis)  # C's members are read, not the rooms
+        assert "hgetall" not in counts and counts["hscan"] == 1, counts
+        assert counts["xadd"] == 6, counts
+        assert leaves(redis, "r0") in (["carol", "dave"], ["dave", "carol"])
+        for name in names[1:]:
+            assert leaves(redis, name) == ["carol"]
+        assert sorted(gone) == sorted(["dave@r0", *(f"carol@{n}" for n in names)])
+        assert redis.cli("HKEYS", "twistchat:room:r0:members").split() == ["alice"]
+        for name in names[1:]:
+            assert redis.cli("HLEN", f"twistchat:room:{name}:members").strip() == "0"
+        assert sorted(redis.cli("SMEMBERS", "twistchat:nodes").split()) == ["a", "b"]
+        await defer.gatherResults([a.sweep(), b.sweep()])  # nothing more
+        assert len(gone) == 6 and leaves(redis, "r1") == ["carol"]
+
+        c.link.open()  # C comes back with the same id, and a member
+        await c.heartbeat()
+        enter(c, "r1", "erin")
+        await c.sweep()
+        await defer.gatherResults([a.sweep(), b.sweep()])
+        assert redis.cli("HKEYS", "twistchat:room:r1:members").split() == ["erin"]
+        assert leaves(redis, "r1") == ["carol"]
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        for node in (a, b, c):
+            await node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_vouch_given_on_one_node_reaches_the_other(
+        tmp_path: Path, redis: RedisServer, password_file: Path) -> None:
+    """
+    alice logs in on node A from a second device, with a vouch made by her
+    first: bob on node B gets the vouch in the C{joined} notice and in the
+    member list (C{/who}), and carol, logging in on B later, in her welcome's
+    list (from Redis's member hash).
+    """
+    from twistchat.config import DEFAULT_ROOM
+    from twistchat.crypto.identity import Identity
+    from twistchat.crypto.vouch import make_vouch
+    from twisted.internet import reactor
+
+    class Joins(ChatListener):
+        def __init__(self) -> None:
+            self.joined: list[ClientMember] = []
+
+        def member_joined(self, member: ClientMember) -> None:
+            self.joined.append(member)
+
+    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
+    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    sessions: list[ChatSession] = []
+
+    async def login(name: str, node: Node, **options: Any) -> ChatSession:
+        session: ChatSession = await connect(
+            reactor, "127.0.0.1", node.port, name, PASSWORD,
+            trust=TrustOnFirstUse(tmp_path / "known_hosts"), profile=tmp_path / "p" / name,
+            **options)
+        sessions.append(session)
+        return session
+
+    try:
+        first, second = Identity.generate(), Identity.generate()
+        vouch = make_vouch(first, DEFAULT_ROOM, "alice", second.public_key,
+                           int(time.time()) + 86400)
+        heard = Joins()
+        bob = await login("bob", b, listener=heard)
+        await login("alice", a, identity=second, vouch=vouch)
+        await until(lambda: [m.name for m in heard.joined] == ["alice"], timeout=10)
+        assert heard.joined[0].key == second.public_key
+        assert heard.joined[0].vouch == vouch
+        listed = {m.name: m for m in await bob.who()}
+        assert listed["alice"].vouch == vouch and listed["bob"].vouch == b""
+        carol = await login("carol", b)
+        welcome = {m.name: m for m in carol.members}
+        assert welcome["alice"].key == second.public_key
+        assert welcome["alice"].vouch == vouch and welcome["bob"].vouch == b""
+    finally:
+        for session in sessions:
+            await session.leave()
+        stop_all([], [a, b])

@@ -28,6 +28,14 @@ seams and changes none of them:
     heartbeats; notices dead nodes (an expired heartbeat) and announces their
     members' leaves; follows rooms added or changed in Redis.
 
+Dead nodes cost in proportion to their members, not to the rooms: each node
+lists its members' claims in a hash of its own (the "held" hash, written by
+the same script as the room's member hash), and is in a set of nodes. Every
+node looks every L{SWEEP_INTERVAL} at that set and the heartbeats (two
+commands); for a node whose heartbeat expired, one node takes a lock and
+announces the leaves of the claims in its held hash, each once (a script
+that takes the claim out of the held hash first).
+
 Why streams rather than C{PUBLISH}: a stream entry is stored and ordered by
 the same command, so history, order and "stored before relayed" are one
 thing; a node that misses a moment (a reconnect) reads on from its last id
@@ -36,10 +44,10 @@ instead of losing what was published meanwhile.
 Redis holds, per room: the stream (sealed messages as relayed: sender name,
 session id, counter, ciphertext, server time; joins and leaves with name and
 address), the member hash (name, address, node), the verifier; per node a
-heartbeat; per address its failed-login count and penalty and its checks in
-progress, with expiry; and
-the decoy secret. Never plaintext, never a password or key. docs/operations.md
-lists the keys.
+heartbeat and its held hash (room, name, address of each of its members),
+and the set of node ids; per address its failed-login count and penalty and
+its checks in progress, with expiry; and the decoy secret. Never plaintext,
+never a password or key. docs/operations.md lists the keys.
 
 When Redis cannot be reached, members stay connected; a message is refused
 with an C{unavailable} notice (never relayed unstored: the order itself comes
@@ -84,8 +92,15 @@ DECOY_KEY = PREFIX + "decoy"
 #: Seconds between heartbeats; a node's heartbeat expires after HEARTBEAT_TTL.
 HEARTBEAT_INTERVAL = 5.0
 HEARTBEAT_TTL = 15
-#: Seconds between two scans for dead nodes' members and changed rooms.
+#: The node ids that hold (or held) members: a set.
+NODES_KEY = PREFIX + "nodes"
+#: Seconds between two looks for dead nodes.
 SWEEP_INTERVAL = 5.0
+#: Seconds one node keeps the right to clear a dead node's members (if it
+#: dies meanwhile, another takes over after that), and claims cleared per
+#: script.
+SWEEP_LOCK = 10
+SWEEP_BATCH = 100
 ROOM_POLL_INTERVAL = 2.0
 #: How long XREAD blocks (milliseconds) and how many entries it takes at once.
 BLOCK_MS = 1000
@@ -107,19 +122,68 @@ REFRESH_INTERVAL = 0.5
 UNAVAILABLE = "unavailable"
 NO_ANSWER = "no answer in time"
 
-# Claim a name and announce the join, atomically.
-# KEYS: members hash, stream. ARGV: field, value, maxlen, name, addr, origin, frame.
+# Claim a name and announce the join, atomically; the claim is also listed
+# in its node's held hash (claim origin -> room, name, address), so that the
+# node's members can be found without reading every room when it dies.
+# KEYS: members hash, stream, held hash, the node set.
+# ARGV: field, value, maxlen, name, addr, origin, frame, held entry, node.
 JOIN_SCRIPT = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
+redis.call('HSET', KEYS[3], ARGV[6], ARGV[8])
+redis.call('SADD', KEYS[4], ARGV[9])
 return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
   'k', 'j', 'name', ARGV[4], 'addr', ARGV[5], 'o', ARGV[6], 'f', ARGV[7])
 """
-# Release a name (only if it is still this claim) and announce the leave.
+# Release a name (only if it is still this claim) and announce the leave; the
+# claim leaves its node's held hash in any case.
+# KEYS: members hash, stream, held hash.
+# ARGV: field, value, maxlen, name, addr, origin, frame, claim origin.
 LEAVE_SCRIPT = """
+redis.call('HDEL', KEYS[3], ARGV[8])
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
 return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
   'k', 'l', 'name', ARGV[4], 'addr', ARGV[5], 'o', ARGV[6], 'f', ARGV[7])
+"""
+# This node is alive: its heartbeat, and its id in the node set.
+# KEYS: heartbeat, node set. ARGV: seconds kept, node.
+HEARTBEAT_SCRIPT = """
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+"""
+# Announce the leaves of a batch of a dead node's members, each once: a claim
+# is taken out of the held hash first (one sweeper gets it), and released only
+# if the member hash still holds that claim. Nothing is done if the node's
+# heartbeat is back. KEYS: heartbeat, held hash, then per claim its member
+# hash and stream. ARGV: maxlen, then per claim: origin, field, name, addr,
+# frame. Returns false (the node is alive) or, per claim, the leave's entry id
+# or 0.
+SWEEP_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local done = {}
+for i = 1, (#ARGV - 1) / 5 do
+  local a = 2 + (i - 1) * 5
+  local result = 0
+  if redis.call('HDEL', KEYS[2], ARGV[a]) == 1 then
+    local members = KEYS[1 + 2 * i]
+    local claim = redis.call('HGET', members, ARGV[a + 1])
+    if claim and cjson.decode(claim)['o'] == ARGV[a] then
+      redis.call('HDEL', members, ARGV[a + 1])
+      result = redis.call('XADD', KEYS[2 + 2 * i], 'MAXLEN', '~', ARGV[1], '*',
+        'k', 'l', 'name', ARGV[a + 2], 'addr', ARGV[a + 3], 'o', '', 'f', ARGV[a + 4])
+    end
+  end
+  done[i] = result
+end
+return done
+"""
+# Forget a dead node once its held hash is empty, and give up its sweep lock.
+# KEYS: heartbeat, held hash, node set, lock. ARGV: node, this node.
+FORGET_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SREM', KEYS[3], ARGV[1])
+end
+if redis.call('GET', KEYS[4]) == ARGV[2] then redis.call('DEL', KEYS[4]) end
 """
 # The member hash and the stream's last id, at one instant.
 SNAPSHOT_SCRIPT = """
@@ -162,6 +226,14 @@ def members_key(room: str) -> str:
 
 def node_key(node: str) -> str:
     return f"{PREFIX}node:{node}"
+
+
+def held_key(node: str) -> str:
+    return f"{PREFIX}held:{node}"
+
+
+def sweep_key(node: str) -> str:
+    return f"{PREFIX}sweep:{node}"
 
 
 def fail_key(host: str) -> str:
@@ -615,10 +687,12 @@ class RedisHistory:
             local.since = _id(stream.last)
         else:
             stream.waiting.append(local)
+        held = json.dumps([room.name, member.name, member.addr])
         d = self.link.call(
-            "EVAL", JOIN_SCRIPT, 2, members_key(room.name), stream_key(room.name),
+            "EVAL", JOIN_SCRIPT, 4, members_key(room.name), stream_key(room.name),
+            held_key(self.node), NODES_KEY,
             member.name.casefold(), value, self.max_entries, member.name, member.addr,
-            origin, frame, patience=STORE_PATIENCE,
+            origin, frame, held, self.node, patience=STORE_PATIENCE,
         )
         d.addCallbacks(self._claimed, self._claim_failed,
                        callbackArgs=(local,), errbackArgs=(local,))
@@ -654,9 +728,11 @@ class RedisHistory:
 
     def _announce_leave(self, room: str, key: str, value: str, name: str, addr: str,
                         origin: str, frame: bytes) -> None:
+        claim = json.loads(value)
         d = self.link.call(
-            "EVAL", LEAVE_SCRIPT, 2, members_key(room), stream_key(room),
-            key, value, self.max_entries, name, addr, origin, frame,
+            "EVAL", LEAVE_SCRIPT, 3, members_key(room), stream_key(room),
+            held_key(claim["node"]),
+            key, value, self.max_entries, name, addr, origin, frame, claim["o"],
         )
 
         def failed(failure: Failure) -> None:
@@ -906,37 +982,87 @@ class RedisHistory:
     # --- nodes, rooms, retention ----------------------------------------------------
 
     def heartbeat(self) -> defer.Deferred[Any]:
-        return self._quiet(self.link.call("SET", node_key(self.node), "1", "EX", HEARTBEAT_TTL))
+        return self._quiet(self.link.call("EVAL", HEARTBEAT_SCRIPT, 2, node_key(self.node),
+                                          NODES_KEY, HEARTBEAT_TTL, self.node))
 
     @defer.inlineCallbacks
     def sweep(self) -> Any:
         """
-        Announce the leaves of members whose node's heartbeat expired, and
-        the leaves Redis could not take when they happened.
+        Announce the leaves Redis could not take when they happened, and
+        those of the members of nodes whose heartbeat expired.
+
+        Its cost does not grow with the rooms: the node set and the other
+        nodes' heartbeats are read (two commands); only a dead node's
+        members are read, from its held hash, by the one node that takes
+        its sweep lock.
         """
         try:
             retry, self._unannounced = self._unannounced, []
             for room, key, value, name, addr in retry:
                 self._announce_leave(room, key, value, name, addr, "",
                                      wire.encode("left", name=name, addr=addr))
-            alive: dict[str, bool] = {self.node: True}
-            for name in list(self._streams):
-                claims = yield self.link.call("HGETALL", members_key(name))
-                for i in range(0, len(claims) - 1, 2):
-                    claim = json.loads(claims[i + 1])
-                    node = claim["node"]
-                    if node not in alive:
-                        alive[node] = bool(int((yield self.link.call("EXISTS", node_key(node)))))
-                    if alive[node]:
-                        continue
-                    self.log.info("redis: node {node} is gone; {name} left room {room!r}",
-                                  node=node, name=claim["name"], room=name)
-                    self._announce_leave(
-                        name, claims[i].decode("utf-8"), claims[i + 1].decode("utf-8"),
-                        claim["name"], claim["addr"], "",
-                        wire.encode("left", name=claim["name"], addr=claim["addr"]))
+            nodes = yield self.link.call("SMEMBERS", NODES_KEY)
+            others = sorted(n.decode("utf-8") for n in nodes if n.decode("utf-8") != self.node)
+            if not others:
+                return
+            beats = yield self.link.call("MGET", *(node_key(n) for n in others))
+            for node, beat in zip(others, beats):
+                if beat is None:
+                    yield self._clear(node)
         except RedisUnavailable:
             pass
+        except Exception as e:  # a command Redis refused: try again next time
+            self.log.warn("redis: the sweep for dead nodes failed: {reason}",
+                          reason=str(e) or type(e).__name__)
+
+    @defer.inlineCallbacks
+    def _clear(self, node: str) -> Any:
+        """
+        Announce the leaves of dead node C{node}'s members, if no other node
+        is doing it (L{SWEEP_LOCK}), and forget the node once none is left.
+
+        @raise RedisUnavailable: if Redis does not answer.
+        """
+        locked = yield self.link.call("SET", sweep_key(node), self.node, "NX", "EX", SWEEP_LOCK)
+        if locked is None:
+            return
+        cursor: bytes | int = 0
+        while True:
+            cursor, flat = yield self.link.call("HSCAN", held_key(node), cursor,
+                                                "COUNT", SWEEP_BATCH)
+            claims = []
+            for i in range(0, len(flat) - 1, 2):
+                room, name, addr = json.loads(flat[i + 1])
+                claims.append((flat[i].decode("ascii"), room, name, addr))
+            if claims and not (yield self._sweep_batch(node, claims)):
+                break  # its heartbeat is back
+            if int(cursor) == 0:
+                break
+        yield self.link.call("EVAL", FORGET_SCRIPT, 4, node_key(node), held_key(node),
+                             NODES_KEY, sweep_key(node), node, self.node)
+
+    @defer.inlineCallbacks
+    def _sweep_batch(self, node: str, claims: list[tuple[str, str, str, str]]) -> Any:
+        """
+        Announce the leaves of some of dead node C{node}'s members (claim
+        origin, room, name, address), each once (L{SWEEP_SCRIPT}).
+
+        @return: a Deferred firing with False if the node's heartbeat is back.
+        """
+        keys: list[str] = [node_key(node), held_key(node)]
+        args: list[Any] = [self.max_entries]
+        for origin, room, name, addr in claims:
+            keys += [members_key(room), stream_key(room)]
+            args += [origin, name.casefold(), name, addr,
+                     wire.encode("left", name=name, addr=addr)]
+        done = yield self.link.call("EVAL", SWEEP_SCRIPT, len(keys), *keys, *args)
+        if done is None:
+            return False
+        for (_, room, name, _), result in zip(claims, done):
+            if isinstance(result, bytes):
+                self.log.info("redis: node {node} is gone; {name} left room {room!r}",
+                              node=node, name=name, room=room)
+        return True
 
     def expire(self) -> defer.Deferred[Any]:
         """
