@@ -258,6 +258,28 @@ def test_port_in_use_as_a_daemon(workdir: Path, password: Path) -> None:
     assert not (workdir / "twistd.pid").exists()
 
 
+@pytest.mark.parametrize("option, serving", [("--metrics", "metrics"),
+                                             ("--web", "the web page")])
+def test_metrics_or_web_port_in_use_is_one_log_line(workdir: Path, password: Path,
+                                                    option: str, serving: str) -> None:
+    """
+    The chat port listens by then, and standard error leads to the log: the
+    reason is one line there, naming what could not be served and where.
+    """
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = twistd(workdir, "--port", "0", "--interface", "127.0.0.1",
+                        "--password-file", str(password),
+                        option, f"tcp:{port}:interface=127.0.0.1")
+    assert result.returncode == 1, result
+    assert re.search(f"twistd socketchat: cannot serve {serving} on tcp:{port}:"
+                     r"interface=127\.0\.0\.1: .*Address already in use$",
+                     result.stdout, re.MULTILINE), result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 def wait_for_daemon_exit(pid_file: Path, timeout: float = 20) -> None:
     """
     Wait (at most C{timeout} seconds) for the daemon named in C{pid_file} to
