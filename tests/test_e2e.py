@@ -48,19 +48,30 @@ def env(home: Path, **extra: str) -> dict[str, str]:
     return clean
 
 
-class Client:
-    def __init__(self, workdir: Path, port: int, *args: str, password: str | None = None,
-                 room: str | None = None, options: Sequence[str] = ()) -> None:
-        extra = {"TWISTCHAT_PASSWORD": password} if password else {}
-        options = [*options, *(["--room", room] if room else [])]
+def password_of(server: Server) -> str:
+    """
+    The room password C{server} generated and printed at start.
+    """
+    return server.log.wait_for(r"^\s+([a-z0-9]{5}(?:-[a-z0-9]{5})+)\s*$").group(1)
+
+
+class Piped:
+    """
+    A child process fed lines on its stdin by the test, its stdout and
+    stderr read as L{Lines} (C{out}, C{err}).
+    """
+
+    def __init__(self, argv: Sequence[str], workdir: Path, environ: dict[str, str],
+                 new_session: bool = False) -> None:
         self.process = subprocess.Popen(
-            [str(BIN / "twistchat"), *options, "127.0.0.1", str(port), *args],
+            list(argv),
             cwd=workdir,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env(workdir, **extra),
+            env=environ,
+            start_new_session=new_session,
         )
         assert self.process.stdout is not None and self.process.stderr is not None
         self.out = Lines(self.process.stdout)
@@ -71,10 +82,31 @@ class Client:
         self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
 
-    def finish(self) -> int:
+    def finish(self, timeout: float = 30) -> int:
+        """
+        Close stdin and wait for the exit status.
+        """
         assert self.process.stdin is not None
         self.process.stdin.close()
-        return self.process.wait(timeout=30)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+class Client(Piped):
+    """
+    The installed C{twistchat} command, options first.
+    """
+
+    def __init__(self, workdir: Path, port: int, *args: str, password: str | None = None,
+                 room: str | None = None, options: Sequence[str] = ()) -> None:
+        extra = {"TWISTCHAT_PASSWORD": password} if password else {}
+        options = [*options, *(["--room", room] if room else [])]
+        super().__init__([str(BIN / "twistchat"), *options, "127.0.0.1", str(port), *args],
+                         workdir, env(workdir, **extra))
 
 
 @pytest.fixture
@@ -89,7 +121,7 @@ def read_all_bytes(folder: Path) -> bytes:
 def test_server_and_two_clients_chat(workdir: Path) -> None:
     server = Server(workdir)
     try:
-        password = server.log.wait_for(r"^\s+([a-z0-9]{5}(?:-[a-z0-9]{5})+)\s*$").group(1)
+        password = password_of(server)
         alice = Client(workdir, server.port, "alice", password=password)
         alice.out.wait_for("connected — you can start sending messages")
         alice.out.wait_for(r"The room is empty")
@@ -224,6 +256,28 @@ def test_port_in_use_as_a_daemon(workdir: Path, password: Path) -> None:
     assert f"twistd socketchat: cannot listen on 127.0.0.1:{port}: Address already in use" in log
     wait_for_daemon_exit(workdir / "twistd.pid")
     assert not (workdir / "twistd.pid").exists()
+
+
+@pytest.mark.parametrize("option, serving", [("--metrics", "metrics"),
+                                             ("--web", "the web page")])
+def test_metrics_or_web_port_in_use_is_one_log_line(workdir: Path, password: Path,
+                                                    option: str, serving: str) -> None:
+    """
+    The chat port listens by then, and standard error leads to the log: the
+    reason is one line there, naming what could not be served and where.
+    """
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = twistd(workdir, "--port", "0", "--interface", "127.0.0.1",
+                        "--password-file", str(password),
+                        option, f"tcp:{port}:interface=127.0.0.1")
+    assert result.returncode == 1, result
+    assert re.search(f"twistd socketchat: cannot serve {serving} on tcp:{port}:"
+                     r"interface=127\.0\.0\.1: .*Address already in use$",
+                     result.stdout, re.MULTILINE), result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def wait_for_daemon_exit(pid_file: Path, timeout: float = 20) -> None:

@@ -10,14 +10,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .test_e2e import Client, Server
+from .test_e2e import Client, Server, password_of
 
 DIGITS_60 = r"((?:\d{5} ){11}\d{5})"
 DIGITS_30 = r"((?:\d{5} ){5}\d{5})"
-
-
-def password_of(server: Server) -> str:
-    return server.log.wait_for(r"^\s+([a-z0-9]{5}(?:-[a-z0-9]{5})+)\s*$").group(1)
 
 
 def test_second_profile_under_a_known_name_is_shown(tmp_path: Path) -> None:

@@ -21,11 +21,6 @@ class Member(Client):
     def __init__(self, workdir: Path, port: int, name: str, *options: str) -> None:
         super().__init__(workdir, port, name, password=PASSWORD, options=options)
 
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
 
 def start(workdir: Path, password: str = PASSWORD, port: int = 0) -> Server:
     (workdir / "pw").write_text(password + "\n")

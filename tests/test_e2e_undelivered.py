@@ -8,13 +8,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .test_e2e import Client, Server
+from .test_e2e import Client, Server, password_of
 
 
 def test_a_too_long_piped_line_is_reported_and_ends_with_status_3(tmp_path: Path) -> None:
     server = Server(tmp_path)
     try:
-        password = server.log.wait_for(r"^\s+([a-z0-9]{5}(?:-[a-z0-9]{5})+)\s*$").group(1)
+        password = password_of(server)
         bob = Client(tmp_path, server.port, "bob", password=password)
         bob.out.wait_for("connected — you can start sending messages")
         sender = Client(tmp_path, server.port, "seqbot", password=password)
@@ -38,7 +38,7 @@ def test_a_too_long_piped_line_is_reported_and_ends_with_status_3(tmp_path: Path
 def test_a_clean_piped_run_still_ends_with_status_0(tmp_path: Path) -> None:
     server = Server(tmp_path)
     try:
-        password = server.log.wait_for(r"^\s+([a-z0-9]{5}(?:-[a-z0-9]{5})+)\s*$").group(1)
+        password = password_of(server)
         sender = Client(tmp_path, server.port, "seqbot", password=password)
         sender.out.wait_for("connected — you can start sending messages")
         sender.say("just one line")

@@ -19,8 +19,8 @@ from twistchat.config import DEFAULT_ROOM
 from twistchat.crypto.identity import Identity
 from twistchat.crypto.vouch import make_vouch
 
-from .test_e2e import Client, Server
-from .test_e2e_identity import DIGITS_60, password_of
+from .test_e2e import Client, Server, password_of
+from .test_e2e_identity import DIGITS_60
 
 WARNING = "!!! WARNING: alice's safety number has changed."
 

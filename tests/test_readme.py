@@ -45,7 +45,7 @@ from pathlib import Path
 import pytest
 from twistchat.bench.processes import ServerProcess
 
-from .test_e2e import BIN, Client, Lines, env
+from .test_e2e import BIN, Client, Lines, Piped, env
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -214,31 +214,17 @@ def expect(lines: Lines, output: Block, port: int, timeout: float = 30) -> None:
         at += 1
 
 
-class Process:
+class Process(Piped):
     """
     A command (or script) from README.md, stdin a pipe, in its own process group.
     """
 
     def __init__(self, workdir: Path, argv: list[str], **extra: str) -> None:
-        self.process = subprocess.Popen(
-            argv, cwd=workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=env(workdir, **extra),
-            start_new_session=True,
-        )
-        assert self.process.stdout is not None and self.process.stderr is not None
-        self.out = Lines(self.process.stdout)
-        self.err = Lines(self.process.stderr)
-
-    def say(self, line: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
+        super().__init__(argv, workdir, env(workdir, **extra), new_session=True)
 
     def finish(self, timeout: float = 60) -> int:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
         try:
-            return self.process.wait(timeout=timeout)
+            return super().finish(timeout)
         finally:
             self.out.rest(timeout=2)
             self.err.rest(timeout=2)

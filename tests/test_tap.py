@@ -804,3 +804,26 @@ def test_history_is_capped(tmp_path: Path) -> None:
     assert parse(tmp_path / "data", "--password", PASSWORD, "--history", "1000")["history"] == 1000
     with pytest.raises(usage.UsageError, match="--history must be at most 1000"):
         parse(tmp_path / "data", "--password", PASSWORD, "--history", "1001")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metrics", "nonsense:1"],
+     "--metrics nonsense:1: not an endpoint description twistd can use ("),
+    (["--web", "nonsense:1"],
+     "--web nonsense:1: not a port or an endpoint description twistd can use ("),
+    (["--listen", "tcp:7000", "--metrics", "tcp:port=7000"],
+     "--metrics tcp:port=7000: that is the chat port"),
+    (["--listen", "tcp:7000", "--web", "tcp:7000"],
+     "--web tcp:7000: that port is taken by the chat or metrics port"),
+    (["--metrics", "tcp:9108", "--web", "9108"],
+     "--web 9108: that port is taken by the chat or metrics port"),
+])
+def test_metrics_and_web_endpoint_errors(tmp_path: Path, args: list[str],
+                                         message: str) -> None:
+    """
+    --metrics and --web name the option as given when their description does
+    not parse, or when it takes the chat port (or, for --web, the metrics port).
+    """
+    with pytest.raises(usage.UsageError) as raised:
+        parse(tmp_path / "data", "--password", PASSWORD, *args)
+    assert str(raised.value).startswith(message), str(raised.value)

@@ -30,10 +30,9 @@ from pathlib import Path
 import pytest
 import wcwidth
 
-from .test_e2e import BIN, Client, Server, env
+from .test_e2e import BIN, Client, Server, env, password_of
 
 TMUX = shutil.which("tmux")
-PASSWORD_LINE = r"^\s+([a-z0-9]{5}(?:-[a-z0-9]{5})+)\s*$"
 
 
 class Pane:
@@ -133,7 +132,7 @@ class Chat:
 
     def __init__(self, workdir: Path, pane: Pane) -> None:
         self.server = Server(workdir)
-        password = self.server.log.wait_for(PASSWORD_LINE).group(1)
+        password = password_of(self.server)
         self.pane = pane
         command = " ".join(shlex.quote(part) for part in [
             "env", f"TWISTCHAT_PASSWORD={password}",

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import pytest
 from twistchat import wire
-from twistchat.bench.processes import Lines
 from twistchat.crypto.webbinding import web_binding
 from twistchat.errors import CODES, ServerNotAuthenticated
 
-from .test_e2e import Client, Server, env
-from .test_e2e_identity import DIGITS_30, DIGITS_60, password_of
+from .test_e2e import Client, Piped, Server, env, password_of
+from .test_e2e_identity import DIGITS_30, DIGITS_60
 from .test_e2e_reconnect import start
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +35,7 @@ MEMBER = ROOT / "web" / "test" / "member.mjs"
 HOSTILE = "<script>alert('x')</script> <img src=x onerror=alert(1)>"
 
 
-class NodeMember:
+class NodeMember(Piped):
     """
     web/test/member.mjs as a process: lines in on stdin, the terminal
     client's lines (and DATA lines) out.
@@ -48,19 +47,8 @@ class NodeMember:
         if node is None:
             pytest.fail("node is not installed: the browser code's tests need Node.js 18 or newer"
                         " (sh tests/system-packages.sh installs it)")
-        self.process = subprocess.Popen(
-            [node, str(MEMBER), "127.0.0.1", str(port), name, *options],
-            cwd=workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=env(workdir, TWISTCHAT_PASSWORD=password),
-        )
-        assert self.process.stdout is not None and self.process.stderr is not None
-        self.out = Lines(self.process.stdout)
-        self.err = Lines(self.process.stderr)
-
-    def say(self, line: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
+        super().__init__([node, str(MEMBER), "127.0.0.1", str(port), name, *options],
+                         workdir, env(workdir, TWISTCHAT_PASSWORD=password))
 
     def data(self, text: str) -> dict[str, object]:
         """
@@ -72,16 +60,6 @@ class NodeMember:
                 if message["text"] == text:
                     return message
         raise AssertionError(f"no message {text!r} in {self.out.seen}")
-
-    def finish(self) -> int:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        return self.process.wait(timeout=30)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 def test_node_and_terminal_members_chat(tmp_path: Path) -> None:

@@ -383,9 +383,7 @@ class Options(usage.Options):
                 raise usage.UsageError("--metrics-room-names needs --metrics")
             return None
         port = _tcp_port(description)
-        chat = ([_tcp_port(d) for d in self["listen"]] if self["listen"]
-                else [self["port"]])
-        if description in self["listen"] or (port and port in chat):
+        if description in self["listen"] or (port and port in self._chat_ports()):
             raise usage.UsageError(
                 f"--metrics {description}: that is the chat port; give metrics a "
                 "port of their own (e.g. tcp:9108:interface=127.0.0.1)"
@@ -404,15 +402,17 @@ class Options(usage.Options):
                 f"--worker-fd with --metrics needs {MULTIPROC_ENV}, which the "
                 "parent of --workers sets for its workers"
             )
-        from twisted.internet import reactor
+        return _server_endpoint(description, f"--metrics {description}",
+                                "an endpoint description")
 
-        try:
-            return serverFromString(reactor, description)
-        except (ValueError, TypeError, AttributeError, LookupError) as e:
-            raise usage.UsageError(
-                f"--metrics {description}: not an endpoint description twistd "
-                f"can use ({e})"
-            ) from None
+    def _chat_ports(self) -> list[int | None]:
+        """
+        The TCP ports of the chat listeners (None for one that is not TCP or
+        names no port), which --metrics and --web must not take.
+        """
+        if self["listen"]:
+            return [_tcp_port(d) for d in self["listen"]]
+        return [self["port"]]
 
     def _web_endpoint(self) -> IStreamServerEndpoint | None:
         """
@@ -442,9 +442,7 @@ class Options(usage.Options):
                 "(its certificate, TLS 1.3 only), so describe the plain transport: tcp:..."
             ) from None
         port = _tcp_port(description)
-        chat = ([_tcp_port(d) for d in self["listen"]] if self["listen"]
-                else [self["port"]])
-        taken = chat + ([_tcp_port(self["metrics"])] if self["metrics"] else [])
+        taken = self._chat_ports() + ([_tcp_port(self["metrics"])] if self["metrics"] else [])
         if port and port in taken:
             raise usage.UsageError(
                 f"--web {self['web']}: that port is taken by the chat or metrics port; "
@@ -460,15 +458,8 @@ class Options(usage.Options):
             self.web_origins = [normalise_origin(o) for o in self["web-origin"]]
         except ValueError as e:
             raise usage.UsageError(f"--web-origin: {e}") from None
-        from twisted.internet import reactor
-
-        try:
-            return serverFromString(reactor, description)
-        except (ValueError, TypeError, AttributeError, LookupError) as e:
-            raise usage.UsageError(
-                f"--web {self['web']}: not a port or an endpoint description twistd "
-                f"can use ({e})"
-            ) from None
+        return _server_endpoint(description, f"--web {self['web']}",
+                                "a port or an endpoint description")
 
     def _redis(self) -> RedisURL | None:
         """
@@ -566,6 +557,24 @@ def _refuse_tls(description: str) -> None:
             "TLS 1.3 only; the login is bound to that TLS channel), so describe "
             f"the plain transport: tcp:..., not {kind}:..."
         )
+
+
+def _server_endpoint(description: str, given: str, kind: str) -> IStreamServerEndpoint:
+    """
+    Parse C{description} with L{serverFromString} on the global reactor.
+
+    @param given: the option as given, to begin the error with (e.g.
+        C{--metrics tcp:x}).
+    @param kind: what the option takes, for the error (e.g. C{an endpoint
+        description}).
+    @raise usage.UsageError: for a description that is not one.
+    """
+    from twisted.internet import reactor
+
+    try:
+        return serverFromString(reactor, description)
+    except (ValueError, TypeError, AttributeError, LookupError) as e:
+        raise usage.UsageError(f"{given}: not {kind} twistd can use ({e})") from None
 
 
 def _tcp_port(description: str) -> int | None:

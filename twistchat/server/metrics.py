@@ -67,7 +67,8 @@ from twistchat import wire
 from twistchat.server.history import HistoryStore, PoolReactor
 from twistchat.server.protocol import ChatServerProtocol
 from twistchat.server.room import Member, Room
-from twistchat.server.service import CannotStart, ChatServerFactory, Connection
+from twistchat.server.service import ChatServerFactory, Connection
+from twistchat.server.siteservice import SiteService
 
 #: The log event every error sent to a peer emits (see the protocol module).
 ERROR_EVENT = "twistchat.error_sent"
@@ -387,54 +388,30 @@ class HealthPage(resource.Resource):
         return (" ".join(reason.split()) + "\n").encode("utf-8")
 
 
-class MetricsEndpoint(service.Service):
+class MetricsEndpoint(SiteService):
     """
     Serve C{/metrics} (C{registry}) and C{/healthz} (C{health}) on
     C{endpoint} while running.
     """
 
     log = Logger()
+    serving = "metrics"
 
     def __init__(self, endpoint: IStreamServerEndpoint, description: str,
                  registry: CollectorRegistry, health: HealthPage) -> None:
-        self.endpoint = endpoint
-        self.description = description
         root = resource.Resource()
         root.putChild(b"metrics", MetricsPage(registry))
         root.putChild(b"healthz", health)
-        self.site = server.Site(root)
-        self.site.noisy = False
-        self.port: IListeningPort | None = None
-        self._failed: Failure | None = None
-
-    def startService(self) -> None:
-        """
-        @raise CannotStart: if the endpoint cannot listen.
-        """
-        d = self.endpoint.listen(self.site)
-        d.addCallbacks(self._listening, self._not_listening)
-        if self._failed is not None:
-            error = self._failed.value
-            reason = getattr(error, "socketError", None) or error
-            raise CannotStart(f"cannot serve metrics on {self.description}: {reason}")
-        super().startService()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
+        site = server.Site(root)
+        site.noisy = False
+        super().__init__(endpoint, description, site)
 
     def _listening(self, port: IListeningPort) -> None:
-        self.port = port
+        super()._listening(port)
         address = port.getHost()
         self.log.info("metrics and health on port {port} ({host})",
                       event="twistchat.metrics_listening",
                       port=getattr(address, "port", None), host=getattr(address, "host", None))
-
-    def _not_listening(self, failure: Failure) -> None:
-        self._failed = failure
-
-    def stopService(self) -> defer.Deferred[None]:
-        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
-        port, self.port = self.port, None
-        if port is None:
-            return defer.succeed(None)
-        return defer.maybeDeferred(port.stopListening).addCallback(lambda _: None)
 
 
 class MetricsService(MetricsEndpoint):

@@ -44,8 +44,6 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from twisted.application import service
-from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
@@ -65,7 +63,8 @@ from twistchat.crypto.webbinding import NONCE_BYTES, web_binding
 from twistchat.errors import BadMessage
 from twistchat.framing import Int32Framer
 from twistchat.server.protocol import ChatServerProtocol, format_address
-from twistchat.server.service import CannotStart, ChatServerFactory
+from twistchat.server.service import ChatServerFactory
+from twistchat.server.siteservice import SiteService
 
 #: The WebSocket subprotocol: the chat protocol of this protocol version.
 SUBPROTOCOL = f"twistchat.{wire.PROTOCOL_VERSION}"
@@ -425,7 +424,7 @@ def site(sockets: ChatSocketFactory, hsts: bool, timeout: float,
     return web
 
 
-class WebService(service.Service):
+class WebService(SiteService):
     """
     Serve the page and the WebSocket on C{endpoint} (which adds the server's
     TLS) while running.
@@ -436,33 +435,18 @@ class WebService(service.Service):
     """
 
     log = Logger()
+    serving = "the web page"
 
     def __init__(self, endpoint: IStreamServerEndpoint, description: str,
                  sockets: ChatSocketFactory, web: server.Site, hosts: Iterable[str],
                  extra_origins: Iterable[str] = ()) -> None:
-        self.endpoint = endpoint
-        self.description = description
+        super().__init__(endpoint, description, web)
         self.sockets = sockets
-        self.site = web
         self.hosts = list(hosts)
         self.extra_origins = set(extra_origins)
-        self.port: IListeningPort | None = None
-        self._failed: Failure | None = None
-
-    def startService(self) -> None:
-        """
-        @raise CannotStart: if the endpoint cannot listen.
-        """
-        d = self.endpoint.listen(self.site)
-        d.addCallbacks(self._listening, self._not_listening)
-        if self._failed is not None:
-            error = self._failed.value
-            reason = getattr(error, "socketError", None) or error
-            raise CannotStart(f"cannot serve the web page on {self.description}: {reason}")
-        super().startService()
 
     def _listening(self, port: IListeningPort) -> None:
-        self.port = port
+        super()._listening(port)
         address = port.getHost()
         number = getattr(address, "port", 0)
         self.sockets.origins = origins_for(self.hosts, number) | self.extra_origins
@@ -470,16 +454,6 @@ class WebService(service.Service):
                       "origins: {origins}", event="twistchat.web_listening", port=number,
                       host=getattr(address, "host", None),
                       origins=" ".join(sorted(self.sockets.origins)))
-
-    def _not_listening(self, failure: Failure) -> None:
-        self._failed = failure
-
-    def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
-        port, self.port = self.port, None
-        if port is None:
-            return defer.succeed(None)
-        return defer.maybeDeferred(port.stopListening).addCallback(lambda _: None)
 
 
 __all__ = [
