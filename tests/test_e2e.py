@@ -260,11 +260,12 @@ def test_port_in_use_as_a_daemon(workdir: Path, password: Path) -> None:
 
 @pytest.mark.parametrize("option, serving", [("--metrics", "metrics"),
                                              ("--web", "the web page")])
-def test_metrics_or_web_port_in_use_is_one_log_line(workdir: Path, password: Path,
-                                                    option: str, serving: str) -> None:
+def test_metrics_or_web_port_in_use_is_one_line(workdir: Path, password: Path,
+                                                option: str, serving: str) -> None:
     """
-    The chat port listens by then, and standard error leads to the log: the
-    reason is one line there, naming what could not be served and where.
+    As for the chat port: one line on standard error (where an operator or a
+    daemon's parent sees it) and in the log, naming what could not be served
+    and where.
     """
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -274,9 +275,10 @@ def test_metrics_or_web_port_in_use_is_one_log_line(workdir: Path, password: Pat
                         "--password-file", str(password),
                         option, f"tcp:{port}:interface=127.0.0.1")
     assert result.returncode == 1, result
-    assert re.search(f"twistd socketchat: cannot serve {serving} on tcp:{port}:"
-                     r"interface=127\.0\.0\.1: .*Address already in use$",
-                     result.stdout, re.MULTILINE), result.stdout
+    line = (f"twistd socketchat: cannot serve {serving} on tcp:{port}:"
+            r"interface=127\.0\.0\.1: .*Address already in use$")
+    assert re.search(line, result.stdout, re.MULTILINE), result.stdout
+    assert_one_line(result, f"cannot serve {serving} on tcp:{port}:interface=127.0.0.1: ")
     assert "Traceback" not in result.stdout + result.stderr
 
 

@@ -688,11 +688,13 @@ def _metrics_service(options: Options, factory: ChatServerFactory, metrics: Metr
     from twistchat.server.metrics import MetricsService, StateCollector
 
     assert options.metrics_endpoint is not None
-    return MetricsService(
+    endpoint = MetricsService(
         options.metrics_endpoint, options["metrics"], metrics,
         StateCollector(factory, room_names=bool(options["metrics-room-names"])),
         reactor, listening=lambda: bool(chat.ports), probe=probe,
     )
+    endpoint.err = options.err
+    return endpoint
 
 
 def _web_service(options: Options, factory: ChatServerFactory,
@@ -716,9 +718,10 @@ def _web_service(options: Options, factory: ChatServerFactory,
     site = web.site(sockets, hsts, timeout=options.limits.idle_timeout)
     endpoint = wrapServerTLS(server_options(options.certificate), options.web_endpoint,
                              reactor)
-    web.WebService(endpoint, options["web"], sockets, site,
-                   web.certificate_names(certificate),
-                   options.web_origins).setServiceParent(parent)
+    page = web.WebService(endpoint, options["web"], sockets, site,
+                          web.certificate_names(certificate), options.web_origins)
+    page.err = options.err
+    page.setServiceParent(parent)
 
 
 def _chat_service(options: Options, factory: ChatServerFactory,
@@ -834,9 +837,11 @@ def _workers(options: Options) -> service.IService:
 
     # One endpoint for every worker; it listens before the workers start.
     top = service.MultiService()
-    WorkersMetricsService(
+    endpoint = WorkersMetricsService(
         options.metrics_endpoint, options["metrics"], reactor, options["workers"],
         lambda: pool.metrics_dir, RedisLink(url, reactor),
-    ).setServiceParent(top)
+    )
+    endpoint.err = options.err
+    endpoint.setServiceParent(top)
     pool.setServiceParent(top)
     return top

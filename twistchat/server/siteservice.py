@@ -5,15 +5,20 @@ L{twistchat.server.metrics}) and the web port (C{--web},
 L{twistchat.server.web}).
 
 A listen that fails at once (a port in use) is raised from C{startService}
-as L{CannotStart}, so that twistd reports it at start; a subclass adds what
-it does once listening (its log line) by extending C{_listening}.
+as L{CannotStart}, so that twistd reports it at start, as one line logged and
+written to C{err} (twistd's standard error as it was before twistd led it to
+the log), as the chat port's is; a subclass adds what it does once listening
+(its log line) by extending C{_listening}.
 """
 
 from __future__ import annotations
 
+from typing import IO
+
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 
@@ -30,6 +35,11 @@ class SiteService(service.Service):
     """
 
     serving = "a web site"
+    log = Logger()
+    #: Where a failure to listen is written as one line besides the log (set
+    #: by the plugin to the standard error it started with); None: the
+    #: exception's message alone reports it, and it reaches only the log.
+    err: IO[str] | None = None
 
     def __init__(self, endpoint: IStreamServerEndpoint, description: str,
                  site: server.Site) -> None:
@@ -51,7 +61,14 @@ class SiteService(service.Service):
         if self._failed is not None:
             error = self._failed.value
             reason = getattr(error, "socketError", None) or error
-            raise CannotStart(f"cannot serve {self.serving} on {self.description}: {reason}")
+            message = f"cannot serve {self.serving} on {self.description}: {reason}"
+            if self.err is None:
+                raise CannotStart(message)
+            stop = CannotStart(message, reported=True)
+            self.log.error("{line}", line=stop.line)
+            self.err.write(stop.line + "\n")
+            self.err.flush()
+            raise stop
         super().startService()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
 
     def _listening(self, port: IListeningPort) -> None:
