@@ -285,11 +285,8 @@ def test_phone_and_keyboard_alone(server: WebServer, members: list[Client],
     alice = terminal(server, members, "alice")
     with Chromium(pin_of(server.cert), tmp_path, size=PHONE) as browser:
         page = browser.driver
-        # Headless Chromium keeps a window at least 500 pixels wide: emulate
-        # the phone's screen itself.
-        page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-            "width": PHONE[0], "height": PHONE[1], "deviceScaleFactor": 3, "mobile": True})
         open_page(browser, server)
+        assert page.execute_script("return window.innerWidth") == PHONE[0]
 
         def keys(*typed: str) -> None:
             page.switch_to.active_element.send_keys(*typed)
