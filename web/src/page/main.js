@@ -534,17 +534,31 @@ async function main() {
   const lastName = localStorage.getItem('twistchat.name');
   if (lastRoom) $('room').value = lastRoom;
   if (lastName) $('name').value = lastName;
+  let vouchFrom = null;
   const showKept = async () => {
     const kept = await store.get('kept', JSON.stringify([$('room').value, $('name').value]));
     $('kept-note').hidden = !kept;
     $('forget').hidden = !kept;
     if (kept) $('keep').checked = true;
-    const vouch = await store.get('vouches', JSON.stringify([$('room').value, $('name').value]));
-    $('vouch').value = vouch ? B.toBase64(vouch) : '';
-    $('has-vouch').checked = Boolean(vouch);
-    $('vouch-row').hidden = !vouch;
-    $('device-key').hidden = true;
+    // The vouch kept for this room and name fills the field; one typed in
+    // stays, unless it was filled in for another room or name.
+    const at = JSON.stringify([$('room').value, $('name').value]);
+    const vouch = await store.get('vouches', at);
+    if (vouch) {
+      $('vouch').value = B.toBase64(vouch);
+      vouchFrom = at;
+      $('has-vouch').checked = true;
+    } else if (vouchFrom !== null && vouchFrom !== at) {
+      $('vouch').value = '';
+      vouchFrom = null;
+      $('has-vouch').checked = false;
+    }
+    $('vouch-row').hidden = !$('has-vouch').checked;
   };
+  // A key shown is the key of the name typed when it was shown.
+  $('name').addEventListener('input', () => {
+    $('device-key').hidden = true;
+  });
   $('has-vouch').addEventListener('change', () => {
     $('vouch-row').hidden = !$('has-vouch').checked;
     if ($('has-vouch').checked) $('vouch').focus();
