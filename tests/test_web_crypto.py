@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 from twistchat import wire
+from twistchat.client import pins as pinning
 from twistchat.crypto import kdf, safety, seal, signed, spake2plus
 from twistchat.crypto.identity import Identity
 from twistchat.crypto.vouch import check_vouch, make_vouch
-from twistchat.client import pins as pinning
 from twistchat.crypto.webbinding import web_binding
 from twistchat.errors import TwistchatError
 
