@@ -49,6 +49,9 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 #: Width and height of the window: a desktop, or a phone held upright.
 DESKTOP = (1280, 900)
 PHONE = (390, 844)
+#: Headless Chromium keeps its window at least this wide; a narrower size is
+#: emulated (DevTools' device metrics), as a phone's screen.
+_NARROWEST_WINDOW = 500
 
 # Flags that keep Chromium from contacting anything on its own.
 _QUIET = [
@@ -96,7 +99,10 @@ def require_chromium() -> None:
 class Chromium:
     """
     One headless Chromium with its own profile under C{workdir}, trusting the
-    certificate whose key has the SPKI hash C{pin}.
+    certificate whose key has the SPKI hash C{pin}. A C{size} narrower than
+    headless Chromium's narrowest window (L{PHONE}) is emulated as a phone's
+    screen: that width and height, 3 device pixels per CSS pixel, a mobile
+    viewport.
     """
 
     def __init__(self, pin: str, workdir: Path, size: tuple[int, int] = DESKTOP) -> None:
@@ -122,6 +128,9 @@ class Chromium:
         self._log: list[dict[str, Any]] = []
         self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
         self.driver.set_page_load_timeout(30)
+        if size[0] < _NARROWEST_WINDOW:
+            self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": size[0], "height": size[1], "deviceScaleFactor": 3, "mobile": True})
 
     def __enter__(self) -> Chromium:
         return self

@@ -285,11 +285,8 @@ def test_phone_and_keyboard_alone(server: WebServer, members: list[Client],
     alice = terminal(server, members, "alice")
     with Chromium(pin_of(server.cert), tmp_path, size=PHONE) as browser:
         page = browser.driver
-        # Headless Chromium keeps a window at least 500 pixels wide: emulate
-        # the phone's screen itself.
-        page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-            "width": PHONE[0], "height": PHONE[1], "deviceScaleFactor": 3, "mobile": True})
         open_page(browser, server)
+        assert page.execute_script("return window.innerWidth") == PHONE[0]
 
         def keys(*typed: str) -> None:
             page.switch_to.active_element.send_keys(*typed)
@@ -408,3 +405,122 @@ def test_measure_the_page(server: WebServer, tmp_path: Path) -> None:
     assert raw < 200_000
     assert max(logins) < 20
     assert got["sealMs"] < 50 and got["openMs"] < 50
+
+
+VOUCH = r"^([A-Za-z0-9+/]{139}=)$"
+CHANGED = "safety number has changed"
+
+
+def test_terminal_vouches_for_the_page(server: WebServer, members: list[Client],
+                                       tmp_path: Path) -> None:
+    """
+    bob and carol (terminals) pinned alice's terminal device A; alice logs in
+    from the page with a vouch A made: bob reads "new device", not the
+    warning. The page keeps the vouch: after a reload its next login presents
+    it again, and carol, who pinned only A, reads "new device" too.
+    """
+    alice = terminal(server, members, "alice", "--identity", str(tmp_path / "alice.json"))
+    # bob and carol are other people: profiles (pins) of their own.
+    for name in ("bob", "carol"):
+        (tmp_path / name).mkdir()
+    bob = Client(tmp_path / "bob", server.port, "bob", password=PASSWORD)
+    members.append(bob)
+    bob.out.wait_for("connected — you can start sending messages")  # pins alice's A
+    carol = Client(tmp_path / "carol", server.port, "carol", password=PASSWORD)
+    members.append(carol)
+    carol.out.wait_for("connected — you can start sending messages")  # pins alice's A
+    alice.say("/key")
+    key_a = alice.out.wait_for(r"\* Your identity key: ([0-9a-f]{64})").group(1)
+    carol.say("/quit")
+    assert carol.finish() == 0
+    with Chromium(pin_of(server.cert), tmp_path) as browser:
+        open_page(browser, server)
+        browser.type("Name", "alice")
+        browser.press("Show this device's key")
+        shown = browser.wait_for_text("This device's key as alice:")
+        key_b = re.search(r"This device's key as alice: ([0-9a-f]{64})", shown).group(1)
+        alice.say(f"/vouch {key_b} 7")
+        vouch = alice.out.wait_for(VOUCH).group(1)
+        mark = len(bob.out.seen)
+        alice.say("/quit")
+        assert alice.finish() == 0
+        bob.out.wait_for(r"\* alice .* left the room", after=mark)
+        browser.field("I have a vouch from my other device").click()
+        browser.type("Vouch from your other device", vouch)
+        assert "Connected to room main as alice" in join(browser, "alice")
+        bob.out.wait_for(re.escape(
+            f"* alice: new device {key_b[:8]} (vouched for by alice's device {key_a[:8]})"))
+        say(browser, "written in the page")
+        bob.out.wait_for(re.escape("[ alice: ] written in the page"))
+        # A reload: the vouch is still there, and presented again.
+        browser.press("Leave")
+        browser.wait_for_text("Left the room")
+        browser.reload()
+        browser.wait_for_text("Not connected")
+        assert browser.field("I have a vouch from my other device").is_selected()
+        assert browser.field("Vouch from your other device").get_attribute("value") == vouch
+        assert "Connected to room main as alice" in join(browser, "alice")
+        carol = Client(tmp_path / "carol", server.port, "carol", password=PASSWORD)
+        members.append(carol)
+        carol.out.wait_for(re.escape(
+            f"* alice: new device {key_b[:8]} (vouched for by alice's device {key_a[:8]})"))
+        say(browser, "and again")
+        carol.out.wait_for(re.escape("[ alice: ] and again"))
+        check_clean(browser, server)
+    assert bob.finish() == 0 and carol.finish() == 0
+    assert not [line for line in bob.out.seen + carol.out.seen if CHANGED in line]
+
+
+def test_page_vouches_for_a_terminal(server: WebServer, members: list[Client],
+                                     tmp_path: Path) -> None:
+    """
+    bob (a page) pinned alice's page device P; P vouches for alice's terminal
+    device T with the visible control; T joins with --vouch: bob's page reads
+    "new device", not the warning, and /verify lists one number per device,
+    the one in use the number T shows.
+    """
+    from twistchat.crypto.identity import Identity
+
+    key_t = Identity.generate()
+    key_t.save(tmp_path / "alice-t.json")
+    t_hex = key_t.public_key.hex()
+    (tmp_path / "bob").mkdir()
+    (tmp_path / "alice").mkdir()
+    with Chromium(pin_of(server.cert), tmp_path / "bob") as bob, \
+            Chromium(pin_of(server.cert), tmp_path / "alice") as alice:
+        open_page(bob, server)
+        assert "Connected to room main as bob" in join(bob, "bob")
+        open_page(alice, server)
+        assert "Connected to room main as alice" in join(alice, "alice")
+        bob.wait_for_text(re.compile(r"alice \(127\.0\.0\.1:\d+\) entered the room").search)
+        say(alice, "/key")
+        shown = alice.wait_for_text("Your identity key:")
+        key_p = re.search(r"\* Your identity key: ([0-9a-f]{64})", shown).group(1)
+        alice.press("My devices")
+        assert f"This device's key: {key_p}" in alice.wait_for_text("Your devices")
+        alice.type("Key of your other device", t_hex)
+        alice.type("Days", "7")
+        alice.press("Make a vouch")
+        text = alice.wait_for_text("on that device paste it")
+        assert f"* Vouch for device {t_hex[:8]} as alice in room main, for 7 days" in text
+        vouch = re.search(VOUCH, text, re.M).group(1)
+        alice.press("Leave")
+        bob.wait_for_text(re.compile(r"alice \(127\.0\.0\.1:\d+\) left the room").search)
+        t = terminal(server, members, "alice", "--identity", str(tmp_path / "alice-t.json"),
+                     "--vouch", vouch)
+        bob.wait_for_text(
+            f"* alice: new device {t_hex[:8]} (vouched for by alice's device {key_p[:8]})")
+        t.say("written in the terminal")
+        text = bob.wait_for_text("written in the terminal")
+        assert re.search(r"alice\s*:\s*written in the terminal", text), text
+        say(bob, "/verify alice")
+        text = bob.wait_for_text("one per device:")
+        bob.press("Close")
+        assert "* Safety numbers with alice, one per device:" in text
+        assert re.search(rf"device {key_p[:8]}: {DIGITS_60}", text), text
+        in_use = re.search(rf"device {t_hex[:8]} \(in use\): {DIGITS_60}", text).group(1)
+        t.say("/verify bob")
+        assert t.out.wait_for(rf"\* Safety number with bob: {DIGITS_60}").group(1) == in_use
+        assert CHANGED not in bob.text()
+        check_clean(bob, server)
+        check_clean(alice, server)

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from twistchat.server.tls import create_self_signed
 
-from tests.browser import Chromium, pin_of
+from tests.browser import PHONE, Chromium, pin_of
 
-PAGE = """<!doctype html><html><head><title>harness</title></head><body>
+PAGE = """<!doctype html><html><head><title>harness</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head><body>
 <p>pinned page</p><label for="f">Your name</label><input id="f">
 <button aria-label="Shout" onclick="document.body.append(document.getElementById('f').value)">
 !</button><img src="https://example.com/pixel.png" alt=""></body></html>"""
@@ -61,6 +62,20 @@ def test_pinned_certificate_is_trusted_and_controls_work(site: tuple[int, Path],
         browser.type("Your name", "<b>zoë</b>")
         browser.press("Shout")
         browser.wait_for_text("<b>zoë</b>")
+
+
+def test_phone_size_is_emulated(site: tuple[int, Path], tmp_path: Path) -> None:
+    """
+    Headless Chromium keeps its window at least 500 pixels wide: the harness
+    emulates the phone's screen, so the page lays out at the phone's width.
+    """
+    port, cert = site
+    with Chromium(pin_of(cert), tmp_path, size=PHONE) as browser:
+        browser.open(f"https://127.0.0.1:{port}/")
+        browser.wait_for_text("pinned page")
+        size = browser.driver.execute_script(
+            "return [window.innerWidth, window.innerHeight, window.devicePixelRatio]")
+        assert size == [PHONE[0], PHONE[1], 3]
 
 
 def test_other_certificate_is_refused(site: tuple[int, Path], tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 from twistchat import wire
+from twistchat.client import pins as pinning
 from twistchat.crypto import kdf, safety, seal, signed, spake2plus
 from twistchat.crypto.identity import Identity
 from twistchat.crypto.vouch import check_vouch, make_vouch
@@ -440,6 +441,44 @@ def _vouch_vectors() -> tuple[dict[str, Any], dict[str, Any]]:
     return {"seed": bytes(range(100, 132)).hex(), "make": make, "check": check}, expected
 
 
+_K = [bytes([i]) * 32 for i in range(6)]
+#: Pin steps (docs/protocol.md 12.8): ["see", name, key, voucher or None] or
+#: ["accept", name], keys by index into _K.
+PIN_STEPS: list[list[Any]] = [
+    ["see", "alice", 1, None], ["see", "alice", 1, None], ["see", "alice", 2, None],
+    ["see", "alice", 2, 1], ["see", "alice", 2, None], ["see", "alice", 3, 2],
+    ["see", "alice", 4, 5], ["see", "alice", 5, 1], ["accept", "alice"],
+    ["see", "alice", 1, None], ["see", "alice", 3, 4], ["see", "bob", 2, 1],
+    ["accept", "bob"], ["see", "bob", 3, 3],
+]
+
+
+def _pin_steps() -> list[list[Any]]:
+    """
+    What L{pinning.see} and accepting make of L{PIN_STEPS}: after each step, how
+    the key compared (or the key accepted) and the name's pin.
+    """
+    pins: dict[str, pinning.Pin] = {}
+    result = []
+    for step in PIN_STEPS:
+        name = step[1]
+        if step[0] == "see":
+            voucher = None if step[3] is None else _K[step[3]]
+            pins[name], seen = pinning.see(pins.get(name), _K[step[2]], voucher)
+            outcome: Any = seen.name.lower()
+        else:
+            pin = pins.get(name)
+            outcome = None if pin is None or pin.changed is None else pin.changed.hex()
+            if outcome is not None:
+                assert pin is not None and pin.changed is not None
+                pins[name] = pinning.Pin(pin.changed)
+        pin = pins.get(name)
+        result.append([outcome, None if pin is None else {
+            "key": pin.key.hex(), "changed": pin.changed.hex() if pin.changed else None,
+            "devices": [[d.hex(), v.hex()] for d, v in pin.devices]}])
+    return result
+
+
 def _make_vectors() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     rfc9383 = json.loads((VECTORS / "rfc9383_spake2plus_p256.json").read_text())
     rfc7914 = [v for v in json.loads((VECTORS / "rfc7914_scrypt.json").read_text())["scrypt"]
@@ -463,6 +502,8 @@ def _make_vectors() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     message_hashes = [[SID.hex(), "1", ""], [SID.hex(), str(2**63 - 1), "ab" * 100]]
     vouches, vouches_expected = _vouch_vectors()
     vectors = {
+        "pinSteps": [[*step[:2], *(None if k is None else _K[k].hex() for k in step[2:])]
+                     for step in PIN_STEPS],
         "vouches": vouches,
         "rfc9383": rfc9383,
         "rfc7914": rfc7914,
@@ -489,6 +530,7 @@ def _make_vectors() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         "login": login["expected"],
         "seal": sealed["expected"],
         "vouches": vouches_expected,
+        "pinSteps": _pin_steps(),
         "envelopes": [
             _outcome(lambda e=e: _signed_view(signed.decode_signed(
                 e["room"], e["sender"], bytes.fromhex(e["sid"]), int(e["n"]),
@@ -625,6 +667,18 @@ def test_envelopes_decoded_alike(results: tuple[dict, dict, dict]) -> None:
             assert js == py
         else:
             assert js["message"] == py["message"]
+
+
+def test_pins_decide_as_python(results: tuple[dict, dict, dict]) -> None:
+    """
+    The page's pins (pins.js) see a key, a vouched device and a change, and
+    accept a change, as the terminal's (client/pins.py) do, step for step.
+    """
+    got, expected, _ = results
+    assert got["pinSteps"] == expected["pinSteps"]
+    assert [o for o, _ in expected["pinSteps"]] == [
+        "new", "pinned", "changed", "device", "pinned", "device", "changed", "device",
+        _K[4].hex(), "changed", "device", "new", None, "changed"]
 
 
 def test_vouches_match_python(results: tuple[dict, dict, dict]) -> None:

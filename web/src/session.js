@@ -9,12 +9,12 @@
 
 import { equalBytes, toHex, utf8 } from './bytes.js';
 import {
-  BadPoint, ConnectionClosed, FrameTooLong, ProtocolError, Rejected, SaltChanged, Timeout,
+  BadPoint, BadSignature, ConnectionClosed, FrameTooLong, ProtocolError, Rejected, SaltChanged, Timeout,
   TwistchatError, UnexpectedMessage, Undecryptable, fromCode,
 } from './errors.js';
-import { Identity } from './identity.js';
+import { Identity, makeVouch, verifyVouch } from './identity.js';
 import { checkParams, contentKey, deriveSecrets } from './kdf.js';
-import { MemoryPins, CHANGED, PINNED } from './pins.js';
+import { MemoryPins, CHANGED, DEVICE, PINNED, keysOf } from './pins.js';
 import { roomCommitment, roomSafetyCode, safetyNumber } from './safety.js';
 import { MAX_TEXT_BYTES, Opener, Sealer } from './seal.js';
 import { openMessage, sealSigned } from './signed.js';
@@ -29,6 +29,9 @@ export const ACK_WAIT = 5;
 export const STABLE_AFTER = 10;
 export const PACE = 0.9;
 export const SPARE = 2;
+/** How long a vouch lasts by default, and at most (days), as twistchat/crypto/vouch.py. */
+export const VOUCH_DAYS = 30;
+export const VOUCH_MAX_DAYS = 365;
 
 // --- clock, policy, keyring --------------------------------------------------------
 
@@ -176,7 +179,7 @@ export class Connection {
   #error = null;
   #log;
 
-  constructor({ handler, name, room, keyring, binding, identity, clock = realClock,
+  constructor({ handler, name, room, keyring, binding, identity, vouch = null, clock = realClock,
     timeout = HANDSHAKE_TIMEOUT, keepalive = KEEPALIVE, log = console.error }) {
     this.#handler = handler;
     this.name = name;
@@ -184,6 +187,7 @@ export class Connection {
     this.#keyring = keyring;
     this.#binding = binding;
     this.identity = identity;
+    this.vouch = vouch && vouch.length ? vouch : null;
     this.#clock = clock;
     this.#timeout = timeout;
     this.#keepalive = keepalive;
@@ -335,7 +339,9 @@ export class Connection {
       throw error;
     }
     this.state = S.WELCOME;
-    this.#send('confirm', { mac: confirmP, key: this.identity.publicKey });
+    const confirm = { mac: confirmP, key: this.identity.publicKey };
+    if (this.vouch) confirm.vouch = this.vouch;
+    this.#send('confirm', confirm);
   }
 
   async #welcome(f, message) {
@@ -399,6 +405,11 @@ function lostReason(error) {
     `the server closed the connection during the handshake (${error.message || error})`);
 }
 
+/** A member as the session keeps it, from presence fields. */
+function member(f) {
+  return { name: f.name, addr: f.addr, key: f.key, vouch: f.vouch ?? new Uint8Array(0) };
+}
+
 function pyRepr(text) {
   // Python's repr of a str without quotes or backslashes inside: 'text'.
   return text.includes("'") && !text.includes('"') ? `"${text}"` : `'${text.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
@@ -460,6 +471,8 @@ export const SESSION_TABLE = TABLE;
  *   server                  the key of the pins, e.g. 'host:port' or the origin
  *   listener                an object with any of the Session's event methods
  *   identity                { publicKey, sign } (default: a new key)
+ *   vouch                   a vouch for identity's key by another device of the name
+ *                           (identity.makeVouch, 104 bytes), presented at every login
  *   pins                    a pin store (pins.js; default: MemoryPins)
  *   transcript              a Transcript (default: a new one, in memory)
  *   reconnect               a Reconnect policy, or null for none (default)
@@ -495,7 +508,7 @@ class Connector {
       const relay = new Relay(resolve, reject);
       const connection = new Connection({
         handler: relay, name: o.name, room: o.room, keyring: this.keyring, binding: o.binding,
-        identity: o.identity, clock: o.clock ?? realClock, timeout: o.timeout ?? HANDSHAKE_TIMEOUT,
+        identity: o.identity, vouch: o.vouch ?? null, clock: o.clock ?? realClock, timeout: o.timeout ?? HANDSHAKE_TIMEOUT,
         keepalive: o.keepalive === undefined ? KEEPALIVE : o.keepalive, log: o.log ?? console.error,
       });
       relay.connection = connection;
@@ -555,11 +568,12 @@ class Relay {
  * policy, across as many connections as it takes. Reports to its listener
  * (any of): messageReceived(m), memberJoined(member), memberLeft(member),
  * messageRejected(sender, reason), historyUnreadable(m), historyEnd(),
- * memberKeyChanged(name, oldKey, newKey), transcriptAlarm(alarm),
+ * memberKeyChanged(name, oldKey, newKey), memberNewDevice(name, key, voucher),
+ * vouchRefused(name, key, reason), transcriptAlarm(alarm),
  * messageUndelivered(count), messageRefused(reason), notice(text),
  * reconnecting(attempt, delay, reason), reconnected(), disconnected(reason),
  * stateChanged(state). A message m is { sender, text, time, history, signed,
- * trusted }; a member { name, addr, key }.
+ * trusted }; a member { name, addr, key, vouch } (vouch: bytes, maybe empty).
  */
 export class Session {
   #conn;
@@ -631,9 +645,9 @@ export class Session {
     this.address = welcome.addr;
     this.maxText = welcome.max_text ?? MAX_TEXT_BYTES;
     this.#members = new Map(welcome.members.filter((m) => m.name !== this.name).map(
-      (m) => [m.name, { name: m.name, addr: m.addr, key: m.key }]));
+      (m) => [m.name, member(m)]));
     this.transcript.newConnection();
-    await this.#checkKeys([...this.#members.values()].map((m) => [m.name, m.key]));
+    await this.#checkKeys([...this.#members.values()].map((m) => [m.name, m.key, m.vouch]));
   }
 
   // --- to the listener
@@ -784,30 +798,70 @@ export class Session {
     return this.identity.publicKey;
   }
 
-  async #checkKeys(pairs) {
-    const keys = pairs.filter(([, key]) => key && key.length);
+  /**
+   * Compare each (name, key, vouch) with the pins (pinning on first sight),
+   * as the terminal's session._check_keys: a key not pinned yet whose vouch
+   * (docs/protocol.md 12.8) verifies under a key pinned for the name is
+   * pinned as another device; any other new key is a change, reported once
+   * per session. Whether each key is a pinned one.
+   */
+  async #checkKeys(triples) {
+    const keys = triples.filter(([, key]) => key && key.length);
     if (!keys.length) return [];
     let seen;
+    const vouchers = [];
+    const refused = [];
     try {
-      seen = await this.#pins.seeAll(this.#server, this.room, keys);
+      for (const [name, key, vouch] of keys) {
+        // (No await without a vouch: the common case keeps its turns.)
+        const [voucher, reason] = vouch && vouch.length
+          ? await this.#checkVouch(name, key, vouch) : [null, null];
+        vouchers.push(voucher);
+        refused.push(reason);
+      }
+      seen = await this.#pins.seeAll(this.#server, this.room,
+        keys.map(([name, key], i) => [name, key, vouchers[i]]));
     } catch (error) {
       this.#tell('notice', describe(error));
       return keys.map(() => false);
     }
     const result = [];
     for (let i = 0; i < keys.length; i++) {
-      const [name, key] = keys[i];
+      const [name, key, vouch] = keys[i];
       let how = seen[i];
       if (name === this.name && equalBytes(key, this.key)) how = PINNED;
       result.push(how !== CHANGED);
       const id = `${name}\0${toHex(key)}`;
-      if (how === CHANGED && !this.#warned.has(id)) {
+      if (how === DEVICE) {
+        this.#tell('memberNewDevice', name, key, vouchers[i]);
+      } else if (how === CHANGED && !this.#warned.has(id)) {
         this.#warned.add(id);
         const pin = await this.#pins.get(this.#server, this.room, name);
         this.#tell('memberKeyChanged', name, pin ? pin.key : key, key);
+        if (vouch && vouch.length) {
+          this.#tell('vouchRefused', name, key,
+            refused[i] ?? `it was made by a key you have not pinned for ${name}`);
+        }
       }
     }
     return result;
+  }
+
+  /**
+   * [the key that made a good vouch, or null; why a vouch was refused, or
+   * null]: only a key not pinned yet, of a name that has a pin, has its vouch
+   * checked (session._check_vouches).
+   */
+  async #checkVouch(name, key, vouch) {
+    if (!vouch || !vouch.length) return [null, null];
+    const pinned = keysOf(await this.#pins.get(this.#server, this.room, name));
+    if (!pinned.length || pinned.some((k) => equalBytes(k, key))) return [null, null];
+    try {
+      return [verifyVouch(vouch, this.room, name, key, this.#clock.now()).voucher, null];
+    } catch (error) {
+      if (error instanceof BadSignature) return [null, error.message];
+      throw error;
+    }
   }
 
   async #theirKey(name) {
@@ -819,13 +873,52 @@ export class Session {
   }
 
   /**
-   * The safety number of us and `name` (60 digits in groups of 5), the same
-   * on both sides; it uses the key pinned for name. Rejects with RangeError
-   * if no key is known for it.
+   * The keys pinned for `name`, one per device (docs/protocol.md 12.8), the
+   * first pinned first; without a pin, the key it announced. Rejects with
+   * RangeError if no key is known for it.
    */
-  async verify(name) {
+  async devices(name) {
     if (name === this.name) throw new RangeError(`no key is known for ${name}`);
-    return safetyNumber(this.name, this.key, name, await this.#theirKey(name));
+    const pinned = keysOf(await this.#pins.get(this.#server, this.room, name));
+    return pinned.length ? pinned : [await this.#theirKey(name)];
+  }
+
+  /** The key `name` is present with, if present and it announced one (else null). */
+  inUse(name) {
+    const member = this.#members.get(name);
+    return member && member.key && member.key.length ? member.key : null;
+  }
+
+  /**
+   * The safety number of us and `name` (60 digits in groups of 5), the same
+   * on both sides. Safety numbers are per device: `key` is one of
+   * devices(name); by default the pinned key name is present with, else the
+   * first pinned. Rejects with RangeError if no key is known for name, or
+   * `key` is not pinned for it.
+   */
+  async verify(name, key = null) {
+    const devices = await this.devices(name);
+    if (key === null) {
+      const present = this.inUse(name);
+      key = present && devices.some((k) => equalBytes(k, present)) ? present : await this.#theirKey(name);
+    } else if (!devices.some((k) => equalBytes(k, key))) {
+      throw new RangeError(`${toHex(key.slice(0, 4))} is not a device of ${name}`);
+    }
+    return safetyNumber(this.name, this.key, name, key);
+  }
+
+  /**
+   * A vouch, by our identity key, that `key` also speaks for our name in this
+   * room for `days` days (docs/protocol.md 12.8): give it to that device.
+   * Rejects with RangeError (days out of range, our own key) or BadSignature
+   * (not an Ed25519 public key).
+   */
+  async vouchFor(key, days = VOUCH_DAYS) {
+    if (!Number.isInteger(days) || days < 1 || days > VOUCH_MAX_DAYS) {
+      throw new RangeError(`a vouch lasts 1 to ${VOUCH_MAX_DAYS} days`);
+    }
+    const notAfter = BigInt(Math.floor(this.#clock.now())) + BigInt(days) * 86400n;
+    return makeVouch(this.identity, this.room, this.name, key, notAfter);
   }
 
   /** The room's safety code (30 digits in groups of 5): the same for all who share key, members and keys. */
@@ -1012,10 +1105,10 @@ export class Session {
         if (this.state === T.LEAVING && !this.#outbox.length && this.connected) this.#closeWhenAcknowledged();
         break;
       case 'joined': {
-        const member = { name: f.name, addr: f.addr, key: f.key };
-        this.#members.set(member.name, member);
-        this.#tell('memberJoined', member);
-        await this.#checkKeys([[member.name, member.key]]);
+        const joined = member(f);
+        this.#members.set(joined.name, joined);
+        this.#tell('memberJoined', joined);
+        await this.#checkKeys([[joined.name, joined.key, joined.vouch]]);
         break;
       }
       case 'left': {
@@ -1025,9 +1118,9 @@ export class Session {
         break;
       }
       case 'members': {
-        const everyone = f.members.map((m) => ({ name: m.name, addr: m.addr, key: m.key }));
+        const everyone = f.members.map(member);
         this.#members = new Map(everyone.filter((m) => m.name !== this.name).map((m) => [m.name, m]));
-        await this.#checkKeys(everyone.filter((m) => m.name !== this.name).map((m) => [m.name, m.key]));
+        await this.#checkKeys(everyone.filter((m) => m.name !== this.name).map((m) => [m.name, m.key, m.vouch]));
         const waiting = this.#who.shift();
         if (waiting) waiting.resolve(everyone);
         break;

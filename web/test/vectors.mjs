@@ -13,7 +13,7 @@ if (!globalThis.crypto) globalThis.crypto = webcrypto;
 
 const bundle = new URL('../../twistchat/web/static/twistchat.js', import.meta.url);
 const tc = await import(bundle);
-const { bytes: B, kdf, spake2plus, seal, identity, signed, safety, wire } = tc;
+const { bytes: B, kdf, spake2plus, seal, identity, signed, safety, wire, pins: P } = tc;
 const hex = B.toHex;
 const unhex = B.fromHex;
 
@@ -203,6 +203,26 @@ out.messageHash = vectors.messageHash.map(([sid, n, data]) =>
     room, name, newKey: hex(newKey), voucher: hex(fresh.publicKey),
     data: hex(await identity.makeVouch(fresh, room, name, newKey, 1800000000n + 86400n)),
   };
+}
+
+// --- pins: keys, vouched devices, changes -------------------------------------------
+{
+  const pins = new P.MemoryPins();
+  out.pinSteps = [];
+  for (const [what, name, key, voucher] of vectors.pinSteps) {
+    let outcome;
+    if (what === 'see') {
+      [outcome] = await pins.seeAll('s', 'r', [[name, unhex(key), voucher === null ? null : unhex(voucher)]]);
+    } else {
+      const now = await pins.accept('s', 'r', name);
+      outcome = now === null ? null : hex(now);
+    }
+    const pin = await pins.get('s', 'r', name);
+    out.pinSteps.push([outcome, pin === null ? null : {
+      key: hex(pin.key), changed: pin.changed ? hex(pin.changed) : null,
+      devices: pin.devices.map(([d, v]) => [hex(d), hex(v)]),
+    }]);
+  }
 }
 
 // --- safety numbers -------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 // in it cannot reorder the text around it. No inline script or style: the
 // server's Content-Security-Policy forbids both.
 
-import { errors, kdf, session as S, transcript as T, transport } from '../index.js';
+import { bytes as B, errors, identity as ed, kdf, session as S, transcript as T, transport } from '../index.js';
 import { Store, StoredPins, identityFor } from './store.js';
 
 const UNREADABLE = '(unreadable: sealed under an earlier room password)';
@@ -14,6 +14,9 @@ const HELP = [
   '/verify NAME   the safety number with NAME: compare it with them, in person or by a call',
   '/accept NAME   trust NAME\'s new identity key (after checking the new number)',
   '/safety        the room safety code: the same for everyone in the room',
+  '/key           show this device\'s identity key (to vouch for it from another device)',
+  '/vouch KEY [DAYS]  vouch that identity key KEY (64 hex digits) is another device of yours',
+  '               in this room, for DAYS days (default 30): gives a vouch for that device',
   '/who           everyone in the room',
   '/quit          leave the room',
 ];
@@ -38,6 +41,11 @@ function isolated(text, className) {
 function showTime(seconds) {
   const t = new Date(seconds * 1000);
   return [t.getHours(), t.getMinutes(), t.getSeconds()].map((n) => String(n).padStart(2, '0')).join(':');
+}
+
+/** The first 4 bytes of a key in hex: how notices name a device. */
+function short(key) {
+  return B.toHex(key.slice(0, 4));
 }
 
 function groups(digits) {
@@ -162,7 +170,18 @@ class Page {
       return;
     }
     const changed = (await this.session.changedKey(name)) ? ' (CHANGED: not accepted yet)' : '';
-    this.noticeParts(['* Safety number with ', [name], `${changed}: ${number}`]);
+    const devices = await this.session.devices(name);
+    if (devices.length === 1) {
+      this.noticeParts(['* Safety number with ', [name], `${changed}: ${number}`]);
+    } else {
+      // One number per device: compare the one of the device name uses.
+      this.noticeParts(['* Safety numbers with ', [name], `${changed}, one per device:`]);
+      const inUse = this.session.inUse(name);
+      for (const key of devices) {
+        const mark = inUse && B.equalBytes(inUse, key) ? ' (in use)' : '';
+        this.notice(`*   device ${short(key)}${mark}: ${await this.session.verify(name, key)}`);
+      }
+    }
     this.compare(`Safety number with ${name}`, number,
       `Compare these 60 digits with ${name}, in person or on a call: ${name} sees the same ` +
       'number with your name on their screen (in the terminal: /verify). If they differ, ' +
@@ -196,6 +215,36 @@ class Page {
     }
   }
 
+  /** Make a vouch for the device whose key is `keyHex` and show it to copy. */
+  async vouch(keyHex, daysText) {
+    let key;
+    let days;
+    let vouch;
+    try {
+      if (!/^[0-9a-fA-F]{64}$/.test(keyHex)) throw new RangeError('KEY must be 64 hex digits');
+      days = daysText === undefined || daysText === '' ? S.VOUCH_DAYS : Number(daysText);
+      key = B.fromHex(keyHex.toLowerCase());
+      vouch = await this.session.vouchFor(key, days);
+    } catch (e) {
+      this.notice(`! Cannot vouch: ${e.message}`, 'notice warning');
+      return;
+    }
+    this.noticeParts([`* Vouch for device ${short(key)} as `, [this.session.name], ' in room ',
+      [this.session.room], `, for ${days} days; on that device paste it under "I have a vouch ` +
+      'from my other device" (in the terminal: --vouch followed by it):']);
+    this.notice(B.toBase64(vouch), 'notice key');
+  }
+
+  toggleDevices() {
+    const view = $('devices-view');
+    view.hidden = !view.hidden;
+    $('devices-button').setAttribute('aria-expanded', String(!view.hidden));
+    if (!view.hidden) {
+      $('my-key').textContent = B.toHex(this.session.key);
+      $('other-key').focus();
+    }
+  }
+
   // --- typing -------------------------------------------------------------------------
 
   async typed(line) {
@@ -221,6 +270,11 @@ class Page {
         else await this.accept(words[1]);
       } else if (word === '/safety') {
         this.safety();
+      } else if (word === '/key') {
+        this.notice(`* Your identity key: ${B.toHex(this.session.key)}`, 'notice key');
+      } else if (word === '/vouch') {
+        if (words.length < 2 || words.length > 3) this.notice('! Cannot vouch: usage: /vouch KEY [DAYS]');
+        else await this.vouch(words[1], words[2]);
       } else {
         this.noticeParts(['! Unknown command ', [word], ': type /help']);
       }
@@ -267,6 +321,13 @@ class Page {
         [name], ') and type /accept ', [name], '.'], 'notice alarm');
         this.showMembers();
       },
+      memberNewDevice: (name, key, voucher) => {
+        this.noticeParts(['* ', [name], `: new device ${short(key)} (vouched for by `, [name],
+          `'s device ${short(voucher)})`]);
+        this.showMembers();
+      },
+      vouchRefused: (name, key, reason) => this.noticeParts(['!!! ', [name], `'s new key ${short(key)} ` +
+        'came with a vouch that was not accepted: ', [reason]], 'notice alarm'),
       transcriptAlarm: (a) => this.noticeParts(['!!! ', [a.text]], 'notice alarm'),
       messageUndelivered: (count) => {
         for (let i = 0; i < count; i++) {
@@ -347,7 +408,7 @@ class Page {
 
   // --- joining ---------------------------------------------------------------------------
 
-  async join({ room, name, password, keep }) {
+  async join({ room, name, password, keep, vouchText }) {
     const error = $('join-error');
     error.textContent = '';
     const keptAt = JSON.stringify([room, name]);
@@ -375,6 +436,25 @@ class Page {
         return secrets;
       };
     const identity = await identityFor(this.store, name);
+    let vouch = null;
+    if (vouchText) {
+      try {
+        vouch = B.fromBase64(vouchText.replace(/\s+/g, ''));
+        if (vouch === null) throw new RangeError('it is not base64');
+        ed.verifyVouch(vouch, room, name, identity.publicKey, Date.now() / 1000);
+      } catch (e) {
+        error.textContent = `This vouch cannot be used: ${e.message} (it must be made for this ` +
+          "device's key, as this name, in this room, and not have expired).";
+        this.setState('Not connected', 'ended');
+        $('join-fields').disabled = false;
+        progress.hidden = true;
+        $('vouch').focus();
+        return;
+      }
+      await this.store.put('vouches', keptAt, vouch);
+    } else {
+      await this.store.delete('vouches', keptAt);
+    }
     const state = await this.store.get('transcripts', keptAt);
     let transcript;
     try {
@@ -389,7 +469,7 @@ class Page {
       this.session = await S.login({
         connect: web.connect, binding: web.binding, name, room,
         password: password || '', server: this.origin, listener: this.listener(),
-        pins: new StoredPins(this.store), identity, transcript,
+        pins: new StoredPins(this.store), identity, vouch, transcript,
         reconnect: new S.Reconnect(), derive,
         onProgress: (f) => {
           progress.value = f;
@@ -454,12 +534,48 @@ async function main() {
   const lastName = localStorage.getItem('twistchat.name');
   if (lastRoom) $('room').value = lastRoom;
   if (lastName) $('name').value = lastName;
+  let vouchFrom = null;
   const showKept = async () => {
     const kept = await store.get('kept', JSON.stringify([$('room').value, $('name').value]));
     $('kept-note').hidden = !kept;
     $('forget').hidden = !kept;
     if (kept) $('keep').checked = true;
+    // The vouch kept for this room and name fills the field; one typed in
+    // stays, unless it was filled in for another room or name.
+    const at = JSON.stringify([$('room').value, $('name').value]);
+    const vouch = await store.get('vouches', at);
+    if (vouch) {
+      $('vouch').value = B.toBase64(vouch);
+      vouchFrom = at;
+      $('has-vouch').checked = true;
+    } else if (vouchFrom !== null && vouchFrom !== at) {
+      $('vouch').value = '';
+      vouchFrom = null;
+      $('has-vouch').checked = false;
+    }
+    $('vouch-row').hidden = !$('has-vouch').checked;
   };
+  // A key shown is the key of the name typed when it was shown.
+  $('name').addEventListener('input', () => {
+    $('device-key').hidden = true;
+  });
+  $('has-vouch').addEventListener('change', () => {
+    $('vouch-row').hidden = !$('has-vouch').checked;
+    if ($('has-vouch').checked) $('vouch').focus();
+  });
+  $('show-key').addEventListener('click', async () => {
+    const name = $('name').value.trim();
+    const shown = $('device-key');
+    shown.hidden = false;
+    if (!name) {
+      shown.textContent = 'Type your name first: this device has a key per name.';
+      $('name').focus();
+      return;
+    }
+    const key = B.toHex((await identityFor(store, name)).publicKey);
+    shown.textContent = `This device's key as ${name}: ${key}. On your other device, in the room, ` +
+      `type /vouch ${key} and paste here the vouch it gives.`;
+  });
   $('room').addEventListener('change', showKept);
   $('name').addEventListener('change', showKept);
   await showKept();
@@ -474,7 +590,8 @@ async function main() {
     const name = $('name').value.trim();
     localStorage.setItem('twistchat.room', room);
     localStorage.setItem('twistchat.name', name);
-    page.join({ room, name, password: $('password').value, keep: $('keep').checked });
+    page.join({ room, name, password: $('password').value, keep: $('keep').checked,
+      vouchText: $('has-vouch').checked ? $('vouch').value.trim() : '' });
   });
   $('compose').addEventListener('submit', (event) => {
     event.preventDefault();
@@ -484,6 +601,11 @@ async function main() {
     page.typed(line);
   });
   $('safety-button').addEventListener('click', () => page.safety());
+  $('devices-button').addEventListener('click', () => page.toggleDevices());
+  $('vouch-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    page.vouch($('other-key').value.trim(), $('vouch-days').value.trim());
+  });
   $('leave').addEventListener('click', () => page.session && page.session.leave());
   $('compare-close').addEventListener('click', () => $('compare').close());
   $('compare').addEventListener('close', () => $('message').focus());

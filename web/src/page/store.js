@@ -1,10 +1,12 @@
 // What the page keeps in IndexedDB (per origin, as the browser scopes it):
 //
 //   identities   name -> { privateKey: CryptoKey (non-extractable) | seed, publicKey }
-//   pins         JSON [server, room, name] -> { key, changed }   (pins.js interface)
+//   pins         JSON [server, room, name] -> { key, changed, devices }   (pins.js interface)
 //   transcripts  JSON [room, name] -> Transcript.state()
 //   kept         JSON [room, name] -> { salt, n, r, p, w0, w1, contentSecret }
 //                only when the person opts in; never the password.
+//   vouches      JSON [room, name] -> the vouch (bytes) this device presents at
+//                login, made by another device of the name (docs/protocol.md 12.8)
 //
 // Every function is async; a browser without IndexedDB (or one that refuses
 // it, e.g. a private window in some browsers) gets MemoryStore's in-memory
@@ -13,7 +15,7 @@
 import { identity as ed, pins as P } from '../index.js';
 
 const DB = 'twistchat';
-const STORES = ['identities', 'pins', 'transcripts', 'kept'];
+const STORES = ['identities', 'pins', 'transcripts', 'kept', 'vouches'];
 
 function request(r) {
   return new Promise((resolve, reject) => {
@@ -40,7 +42,7 @@ export class Store {
   static async open(indexedDB = globalThis.indexedDB) {
     if (!indexedDB) return new MemoryStore();
     try {
-      const r = indexedDB.open(DB, 1);
+      const r = indexedDB.open(DB, 2);
       r.onupgradeneeded = () => {
         for (const name of STORES) {
           if (!r.result.objectStoreNames.contains(name)) r.result.createObjectStore(name);
@@ -103,35 +105,27 @@ export class StoredPins {
 
   async get(server, room, name) {
     const pin = await this.#store.get('pins', JSON.stringify([server, room, name]));
-    return pin ? { key: pin.key, changed: pin.changed ?? null } : null;
+    return pin ? P.copyPin(pin) : null;
   }
 
   async seeAll(server, room, members) {
     const result = [];
-    for (const [name, key] of members) {
+    for (const [name, key, voucher] of members) {
       const at = JSON.stringify([server, room, name]);
-      const pin = await this.#store.get('pins', at);
-      if (!pin) {
-        await this.#store.put('pins', at, { key: key.slice(), changed: null });
-        result.push(P.NEW);
-      } else if (equalBytes(pin.key, key)) {
-        result.push(P.PINNED);
-      } else {
-        if (!pin.changed || !equalBytes(pin.changed, key)) {
-          await this.#store.put('pins', at, { key: pin.key, changed: key.slice() });
-        }
-        result.push(P.CHANGED);
-      }
+      const before = await this.#store.get('pins', at);
+      const [pin, how] = P.see(before, key, voucher ?? null);
+      if (pin !== before) await this.#store.put('pins', at, pin);
+      result.push(how);
     }
     return result;
   }
 
   async accept(server, room, name) {
     const at = JSON.stringify([server, room, name]);
-    const pin = await this.#store.get('pins', at);
-    if (!pin || !pin.changed) return null;
-    await this.#store.put('pins', at, { key: pin.changed, changed: null });
-    return pin.changed.slice();
+    const pin = P.accepted(await this.#store.get('pins', at));
+    if (!pin) return null;
+    await this.#store.put('pins', at, pin);
+    return pin.key.slice();
   }
 }
 
