@@ -14,6 +14,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twistchat.bench.processes import LineNotSeen, Lines
@@ -72,12 +73,15 @@ def server(tmp_path: Path):  # type: ignore[no-untyped-def]
         assert "Traceback" not in "\n".join(running.log.seen)
 
 
-def get(server: WebServer, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+def get(server: WebServer, path: str, method: str = "GET", trust: Path | None = None,
+        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """
-    One HTTPS request, trusting the test server's own certificate only.
+    One HTTPS request, trusting the test server's own certificate only (or
+    the CA certificate C{trust}).
     """
-    context = ssl.create_default_context(cafile=str(server.cert))
-    request = urllib.request.Request(f"https://127.0.0.1:{server.web}{path}", method=method)
+    context = ssl.create_default_context(cafile=str(trust or server.cert))
+    request = urllib.request.Request(f"https://127.0.0.1:{server.web}{path}", method=method,
+                                     headers=headers or {})
     try:
         with urllib.request.urlopen(request, context=context, timeout=10) as response:
             return response.status, dict(response.headers), response.read()
@@ -249,3 +253,80 @@ def test_origins_and_hsts_rule() -> None:
         "https://localhost:8443", "https://[::1]:8443", "https://chat.example:8443"}
     assert origins_for(["chat.example"], 443) == {"https://chat.example"}
     assert normalise_origin("HTTPS://Chat.Example:8443/") == "https://chat.example:8443"
+
+
+# --- HSTS: only with a CA-issued certificate ------------------------------------------
+
+
+def write_certificate(folder: Path, name: str, issuer: tuple[Any, Any] | None = None,
+                      ca: bool = False) -> tuple[Any, Any]:
+    """
+    A P-256 key and a certificate for 127.0.0.1 into C{folder/NAME.pem} and
+    C{NAME.key}, signed by C{issuer} (a certificate and its key), or by itself.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_cert, issuer_key = issuer or (None, key)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject if issuer_cert is not None else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None),
+                       critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=False, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), critical=True)
+    else:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / f"{name}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return cert, key
+
+
+@pytest.mark.parametrize("issued", [True, False], ids=["ca-issued", "self-signed"])
+def test_hsts_only_with_a_ca_issued_certificate(tmp_path: Path, issued: bool) -> None:
+    """
+    A certificate from a (tiny, real) CA gets HSTS on every response; one the
+    operator signed himself, given the same way, does not.
+    """
+    if issued:
+        ca = write_certificate(tmp_path, "ca", ca=True)
+        write_certificate(tmp_path, "server", issuer=ca)
+        trust = tmp_path / "ca.pem"
+    else:
+        write_certificate(tmp_path, "server")
+        trust = tmp_path / "server.pem"
+    server = WebServer(tmp_path, "--tls-cert", str(tmp_path / "server.pem"),
+                       "--tls-key", str(tmp_path / "server.key"))
+    try:
+        for path in ("/", "/app.js", "/no-such-file"):
+            status, headers, _ = get(server, path, trust=trust)
+            assert status == (404 if "no-such" in path else 200)
+            if issued:
+                assert headers["Strict-Transport-Security"] == "max-age=31536000"
+            else:
+                assert "Strict-Transport-Security" not in headers
+            assert headers["X-Content-Type-Options"] == "nosniff"
+    finally:
+        assert server.stop()
+    assert "Traceback" not in "\n".join(server.log.seen)
