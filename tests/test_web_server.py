@@ -330,3 +330,75 @@ def test_hsts_only_with_a_ca_issued_certificate(tmp_path: Path, issued: bool) ->
     finally:
         assert server.stop()
     assert "Traceback" not in "\n".join(server.log.seen)
+
+
+# --- gzip for the page's files ----------------------------------------------------------
+
+PAGE_FILES = ["/", "/app.js", "/twistchat.js", "/style.css", "/favicon.svg"]
+
+
+def test_page_files_gzipped_when_accepted(server: WebServer) -> None:
+    import gzip
+
+    sent = {"plain": 0, "gzip": 0}
+    for path in PAGE_FILES:
+        name = path.strip("/") or "index.html"
+        status, plain, body = get(server, path)
+        assert status == 200 and "Content-Encoding" not in plain
+        assert body == (HERE.parent / "twistchat/web/static" / name).read_bytes()
+        assert plain["Content-Length"] == str(len(body))
+        status, packed, zipped = get(server, path, headers={"Accept-Encoding": "gzip, br"})
+        assert status == 200
+        assert packed["Content-Encoding"] == "gzip"
+        assert "Accept-Encoding" in packed["Vary"] and "Accept-Encoding" in plain["Vary"]
+        assert gzip.decompress(zipped) == body
+        # The same policy and headers, whatever the encoding.
+        assert packed["Content-Security-Policy"] == plain["Content-Security-Policy"]
+        assert packed["Content-Type"] == plain["Content-Type"]
+        sent["plain"] += len(body)
+        sent["gzip"] += len(zipped)
+    print(f"\nthe page's files over the wire: {sent['plain']} bytes plain, "
+          f"{sent['gzip']} gzipped")
+    assert sent["gzip"] < sent["plain"] / 2
+
+
+def test_ranges_heads_and_refusals_are_not_gzipped(server: WebServer) -> None:
+    body = (HERE.parent / "twistchat/web/static/twistchat.js").read_bytes()
+    status, headers, part = get(server, "/twistchat.js",
+                                headers={"Accept-Encoding": "gzip", "Range": "bytes=0-99"})
+    assert (status, part) == (206, body[:100])
+    assert "Content-Encoding" not in headers
+    status, headers, _ = get(server, "/twistchat.js", method="HEAD",
+                             headers={"Accept-Encoding": "gzip"})
+    assert status == 200 and "Content-Encoding" not in headers
+    assert headers["Content-Length"] == str(len(body))
+    status, headers, _ = get(server, "/no-such-file", headers={"Accept-Encoding": "gzip"})
+    assert status == 404 and "Content-Encoding" not in headers
+
+
+def test_not_modified_with_gzip_leaves_the_connection_sound(server: WebServer) -> None:
+    """
+    A 304 has no body, not even an empty gzip stream: the next response on
+    the same connection is read intact.
+    """
+    import gzip
+    import http.client
+
+    context = ssl.create_default_context(cafile=str(server.cert))
+    connection = http.client.HTTPSConnection("127.0.0.1", server.web, timeout=10,
+                                             context=context)
+    try:
+        connection.request("GET", "/app.js", headers={"Accept-Encoding": "gzip"})
+        first = connection.getresponse()
+        body = gzip.decompress(first.read())
+        since = first.getheader("Last-Modified")
+        assert since
+        connection.request("GET", "/app.js",
+                           headers={"Accept-Encoding": "gzip", "If-Modified-Since": since})
+        cached = connection.getresponse()
+        assert (cached.status, cached.read()) == (304, b"")
+        connection.request("GET", "/app.js", headers={"Accept-Encoding": "gzip"})
+        again = connection.getresponse()
+        assert again.status == 200 and gzip.decompress(again.read()) == body
+    finally:
+        connection.close()
