@@ -104,6 +104,8 @@ CLAIMS = [
     ("rooms", "sh", r"twistchat-passwd "),
     ("history-output", "", r"^--- history ---"),
     ("web", "sh", r"^\.venv/bin/twistd -n socketchat --port 7777 --web 8443$"),
+    ("web-copy", "sh", r"^\.venv/bin/twistchat-web export "),
+    ("web-copy-server", "sh", r"--web-origin http://127\.0\.0\.1:8000$"),
     ("twisted", "python", r"task\.react"),
     ("blocking", "python", r"BlockingChat"),
 ]
@@ -124,6 +126,8 @@ RUN_BY = {
     "reconnect-output": "test_reconnect",
     "rooms": "test_rooms_and_history",
     "web": "test_from_a_browser",
+    "web-copy": "test_local_copy_of_the_page",
+    "web-copy-server": "test_local_copy_of_the_page",
     "history-output": "test_rooms_and_history",
 }
 
@@ -461,3 +465,42 @@ def test_from_a_browser(tmp_path: Path, started: list) -> None:
         text = browser.wait_for_text("Not connected")
         assert "Join a room" in text
         assert "whoever serves this page can serve different code" in text
+
+
+def test_local_copy_of_the_page(tmp_path: Path, started: list) -> None:
+    """
+    "From a browser", the local copy: the export and its check run as pasted;
+    the copy is served as README says (a free port in place of 8000) and the
+    server started with README's command (on loopback, free ports) accepts its
+    origin; the copy loads in Chromium and asks for the server.
+    """
+    from tests.browser import Chromium, pin_of
+
+    export, check, serve = block("web-copy").commands
+    done = subprocess.run(substitute(export, 0), shell=True, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env=env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    digest = re.search(r"SHA-256 of SHA256SUMS: ([0-9a-f]{64})", done.stdout)
+    assert digest, done.stdout
+    done = subprocess.run(check, shell=True, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "index.html: OK" in done.stdout
+    assert done.stdout.endswith(f"{digest.group(1)}  SHA256SUMS\n")
+    files = shell(tmp_path, serve.replace("python3 ", f"{sys.executable} -u ").replace(
+        " 8000 ", " 0 "))
+    started.append(files)
+    port = int(files.out.wait_for(r"Serving HTTP on 127\.0\.0\.1 port (\d+)").group(1))
+    (command,) = block("web-copy-server").commands
+    command = substitute(command, 0).replace(
+        "--web 8443", "--interface 127.0.0.1 --web tcp:0:interface=127.0.0.1").replace(
+        "127.0.0.1:8000", f"127.0.0.1:{port}")
+    server = ServerProcess(shlex.split(command), tmp_path, env(tmp_path))
+    started.append(server)
+    accepted = server.log.wait_for(r"web page and WebSocket on port \d+ .*origins: (.*)")
+    assert f"http://127.0.0.1:{port}" in accepted.group(1).split()
+    with Chromium(pin_of(tmp_path / "twistchat-data" / "server.pem"), tmp_path) as browser:
+        browser.open(f"http://127.0.0.1:{port}/")
+        text = browser.wait_for_text("Not connected")
+        assert "A local copy:" in text
+        assert browser.field("Server").is_displayed()

@@ -14,6 +14,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twistchat.bench.processes import LineNotSeen, Lines
@@ -72,12 +73,15 @@ def server(tmp_path: Path):  # type: ignore[no-untyped-def]
         assert "Traceback" not in "\n".join(running.log.seen)
 
 
-def get(server: WebServer, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+def get(server: WebServer, path: str, method: str = "GET", trust: Path | None = None,
+        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """
-    One HTTPS request, trusting the test server's own certificate only.
+    One HTTPS request, trusting the test server's own certificate only (or
+    the CA certificate C{trust}).
     """
-    context = ssl.create_default_context(cafile=str(server.cert))
-    request = urllib.request.Request(f"https://127.0.0.1:{server.web}{path}", method=method)
+    context = ssl.create_default_context(cafile=str(trust or server.cert))
+    request = urllib.request.Request(f"https://127.0.0.1:{server.web}{path}", method=method,
+                                     headers=headers or {})
     try:
         with urllib.request.urlopen(request, context=context, timeout=10) as response:
             return response.status, dict(response.headers), response.read()
@@ -212,19 +216,25 @@ def test_slow_websocket_reader_is_dropped(tmp_path: Path) -> None:
 # --- options (no listening) --------------------------------------------------------
 
 
-def test_web_without_autobahn_is_one_clear_line(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from twistchat.server.service import CannotStart
+#: twistd as in tests/test_e2e.py's servers, in a Python where autobahn cannot
+#: be imported (as if not installed: an import of it raises ImportError).
+WITHOUT_AUTOBAHN = ("import sys; sys.modules['autobahn'] = None; "
+                    "from twisted.scripts.twistd import run; run()")
 
-    from tests.test_tap import parse
 
-    # As if not installed, even where an earlier test imported it.
-    for name in [m for m in sys.modules if m.split(".")[0] == "autobahn"] + ["autobahn"]:
-        monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.delitem(sys.modules, "twistchat.server.web", raising=False)
-    with pytest.raises(CannotStart, match=r"^twistd socketchat: --web needs autobahn: "
-                                          r"pip install 'twistchat\[web\]'$"):
-        parse(tmp_path, "--web", "8443")
+def test_web_without_autobahn_is_one_clear_line(tmp_path: Path) -> None:
+    """
+    The real twistd, in a process of its own whose autobahn is hidden: one
+    line, exit status 1, no traceback. (In the test's own process, hiding it
+    meant rewriting sys.modules while the reactor's pool threads may import,
+    and anything an earlier test left to be logged counted against this one.)
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_AUTOBAHN, "-n", "--pidfile=", "socketchat",
+         "--data-dir", str(tmp_path / "data"), "--web", "8443"],
+        capture_output=True, text=True, timeout=120, env=env(tmp_path))
+    assert (done.returncode, done.stdout) == (1, ""), done.stdout + done.stderr
+    assert done.stderr == "twistd socketchat: --web needs autobahn: pip install 'twistchat[web]'\n"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -249,3 +259,152 @@ def test_origins_and_hsts_rule() -> None:
         "https://localhost:8443", "https://[::1]:8443", "https://chat.example:8443"}
     assert origins_for(["chat.example"], 443) == {"https://chat.example"}
     assert normalise_origin("HTTPS://Chat.Example:8443/") == "https://chat.example:8443"
+
+
+# --- HSTS: only with a CA-issued certificate ------------------------------------------
+
+
+def write_certificate(folder: Path, name: str, issuer: tuple[Any, Any] | None = None,
+                      ca: bool = False) -> tuple[Any, Any]:
+    """
+    A P-256 key and a certificate for 127.0.0.1 into C{folder/NAME.pem} and
+    C{NAME.key}, signed by C{issuer} (a certificate and its key), or by itself.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_cert, issuer_key = issuer or (None, key)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject if issuer_cert is not None else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None),
+                       critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=False, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), critical=True)
+    else:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / f"{name}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return cert, key
+
+
+@pytest.mark.parametrize("issued", [True, False], ids=["ca-issued", "self-signed"])
+def test_hsts_only_with_a_ca_issued_certificate(tmp_path: Path, issued: bool) -> None:
+    """
+    A certificate from a (tiny, real) CA gets HSTS on every response; one the
+    operator signed himself, given the same way, does not.
+    """
+    if issued:
+        ca = write_certificate(tmp_path, "ca", ca=True)
+        write_certificate(tmp_path, "server", issuer=ca)
+        trust = tmp_path / "ca.pem"
+    else:
+        write_certificate(tmp_path, "server")
+        trust = tmp_path / "server.pem"
+    server = WebServer(tmp_path, "--tls-cert", str(tmp_path / "server.pem"),
+                       "--tls-key", str(tmp_path / "server.key"))
+    try:
+        for path in ("/", "/app.js", "/no-such-file"):
+            status, headers, _ = get(server, path, trust=trust)
+            assert status == (404 if "no-such" in path else 200)
+            if issued:
+                assert headers["Strict-Transport-Security"] == "max-age=31536000"
+            else:
+                assert "Strict-Transport-Security" not in headers
+            assert headers["X-Content-Type-Options"] == "nosniff"
+    finally:
+        assert server.stop()
+    assert "Traceback" not in "\n".join(server.log.seen)
+
+
+# --- gzip for the page's files ----------------------------------------------------------
+
+PAGE_FILES = ["/", "/app.js", "/twistchat.js", "/style.css", "/favicon.svg"]
+
+
+def test_page_files_gzipped_when_accepted(server: WebServer) -> None:
+    import gzip
+
+    sent = {"plain": 0, "gzip": 0}
+    for path in PAGE_FILES:
+        name = path.strip("/") or "index.html"
+        status, plain, body = get(server, path)
+        assert status == 200 and "Content-Encoding" not in plain
+        assert body == (HERE.parent / "twistchat/web/static" / name).read_bytes()
+        assert plain["Content-Length"] == str(len(body))
+        status, packed, zipped = get(server, path, headers={"Accept-Encoding": "gzip, br"})
+        assert status == 200
+        assert packed["Content-Encoding"] == "gzip"
+        assert "Accept-Encoding" in packed["Vary"] and "Accept-Encoding" in plain["Vary"]
+        assert gzip.decompress(zipped) == body
+        # The same policy and headers, whatever the encoding.
+        assert packed["Content-Security-Policy"] == plain["Content-Security-Policy"]
+        assert packed["Content-Type"] == plain["Content-Type"]
+        sent["plain"] += len(body)
+        sent["gzip"] += len(zipped)
+    print(f"\nthe page's files over the wire: {sent['plain']} bytes plain, "
+          f"{sent['gzip']} gzipped")
+    assert sent["gzip"] < sent["plain"] / 2
+
+
+def test_ranges_heads_and_refusals_are_not_gzipped(server: WebServer) -> None:
+    body = (HERE.parent / "twistchat/web/static/twistchat.js").read_bytes()
+    status, headers, part = get(server, "/twistchat.js",
+                                headers={"Accept-Encoding": "gzip", "Range": "bytes=0-99"})
+    assert (status, part) == (206, body[:100])
+    assert "Content-Encoding" not in headers
+    status, headers, _ = get(server, "/twistchat.js", method="HEAD",
+                             headers={"Accept-Encoding": "gzip"})
+    assert status == 200 and "Content-Encoding" not in headers
+    assert headers["Content-Length"] == str(len(body))
+    status, headers, _ = get(server, "/no-such-file", headers={"Accept-Encoding": "gzip"})
+    assert status == 404 and "Content-Encoding" not in headers
+
+
+def test_not_modified_with_gzip_leaves_the_connection_sound(server: WebServer) -> None:
+    """
+    A 304 has no body, not even an empty gzip stream: the next response on
+    the same connection is read intact.
+    """
+    import gzip
+    import http.client
+
+    context = ssl.create_default_context(cafile=str(server.cert))
+    connection = http.client.HTTPSConnection("127.0.0.1", server.web, timeout=10,
+                                             context=context)
+    try:
+        connection.request("GET", "/app.js", headers={"Accept-Encoding": "gzip"})
+        first = connection.getresponse()
+        body = gzip.decompress(first.read())
+        since = first.getheader("Last-Modified")
+        assert since
+        connection.request("GET", "/app.js",
+                           headers={"Accept-Encoding": "gzip", "If-Modified-Since": since})
+        cached = connection.getresponse()
+        assert (cached.status, cached.read()) == (304, b"")
+        connection.request("GET", "/app.js", headers={"Accept-Encoding": "gzip"})
+        again = connection.getresponse()
+        assert again.status == 200 and gzip.decompress(again.read()) == body
+    finally:
+        connection.close()

@@ -25,7 +25,9 @@ rooms are exactly those of the chat port. What differs:
 Every HTTP response carries a strict Content-Security-Policy and the other
 headers of L{SECURITY_HEADERS}; HSTS is added only for a CA-issued
 certificate (a self-signed one is accepted by a browser only after a click,
-which HSTS would forbid).
+which HSTS would forbid). The page's files are sent gzipped to a client that
+accepts it (L{PageEncoding}): they are static and hold no secret, so there is
+nothing for a compression oracle such as BREACH to find.
 
 Autobahn is an optional dependency (C{twistchat[web]}): only this module and
 its callers import it.
@@ -54,7 +56,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
-from twisted.web import pages, server, static
+from twisted.web import pages, resource, server, static
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
@@ -366,15 +368,36 @@ class ChatSocketFactory(WebSocketServerFactory):
 # --- the page -------------------------------------------------------------------------
 
 
+class PageEncoding(server.GzipEncoderFactory):
+    """
+    gzip for a whole GET of one of the page's files, when the client accepts
+    it. A HEAD request or a range is answered as it is (a range counts bytes
+    of the file, not of the gzip stream).
+    """
+
+    def encoderForRequest(self, request: IRequest) -> Any:
+        if request.method != b"GET" or request.getHeader(b"range") is not None:
+            return None
+        request.responseHeaders.addRawHeader(b"Vary", b"Accept-Encoding")
+        return super().encoderForRequest(request)
+
+
 class PageFiles(static.File):
     """
-    The page's static files: no directory listings, fixed content types.
+    The page's static files: no directory listings, fixed content types,
+    gzipped when the client accepts it.
     """
 
     def __init__(self, path: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(path, *args, **kwargs)
         self.contentTypes = dict(CONTENT_TYPES)
         self.indexNames = ["index.html"]
+
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
+        child = super().getChild(path, request)
+        if isinstance(child, static.File) and not child.isdir():
+            return resource.EncodingResourceWrapper(child, [PageEncoding()])
+        return child
 
     def directoryListing(self) -> IResource:
         return pages.notFound("No such file", "There is no such file.")
@@ -458,7 +481,7 @@ class WebService(SiteService):
 
 __all__ = [
     "CONTENT_TYPES", "ChatSocketFactory", "ChatWebSocket", "FrameTransport", "HSTS",
-    "HeadersRequest", "PageFiles", "SECURITY_HEADERS", "STATIC", "SUBPROTOCOL",
+    "HeadersRequest", "PageEncoding", "PageFiles", "SECURITY_HEADERS", "STATIC", "SUBPROTOCOL",
     "WEBSOCKET_PATH", "WebService", "certificate_names", "certificate_sha256",
     "channel_binding", "is_ca_issued", "normalise_origin", "origins_for", "site",
 ]

@@ -3,6 +3,12 @@
 // through textContent only, each inside its own <bdi> so that bidi controls
 // in it cannot reorder the text around it. No inline script or style: the
 // server's Content-Security-Policy forbids both.
+//
+// A local copy (written by `twistchat-web export`, its index.html marked with
+// <meta name="twistchat-copy" content="local">) is not served by the chat
+// server: it shows a Server field and connects to wss://SERVER/ws. The channel
+// binding still uses the page's own origin, which the server must accept
+// (--web-origin).
 
 import { bytes as B, errors, identity as ed, kdf, session as S, transcript as T, transport } from '../index.js';
 import { Store, StoredPins, identityFor } from './store.js';
@@ -22,6 +28,28 @@ const HELP = [
 ];
 
 const $ = (id) => document.getElementById(id);
+
+/** Whether this page is a local copy, which asks for the chat server's address. */
+function isLocalCopy() {
+  const mark = document.querySelector('meta[name="twistchat-copy"]');
+  return mark !== null && mark.content === 'local';
+}
+
+/**
+ * The chat server typed into the Server field, as `host:port` (port 443
+ * left out), or null for something else than a host and an optional port.
+ */
+function serverAddress(typed) {
+  const text = typed.trim().replace(/^(https|wss):\/\//i, '').replace(/\/+$/, '');
+  if (!text || /[/?#@\\\s]/.test(text)) return null;
+  let url;
+  try {
+    url = new URL(`https://${text}`);
+  } catch {
+    return null;
+  }
+  return url.host || null;
+}
 
 /** An element with text (never HTML) and optional class. */
 function el(tag, text, className) {
@@ -59,7 +87,16 @@ class Page {
     this.inHistory = false;
     this.countdown = null;
     this.saveTimer = null;
+    // The page's own origin: bound into the login, accepted by the server.
     this.origin = location.origin;
+    // The chat server's host:port: this page's own, unless a local copy.
+    this.local = isLocalCopy();
+    this.server = location.host;
+  }
+
+  /** Where the page's stored state is kept: per room and name (and server, for a copy). */
+  placeKey(room, name) {
+    return JSON.stringify(this.local ? [room, name, this.server] : [room, name]);
   }
 
   // --- the state line -----------------------------------------------------------------
@@ -388,7 +425,7 @@ class Page {
   // --- keeping state ----------------------------------------------------------------
 
   transcriptKey() {
-    return JSON.stringify([this.session.room, this.session.name]);
+    return this.placeKey(this.session.room, this.session.name);
   }
 
   saveSoon() {
@@ -411,7 +448,16 @@ class Page {
   async join({ room, name, password, keep, vouchText }) {
     const error = $('join-error');
     error.textContent = '';
-    const keptAt = JSON.stringify([room, name]);
+    if (this.local) {
+      const address = serverAddress($('server').value);
+      if (!address) {
+        error.textContent = 'Type the chat server\'s address, like chat.example.org:8443.';
+        $('server').focus();
+        return;
+      }
+      this.server = address;
+    }
+    const keptAt = this.placeKey(room, name);
     const kept = password ? null : await this.store.get('kept', keptAt);
     if (!password && !kept) {
       error.textContent = 'Type the room password.';
@@ -463,12 +509,12 @@ class Page {
       transcript = undefined; // a damaged or foreign state: start the chains afresh
     }
     const web = transport.webHello(
-      transport.webSocketConnector(`wss://${location.host}/ws`), this.origin);
+      transport.webSocketConnector(`wss://${this.server}/ws`), this.origin);
     const started = performance.now();
     try {
       this.session = await S.login({
         connect: web.connect, binding: web.binding, name, room,
-        password: password || '', server: this.origin, listener: this.listener(),
+        password: password || '', server: `https://${this.server}`, listener: this.listener(),
         pins: new StoredPins(this.store), identity, vouch, transcript,
         reconnect: new S.Reconnect(), derive,
         onProgress: (f) => {
@@ -489,6 +535,7 @@ class Page {
     $('password').value = '';
     this.loginSeconds = (performance.now() - started) / 1000;
     document.body.dataset.loginMs = String(Math.round(this.loginSeconds * 1000));
+    if (this.local) localStorage.setItem('twistchat.server', this.server);
     if (keep && derived) await this.store.put('kept', keptAt, derived);
     if (!keep && !kept) await this.store.delete('kept', keptAt);
     progress.hidden = true;
@@ -530,19 +577,31 @@ async function main() {
     $('keep-row').hidden = true;
     $('storage-note').textContent = 'This browser keeps nothing for this page: keys last until you close it.';
   }
+  if (page.local) {
+    $('served-caveat').hidden = true;
+    $('local-caveat').hidden = false;
+    for (const e of document.querySelectorAll('#server, label[for="server"]')) e.hidden = false;
+    $('server').required = true;
+    $('server').value = localStorage.getItem('twistchat.server') ?? '';
+  }
   const lastRoom = localStorage.getItem('twistchat.room');
   const lastName = localStorage.getItem('twistchat.name');
   if (lastRoom) $('room').value = lastRoom;
   if (lastName) $('name').value = lastName;
   let vouchFrom = null;
+  const keptKey = () => {
+    const address = page.local ? serverAddress($('server').value) : page.server;
+    if (address) page.server = address;
+    return page.placeKey($('room').value, $('name').value);
+  };
   const showKept = async () => {
-    const kept = await store.get('kept', JSON.stringify([$('room').value, $('name').value]));
+    const kept = await store.get('kept', keptKey());
     $('kept-note').hidden = !kept;
     $('forget').hidden = !kept;
     if (kept) $('keep').checked = true;
     // The vouch kept for this room and name fills the field; one typed in
     // stays, unless it was filled in for another room or name.
-    const at = JSON.stringify([$('room').value, $('name').value]);
+    const at = keptKey();
     const vouch = await store.get('vouches', at);
     if (vouch) {
       $('vouch').value = B.toBase64(vouch);
@@ -578,9 +637,10 @@ async function main() {
   });
   $('room').addEventListener('change', showKept);
   $('name').addEventListener('change', showKept);
+  $('server').addEventListener('change', showKept);
   await showKept();
   $('forget').addEventListener('click', async () => {
-    await store.delete('kept', JSON.stringify([$('room').value, $('name').value]));
+    await store.delete('kept', keptKey());
     await showKept();
     $('password').focus();
   });
@@ -612,7 +672,8 @@ async function main() {
   $('rejoin').addEventListener('click', () => location.reload());
   window.addEventListener('pagehide', () => page.save());
   page.setState('Not connected', 'ended');
-  if ($('room').value && $('name').value) $('password').focus();
+  if (page.local && !$('server').value) $('server').focus();
+  else if ($('room').value && $('name').value) $('password').focus();
   else $('room').focus();
 }
 
