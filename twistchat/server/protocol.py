@@ -600,13 +600,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
         self.sent_messages += 1
         self.sent_bytes += len(message["ct"])
         # The sealed parts travel on as the base64 text that was just validated.
-        raw = message.raw
-        self.factory.relay(
-            self.room,
-            self,
-            wire.encode("msg", **{"from": self.name}, sid=raw["sid"], n=raw["n"], ct=raw["ct"]),
-            message,
-        )
+        self.factory.relay(self.room, self, wire.relayed(self.name, message), message)
 
     def _send_members(self, message: wire.Message) -> None:
         assert self.room is not None

@@ -281,8 +281,7 @@ def ack_frame(room: Room, message: wire.Message) -> bytes:
     The C{ack} frame (with its length prefix) that tells the sender of
     C{message} it was accepted, at the next position in C{room}'s order.
     """
-    raw = message.raw
-    return ack(raw["sid"], raw["n"], room.accept())
+    return wire.prefixed(wire.acknowledged(message, room.accept()))
 
 
 def ack(sid: str, n: int, seq: int) -> bytes:
