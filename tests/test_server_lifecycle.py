@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from twistchat import errors, wire
 from twistchat.crypto.seal import Sealer
-from twistchat.server import lifecycle
+from twistchat.server import lifecycle, protocol
 from twistchat.server.lifecycle import TABLE, Input, Row, Stage
 from twistchat.server.limits import Limits
 from twistchat.server.protocol import PHASES, ChatServerProtocol, Refusal, State
@@ -221,3 +221,26 @@ def test_docs_show_the_table_the_code_runs() -> None:
         "docs/protocol.md section 4 differs from the code: paste the output of "
         "`python -m twistchat.server.lifecycle` between its markers"
     )
+
+
+@pytest.mark.parametrize("stage", list(Stage), ids=[s.name for s in Stage])
+def test_deliver_does_what_the_delivery_row_does(
+        verifier: Any, stage: Stage, no_logged_errors: list[dict[str, Any]]) -> None:
+    # deliver() skips the generic dispatch where the row only writes: in
+    # every stage it must leave the connection exactly as the row would.
+    data = wire.prefixed(b'{"type":"x"}')
+    after = []
+    for run in (lambda p: p.proto.deliver(data),
+                lambda p: p.proto._input(Input.DELIVER, data)):
+        _, peer = reach(stage, verifier, Clock())
+        before = peer.transport.value()
+        peer.proto._left = Stage.HELLO  # so that a missed update shows
+        run(peer)
+        after.append((peer.proto.stage, peer.proto._left, peer.proto.queued,
+                      peer.transport.value()[len(before):]))
+    assert after[0] == after[1]
+    if TABLE[stage, Input.DELIVER].check == "bug":  # both runs logged it
+        assert len(no_logged_errors) == 2
+        no_logged_errors.clear()
+    assert (stage in protocol._WRITE_ONLY) == (
+        TABLE[stage, Input.DELIVER] == Row(stage, ("write",)))

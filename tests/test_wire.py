@@ -196,3 +196,41 @@ def test_encode_turns_bytes_anywhere_into_base64(fields: dict[str, Any]) -> None
 def test_encode_refuses_what_json_cannot_carry() -> None:
     with pytest.raises(TypeError, match="a set cannot be sent"):
         wire.encode("x", members=[{"key": {1}}])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sender=st.text(max_size=40),
+    sid=st.binary(min_size=16, max_size=16),
+    n=st.integers(0, wire.messages.MAX_COUNTER),
+    ct=st.binary(min_size=16, max_size=600),
+    seq=st.integers(0, 2**63 - 1),
+    order=st.permutations(["sid", "n", "ct"]),
+    spaced=st.booleans(),
+    escape_slash=st.booleans(),
+)
+def test_relayed_and_acknowledged_are_what_encode_gives(
+    sender: str, sid: bytes, n: int, ct: bytes, seq: int, order: list[str], spaced: bool,
+    escape_slash: bool,
+) -> None:
+    # The send as a client may write it: any member order, spacing, "\/".
+    values = {"sid": base64.b64encode(sid).decode(), "n": n, "ct": base64.b64encode(ct).decode()}
+    text = json.dumps({"type": "send", **{k: values[k] for k in order}},
+                      separators=(", ", ": ") if spaced else (",", ":"))
+    if escape_slash:
+        text = text.replace("/", "\\/")
+    send = wire.decode(text.encode(), wire.FROM_CLIENT)
+    assert wire.relayed(sender, send) == wire.encode(
+        "msg", **{"from": sender}, sid=values["sid"], n=n, ct=values["ct"])
+    assert wire.acknowledged(send, seq) == wire.encode(
+        "ack", sid=values["sid"], n=n, seq=seq)
+    relayed = wire.decode(wire.relayed("alice", send), wire.FROM_SERVER)
+    assert (relayed["from"], relayed["sid"], relayed["n"], relayed["ct"]) == ("alice", sid, n, ct)
+
+
+def test_only_a_send_is_relayed_or_acknowledged() -> None:
+    who = wire.decode(wire.encode("who"), wire.FROM_CLIENT)
+    with pytest.raises(ValueError):
+        wire.relayed("alice", who)
+    with pytest.raises(ValueError):
+        wire.acknowledged(who, 1)

@@ -284,7 +284,7 @@ def history_frame(row: Row) -> bytes:
     ))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Entry:
     """
     One event of a room on its way to its members: a message (stored first),
@@ -317,7 +317,7 @@ class _Entry:
         Who gets it now: never its sender, nor a member who left meanwhile.
         """
         if self.audience is None:
-            return [m for m in self.room.members if m is not self.sender]
+            return self.room.recipients(self.sender)
         return [m for m in self.audience if m in self.room]
 
     def give(self, member: Member) -> None:
@@ -436,8 +436,9 @@ class History:
         Accept one sealed message from C{sender}: store it, then relay C{frame}
         (after the room's events received before it).
         """
+        fields = message.fields
         row = (room.name, sender.name, self.clock.seconds(),
-               message["sid"], message["n"], message["ct"])
+               fields["sid"], fields["n"], fields["ct"])
         entry = _Entry(room, sender, wire.prefixed(frame), row, message)
         self._unsubmitted.append(entry)
         if self.failing is not None:

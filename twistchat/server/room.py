@@ -249,7 +249,7 @@ class Room:
         """
         Send one already length-prefixed frame to every member but C{exclude}.
         """
-        self.send_to(self._recipients(exclude), data)
+        self.send_to(self.recipients(exclude), data)
 
     def send_to(self, recipients: Iterable[Member], data: bytes) -> None:
         """
@@ -271,8 +271,11 @@ class Room:
         if self._batcher is not None:
             self._batcher.flush()
 
-    def _recipients(self, exclude: Member | None) -> Iterable[Member]:
-        # A copy: a delivery may drop a member (slow consumer) mid-loop.
+    def recipients(self, exclude: Member | None = None) -> list[Member]:
+        """
+        The members but C{exclude}, as a new list: a delivery may drop a
+        member (a slow reader) while the list is walked.
+        """
         return [m for m in self._members.values() if m is not exclude]
 
 
@@ -281,8 +284,7 @@ def ack_frame(room: Room, message: wire.Message) -> bytes:
     The C{ack} frame (with its length prefix) that tells the sender of
     C{message} it was accepted, at the next position in C{room}'s order.
     """
-    raw = message.raw
-    return ack(raw["sid"], raw["n"], room.accept())
+    return wire.prefixed(wire.acknowledged(message, room.accept()))
 
 
 def ack(sid: str, n: int, seq: int) -> bytes:

@@ -13,10 +13,12 @@ from twistchat.wire.messages import (
     MAX_ROOM,
     PROTOCOL_VERSION,
     Message,
+    acknowledged,
     decode,
     encode,
     max_text_for,
     prefixed,
+    relayed,
 )
 
 __all__ = [
@@ -30,8 +32,10 @@ __all__ = [
     "MAX_TEXT_BYTES",
     "PROTOCOL_VERSION",
     "Message",
+    "acknowledged",
     "decode",
     "encode",
     "max_text_for",
     "prefixed",
+    "relayed",
 ]

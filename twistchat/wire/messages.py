@@ -17,6 +17,7 @@ import json
 import math
 import unicodedata
 from collections.abc import Callable, Mapping
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from twistchat.crypto.identity import PUBLIC_KEY_BYTES
@@ -350,3 +351,41 @@ def encode(kind: str, **fields: Any) -> bytes:
     everything this module encodes decodes again under the schema.
     """
     return _encoder.encode({"type": kind, **fields}).encode("ascii")
+
+
+# The two frames the server writes for every message it accepts, built from
+# the decoded send without a walk of the encoder: the base64 text and the
+# counter of a decoded send are valid JSON as they are (only base64 letters;
+# a plain integer), so each frame is its fixed parts around them, the same
+# bytes as encode() gives (tests compare the two). Taking the decoded
+# L{Message} keeps them to values the schema has checked.
+
+
+def relayed(sender: str, send: Message) -> bytes:
+    """
+    The C{msg} frame that relays C{send} (a decoded C{send} message) from
+    member C{sender}: the bytes of C{encode("msg", from=sender, sid=..., n=...,
+    ct=...)} with the sealed parts as they came in.
+
+    @raise ValueError: C{send} is not a C{send} message.
+    """
+    if send.type != "send":
+        raise ValueError(f"a {send.type!r} message is not relayed")
+    raw = send.raw
+    return (
+        f'{{"type":"msg","from":{encode_basestring_ascii(sender)},"sid":"{raw["sid"]}",'
+        f'"n":{raw["n"]:d},"ct":"{raw["ct"]}"}}'
+    ).encode("ascii")
+
+
+def acknowledged(send: Message, seq: int) -> bytes:
+    """
+    The C{ack} frame for C{send} (a decoded C{send} message) at position
+    C{seq}: the bytes of C{encode("ack", sid=..., n=..., seq=seq)}.
+
+    @raise ValueError: C{send} is not a C{send} message.
+    """
+    if send.type != "send":
+        raise ValueError(f"a {send.type!r} message is not acknowledged")
+    raw = send.raw
+    return f'{{"type":"ack","sid":"{raw["sid"]}","n":{raw["n"]:d},"seq":{seq:d}}}'.encode("ascii")
