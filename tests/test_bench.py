@@ -57,13 +57,24 @@ def test_smoke_run_prints_json_results(tmp_path: Path) -> None:
     assert "--message-rate" in fanout["server_options"]
 
 
-def test_cprofile_runs_twistd_under_its_own_profiler(tmp_path: Path) -> None:
+def test_cprofile_runs_twistd_under_its_own_profiler(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """
     --profiler cprofile: twistd's own profiling options, before the
-    subcommand, instead of a py-spy command around twistd.
+    subcommand, instead of a py-spy command around twistd. Without py-spy,
+    --profile with the default profiler is a usage error naming the way out
+    (it was a traceback when the server was started).
     """
     assert cli.parse(["--profile", "p", "--profiler", "cprofile"]).profiler == "cprofile"
+    monkeypatch.setattr(cli, "py_spy", lambda: "/opt/spy/py-spy")
     assert cli.parse(["--profile", "p"]).profiler == "py-spy"
+    monkeypatch.setattr(cli, "py_spy", lambda: None)
+    with pytest.raises(SystemExit) as stopped:
+        cli.parse(["--profile", "p"])
+    assert stopped.value.code == 2
+    assert "--profile needs py-spy" in capsys.readouterr().err
+    assert cli.parse(["--profile", "p", "--profiler", "cprofile"]).profiler == "cprofile"
     out = str(tmp_path / "p-fanout-10-0.pstats")
     command = relay.server_command("twistchat", tmp_path, ["--history", "0"], profile=out)
     at = command.index("socketchat")

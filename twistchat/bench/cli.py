@@ -60,7 +60,7 @@ from twistchat.bench.config import (
 from twistchat.bench.measure import available, machine
 from twistchat.bench.plot import plot
 from twistchat.bench.processes import BenchError, raise_fd_limit
-from twistchat.bench.relay import extra_options
+from twistchat.bench.relay import extra_options, py_spy
 from twistchat.bench.results import add_ratios, table, targets
 
 
@@ -158,6 +158,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         bad = set(getattr(args, name)) - set(allowed)
         if bad:
             parser.error(f"unknown {name}: {', '.join(sorted(bad))}")
+    if args.profile and args.profiler == "py-spy" and py_spy() is None:
+        parser.error("--profile needs py-spy (pip install py-spy), or use --profiler cprofile")
     bounds = {"connections": (1, 5000), "waves": (1, 5), "chat_seconds": (0, 600),
               "guess_seconds": (0, 600), "handshake_timeout": (0, 600)}
     for name, (low, high) in bounds.items():

@@ -188,10 +188,18 @@ def server_command(kind: str, data: Path, options: list[str], before: str | None
         at = command.index("socketchat")
         command[at:at] = [f"--profile={profile}", "--profiler=cprofile", "--savestats"]
     elif profile and kind != "before":
-        spy = Path(sys.executable).with_name("py-spy")
-        command = [str(spy) if spy.exists() else "py-spy", "record", "--format", "raw",
-                   "-o", profile, "--", *command]
+        command = [py_spy() or "py-spy", "record", "--format", "raw", "-o", profile, "--",
+                   *command]
     return command
+
+
+def py_spy() -> str | None:
+    """
+    The py-spy program: beside this interpreter (a virtual environment's), or
+    on the PATH; None when there is none.
+    """
+    spy = Path(sys.executable).with_name("py-spy")
+    return str(spy) if spy.exists() else shutil.which("py-spy")
 
 
 class RelayServer(ServerProcess):
