@@ -112,6 +112,40 @@ def test_only_get_and_no_listings(server: WebServer) -> None:
     assert get(server, "/../setup.cfg")[0] == 404
 
 
+def raw(server: WebServer, request: bytes) -> bytes:
+    """
+    Send C{request} as it is over TLS to the web port; everything the server
+    answers before it closes (or 10 seconds pass).
+    """
+    import socket
+
+    context = ssl.create_default_context(cafile=str(server.cert))
+    with socket.create_connection(("127.0.0.1", server.web), timeout=10) as plain, \
+            context.wrap_socket(plain, server_hostname="localhost") as tls:
+        tls.sendall(request)
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("query", ["", "?redirect=https%3A%2F%2Felsewhere.example%2F",
+                                   "?redirect=https%3A%2F%2Felsewhere.example%2F&after=0"])
+def test_websocket_path_without_upgrade(server: WebServer, query: str) -> None:
+    # Autobahn's own answer to a GET without Upgrade is a status page, or a
+    # redirect to any URL named in the query: an open redirect on the page's
+    # origin, without the security headers. It must be a plain refusal.
+    answer = raw(server, b"GET /ws" + query.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+                 b"Connection: close\r\n\r\n")
+    head = answer.split(b"\r\n\r\n")[0].decode().lower()
+    assert head.startswith("http/1.1 400 "), head
+    assert "location:" not in head
+    assert "elsewhere" not in answer.decode(errors="replace")
+    assert "autobahn" not in answer.decode(errors="replace").lower()
+    assert "content-security-policy: default-src 'none'" in head
+    assert "x-frame-options: deny" in head
+
+
 def test_browser_and_terminal_chat_in_one_room(server: WebServer) -> None:
     terminal = Client(server.workdir, server.port, "alice", password=PASSWORD)
     terminal.out.wait_for("connected — you can start sending messages")

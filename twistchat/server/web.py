@@ -361,6 +361,8 @@ class ChatSocketFactory(WebSocketServerFactory):
             openHandshakeTimeout=limits.handshake_timeout,
             closeHandshakeTimeout=limits.close_grace,
             autoPingInterval=0,
+            # No status page and no ?redirect= on a request without Upgrade.
+            webStatus=False,
         )
 
 
@@ -403,6 +405,14 @@ class _SocketResource(WebSocketResource):
     """
 
     def render(self, request: IRequest) -> Any:
+        upgrade = request.getHeader(b"upgrade") or b""
+        if request.method != b"GET" or upgrade.strip().lower() != b"websocket":
+            # Not a WebSocket handshake: refused here, with the security
+            # headers (Autobahn would answer with its status page, or a
+            # redirect to any URL given in the query).
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"This is the chat's WebSocket: open the page at / instead.\n"
         channel = request.channel  # type: ignore[attr-defined]
         channel.setTimeout(None)
         if channel.transport is not None:
