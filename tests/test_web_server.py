@@ -146,6 +146,47 @@ def test_websocket_path_without_upgrade(server: WebServer, query: str) -> None:
     assert "x-frame-options: deny" in head
 
 
+def test_http_connections_count_as_not_logged_in(tmp_path: Path) -> None:
+    # Before the WebSocket upgrade a connection to the web port is as
+    # unauthenticated as one to the chat port: it takes one of its address's
+    # pre-login slots, so slow or idle HTTP connections cannot pile up.
+    import socket
+
+    server = WebServer(tmp_path, "--max-preauth-per-address", "3")
+    context = ssl.create_default_context(cafile=str(server.cert))
+    held = []
+    try:
+        for _ in range(3):
+            plain = socket.create_connection(("127.0.0.1", server.web), timeout=10)
+            tls = context.wrap_socket(plain, server_hostname="localhost")
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")  # never finished
+            held.append(tls)
+        refused = False
+        try:
+            with socket.create_connection(("127.0.0.1", server.web), timeout=10) as plain, \
+                    context.wrap_socket(plain, server_hostname="localhost") as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                refused = tls.recv(65536) == b""
+        except OSError:  # reset, or TLS cut short: refused before any answer
+            refused = True
+        assert refused, "a fourth HTTP connection was served"
+        server.log.wait_for(r"\(127\.0\.0\.1\) refused: 3 connections not logged in")
+        for tls in held:
+            tls.close()
+        held = []
+        # The slots are free again: the page loads and a browser logs in.
+        browser = Browser(server, "bob")
+        try:
+            browser.out.wait_for("logged in")
+        finally:
+            browser.finish()
+    finally:
+        for tls in held:
+            tls.close()
+        assert server.stop()
+    assert "Traceback" not in "\n".join(server.log.seen)
+
+
 def test_browser_and_terminal_chat_in_one_room(server: WebServer) -> None:
     terminal = Client(server.workdir, server.port, "alice", password=PASSWORD)
     terminal.out.wait_for("connected — you can start sending messages")

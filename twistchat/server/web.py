@@ -8,7 +8,9 @@ binary WebSocket message into one length-prefixed frame for it, and each frame
 it writes into one binary message, so the life cycle table, the limits (frame
 size before and after login, handshake deadline, rate, penalties, guess slots,
 slow readers through the TLS transport's producer, idle timeouts) and the
-rooms are exactly those of the chat port. What differs:
+rooms are exactly those of the chat port; before its upgrade, an HTTP
+connection holds one of its address's pre-login slots (L{CountedChannel}),
+as a chat port connection does. What differs:
 
   - the first frame on a WebSocket is C{web-hello} (a fresh nonce and the
     SHA-256 of the server certificate), and the SPAKE2+ context binds
@@ -53,10 +55,11 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IStreamServerEndpoint,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
-from twisted.web import pages, server, static
+from twisted.web import http, pages, server, static
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
@@ -64,6 +67,7 @@ from twistchat import wire
 from twistchat.crypto.webbinding import NONCE_BYTES, web_binding
 from twistchat.errors import BadMessage
 from twistchat.framing import Int32Framer
+from twistchat.server.limits import source
 from twistchat.server.protocol import ChatServerProtocol, format_address
 from twistchat.server.service import CannotStart, ChatServerFactory
 
@@ -397,6 +401,46 @@ class HeadersRequest(server.Request):
         super().process()
 
 
+class CountedChannel(http.HTTPChannel):
+    """
+    An HTTP connection to the web port. Until it becomes a WebSocket (whose
+    chat protocol then counts itself) or closes, it takes one of its
+    address's slots for connections not logged in, as a connection to the
+    chat port does: slow or idle HTTP connections cannot pile up past
+    C{max_preauth_per_address} and C{max_preauth_total}.
+    """
+
+    site: server.Site
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: The address key holding a slot, or None.
+        self._slot: str | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        assert self.transport is not None
+        peer = self.transport.getPeer()
+        host = source(getattr(peer, "host", str(peer)))
+        services: ChatServerFactory = self.site.services  # type: ignore[attr-defined]
+        if services.take_preauth(host) is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        self._slot = host
+
+    def handed_over(self) -> None:
+        """
+        The connection is now a WebSocket's: give back its slot.
+        """
+        host, self._slot = self._slot, None
+        if host is not None:
+            self.site.services.release_preauth(host)  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.handed_over()
+        super().connectionLost(reason)
+
+
 class _SocketResource(WebSocketResource):
     """
     Autobahn's resource, first releasing the TLS transport from twisted.web's
@@ -415,6 +459,7 @@ class _SocketResource(WebSocketResource):
             return b"This is the chat's WebSocket: open the page at / instead.\n"
         channel = request.channel  # type: ignore[attr-defined]
         channel.setTimeout(None)
+        channel.handed_over()
         if channel.transport is not None:
             channel.transport.unregisterProducer()
         return super().render(request)
@@ -428,6 +473,8 @@ def site(sockets: ChatSocketFactory, hsts: bool, timeout: float,
     root = PageFiles(folder.path)
     root.putChild(WEBSOCKET_PATH, _SocketResource(sockets))
     web = server.Site(root, timeout=timeout)
+    web.protocol = CountedChannel  # type: ignore[method-assign, assignment]
+    web.services = sockets.services  # type: ignore[attr-defined]
     web.requestFactory = HeadersRequest
     web.hsts = hsts  # type: ignore[attr-defined]
     web.noisy = False
@@ -493,8 +540,8 @@ class WebService(service.Service):
 
 
 __all__ = [
-    "CONTENT_TYPES", "ChatSocketFactory", "ChatWebSocket", "FrameTransport", "HSTS",
-    "HeadersRequest", "PageFiles", "SECURITY_HEADERS", "STATIC", "SUBPROTOCOL",
+    "CONTENT_TYPES", "ChatSocketFactory", "ChatWebSocket", "CountedChannel", "FrameTransport",
+    "HSTS", "HeadersRequest", "PageFiles", "SECURITY_HEADERS", "STATIC", "SUBPROTOCOL",
     "WEBSOCKET_PATH", "WebService", "certificate_names", "certificate_sha256",
     "channel_binding", "is_ca_issued", "normalise_origin", "origins_for", "site",
 ]
