@@ -187,6 +187,33 @@ def test_http_connections_count_as_not_logged_in(tmp_path: Path) -> None:
     assert "Traceback" not in "\n".join(server.log.seen)
 
 
+def test_ping_flood_is_refused(server: WebServer) -> None:
+    # Every WebSocket ping queues a pong: a peer that sends pings and never
+    # reads made the server buffer them without bound (about 1 byte kept per
+    # byte sent), before login too. Pings count like messages now.
+    import base64
+    import os
+    import socket
+
+    context = ssl.create_default_context(cafile=str(server.cert))
+    with socket.create_connection(("127.0.0.1", server.web), timeout=10) as plain, \
+            context.wrap_socket(plain, server_hostname="localhost") as tls:
+        key = base64.b64encode(os.urandom(16)).decode()
+        tls.sendall(
+            f"GET /ws HTTP/1.1\r\nHost: localhost:{server.web}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nOrigin: https://localhost:{server.web}\r\n"
+            f"Sec-WebSocket-Protocol: twistchat.3\r\n\r\n".encode())
+        assert tls.recv(4096).startswith(b"HTTP/1.1 101 ")
+        ping = bytes([0x89, 0x80 | 125]) + bytes(4) + b"x" * 125
+        try:
+            for _ in range(20):  # bounded: 2,000 pings in all
+                tls.sendall(ping * 100)
+        except OSError:
+            pass  # closed by the server while we were still sending
+        server.log.wait_for(r"WebSocket pings faster than 10 per second")
+
+
 def test_browser_and_terminal_chat_in_one_room(server: WebServer) -> None:
     terminal = Client(server.workdir, server.port, "alice", password=PASSWORD)
     terminal.out.wait_for("connected — you can start sending messages")

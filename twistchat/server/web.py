@@ -20,6 +20,9 @@ as a chat port connection does. What differs:
   - the handshake must name the subprotocol C{twistchat.3} and an C{Origin}
     the server serves the page from (or one given with C{--web-origin});
     anything else is refused with 403 and one log line;
+  - WebSocket pings are answered at most at the message rate (a faster
+    one is refused with the chat protocol's error frame: a pong piles up
+    for a peer that does not read);
   - a text message, or a message longer than the frame limit of the
     connection's stage, is refused with the chat protocol's own error frame
     (before any of an oversize message is kept).
@@ -67,6 +70,7 @@ from twistchat import wire
 from twistchat.crypto.webbinding import NONCE_BYTES, web_binding
 from twistchat.errors import BadMessage
 from twistchat.framing import Int32Framer
+from twistchat.ratelimit import TokenBucket
 from twistchat.server.limits import source
 from twistchat.server.protocol import ChatServerProtocol, format_address
 from twistchat.server.service import CannotStart, ChatServerFactory
@@ -265,6 +269,8 @@ class ChatWebSocket(WebSocketServerProtocol):
         self._origin = ""
         #: A message is being refused: what is left of it is not kept.
         self._refusing = False
+        #: Pings allowed (each queues a pong), made at the first ping.
+        self._pings: TokenBucket | None = None
 
     def onConnect(self, request: ConnectionRequest) -> str:
         """
@@ -335,6 +341,22 @@ class ChatWebSocket(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.chat is not None:
             self.chat.dataReceived(_PREFIX.pack(len(payload)) + payload)
+
+    def onPing(self, payload: bytes) -> None:
+        # Each ping queues a pong, which a peer that does not read would let
+        # pile up without bound: pings are held to the message rate.
+        if self._refusing or self.chat is None:
+            return
+        services = self.factory.services
+        limits, now = services.limits, services.clock.seconds()
+        if self._pings is None:
+            self._pings = TokenBucket(limits.message_rate, limits.message_burst, now)
+        if self._pings.take(now):
+            super().onPing(payload)
+            return
+        self._refusing = True
+        self.chat.fail(BadMessage(
+            f"WebSocket pings faster than {limits.message_rate:g} per second"))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         chat, self.chat = self.chat, None
