@@ -116,6 +116,108 @@ def test_only_get_and_no_listings(server: WebServer) -> None:
     assert get(server, "/../setup.cfg")[0] == 404
 
 
+def raw(server: WebServer, request: bytes) -> bytes:
+    """
+    Send C{request} as it is over TLS to the web port; everything the server
+    answers before it closes (or 10 seconds pass).
+    """
+    import socket
+
+    context = ssl.create_default_context(cafile=str(server.cert))
+    with socket.create_connection(("127.0.0.1", server.web), timeout=10) as plain, \
+            context.wrap_socket(plain, server_hostname="localhost") as tls:
+        tls.sendall(request)
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("query", ["", "?redirect=https%3A%2F%2Felsewhere.example%2F",
+                                   "?redirect=https%3A%2F%2Felsewhere.example%2F&after=0"])
+def test_websocket_path_without_upgrade(server: WebServer, query: str) -> None:
+    # Autobahn's own answer to a GET without Upgrade is a status page, or a
+    # redirect to any URL named in the query: an open redirect on the page's
+    # origin, without the security headers. It must be a plain refusal.
+    answer = raw(server, b"GET /ws" + query.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+                 b"Connection: close\r\n\r\n")
+    head = answer.split(b"\r\n\r\n")[0].decode().lower()
+    assert head.startswith("http/1.1 400 "), head
+    assert "location:" not in head
+    assert "elsewhere" not in answer.decode(errors="replace")
+    assert "autobahn" not in answer.decode(errors="replace").lower()
+    assert "content-security-policy: default-src 'none'" in head
+    assert "x-frame-options: deny" in head
+
+
+def test_http_connections_count_as_not_logged_in(tmp_path: Path) -> None:
+    # Before the WebSocket upgrade a connection to the web port is as
+    # unauthenticated as one to the chat port: it takes one of its address's
+    # pre-login slots, so slow or idle HTTP connections cannot pile up.
+    import socket
+
+    server = WebServer(tmp_path, "--max-preauth-per-address", "3")
+    context = ssl.create_default_context(cafile=str(server.cert))
+    held = []
+    try:
+        for _ in range(3):
+            plain = socket.create_connection(("127.0.0.1", server.web), timeout=10)
+            tls = context.wrap_socket(plain, server_hostname="localhost")
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")  # never finished
+            held.append(tls)
+        refused = False
+        try:
+            with socket.create_connection(("127.0.0.1", server.web), timeout=10) as plain, \
+                    context.wrap_socket(plain, server_hostname="localhost") as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                refused = tls.recv(65536) == b""
+        except OSError:  # reset, or TLS cut short: refused before any answer
+            refused = True
+        assert refused, "a fourth HTTP connection was served"
+        server.log.wait_for(r"\(127\.0\.0\.1\) refused: 3 connections not logged in")
+        for tls in held:
+            tls.close()
+        held = []
+        # The slots are free again: the page loads and a browser logs in.
+        browser = Browser(server, "bob")
+        try:
+            browser.out.wait_for("logged in")
+        finally:
+            browser.finish()
+    finally:
+        for tls in held:
+            tls.close()
+        assert server.stop()
+    assert "Traceback" not in "\n".join(server.log.seen)
+
+
+def test_ping_flood_is_refused(server: WebServer) -> None:
+    # Every WebSocket ping queues a pong: a peer that sends pings and never
+    # reads made the server buffer them without bound (about 1 byte kept per
+    # byte sent), before login too. Pings count like messages now.
+    import base64
+    import os
+    import socket
+
+    context = ssl.create_default_context(cafile=str(server.cert))
+    with socket.create_connection(("127.0.0.1", server.web), timeout=10) as plain, \
+            context.wrap_socket(plain, server_hostname="localhost") as tls:
+        key = base64.b64encode(os.urandom(16)).decode()
+        tls.sendall(
+            f"GET /ws HTTP/1.1\r\nHost: localhost:{server.web}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nOrigin: https://localhost:{server.web}\r\n"
+            f"Sec-WebSocket-Protocol: twistchat.3\r\n\r\n".encode())
+        assert tls.recv(4096).startswith(b"HTTP/1.1 101 ")
+        ping = bytes([0x89, 0x80 | 125]) + bytes(4) + b"x" * 125
+        try:
+            for _ in range(20):  # bounded: 2,000 pings in all
+                tls.sendall(ping * 100)
+        except OSError:
+            pass  # closed by the server while we were still sending
+        server.log.wait_for(r"WebSocket pings faster than 10 per second")
+
+
 def test_browser_and_terminal_chat_in_one_room(server: WebServer) -> None:
     terminal = Client(server.workdir, server.port, "alice", password=PASSWORD)
     terminal.out.wait_for("connected — you can start sending messages")

@@ -715,7 +715,9 @@ def _web_service(options: Options, factory: ChatServerFactory,
     # A self-signed certificate is accepted by a browser only after a click,
     # which HSTS would rule out for a year: only a CA-issued one gets it.
     hsts = options["tls-cert"] is not None and web.is_ca_issued(certificate)
-    site = web.site(sockets, hsts, timeout=options.limits.idle_timeout)
+    # An HTTP connection holds a slot for connections not logged in (see
+    # web.CountedChannel): it may be silent as long as a login may take.
+    site = web.site(sockets, hsts, timeout=options.limits.handshake_timeout)
     endpoint = wrapServerTLS(server_options(options.certificate), options.web_endpoint,
                              reactor)
     page = web.WebService(endpoint, options["web"], sockets, site,

@@ -187,10 +187,21 @@ class ChatServerFactory(ServerFactory):
         blocked = self.penalty(protocol.host)
         if blocked is not None:
             return blocked
-        record = self.addresses.get(protocol.host)
+        refusal = self.take_preauth(protocol.host)
+        if refusal is None:
+            self._pending.add(protocol)
+        return refusal
+
+    def take_preauth(self, host: str) -> TwistchatError | None:
+        """
+        Count one more connection not logged in from C{host} (the chat port's,
+        or the web port's before its WebSocket), or return why it is refused;
+        L{release_preauth} gives the slot back.
+        """
+        record = self.addresses.get(host)
         if record.preauth >= self.limits.max_preauth_per_address:
             self.log.info("({host}) refused: {count} connections not logged in",
-                          host=protocol.host, count=record.preauth)
+                          host=host, count=record.preauth)
             return LimitExceeded("too many connections from your address")
         if self.preauth_total >= self.limits.max_preauth_total:
             self.log.info("refused a connection: {count} connections not logged in",
@@ -198,8 +209,14 @@ class ChatServerFactory(ServerFactory):
             return Busy()
         record.preauth += 1
         self.preauth_total += 1
-        self._pending.add(protocol)
         return None
+
+    def release_preauth(self, host: str) -> None:
+        """
+        Give back a slot taken with L{take_preauth}.
+        """
+        self.preauth_total -= 1
+        self.addresses.get(host).preauth -= 1
 
     def penalty(self, host: str) -> Penalised | None:
         """
@@ -258,8 +275,7 @@ class ChatServerFactory(ServerFactory):
     def _preauth_done(self, protocol: Connection) -> None:
         if protocol in self._pending:
             self._pending.discard(protocol)
-            self.preauth_total -= 1
-            self.addresses.get(protocol.host).preauth -= 1
+            self.release_preauth(protocol.host)
 
     def connection_lost(self, protocol: Connection) -> None:
         self._preauth_done(protocol)

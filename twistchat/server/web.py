@@ -8,7 +8,9 @@ binary WebSocket message into one length-prefixed frame for it, and each frame
 it writes into one binary message, so the life cycle table, the limits (frame
 size before and after login, handshake deadline, rate, penalties, guess slots,
 slow readers through the TLS transport's producer, idle timeouts) and the
-rooms are exactly those of the chat port. What differs:
+rooms are exactly those of the chat port; before its upgrade, an HTTP
+connection holds one of its address's pre-login slots (L{CountedChannel}),
+as a chat port connection does. What differs:
 
   - the first frame on a WebSocket is C{web-hello} (a fresh nonce and the
     SHA-256 of the server certificate), and the SPAKE2+ context binds
@@ -18,6 +20,9 @@ rooms are exactly those of the chat port. What differs:
   - the handshake must name the subprotocol C{twistchat.3} and an C{Origin}
     the server serves the page from (or one given with C{--web-origin});
     anything else is refused with 403 and one log line;
+  - WebSocket pings are answered at most at the message rate (a faster
+    one is refused with the chat protocol's error frame: a pong piles up
+    for a peer that does not read);
   - a text message, or a message longer than the frame limit of the
     connection's stage, is refused with the chat protocol's own error frame
     (before any of an oversize message is kept).
@@ -53,10 +58,11 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IStreamServerEndpoint,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
-from twisted.web import pages, resource, server, static
+from twisted.web import http, pages, resource, server, static
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
@@ -64,6 +70,8 @@ from twistchat import wire
 from twistchat.crypto.webbinding import NONCE_BYTES, web_binding
 from twistchat.errors import BadMessage
 from twistchat.framing import Int32Framer
+from twistchat.ratelimit import TokenBucket
+from twistchat.server.limits import source
 from twistchat.server.protocol import ChatServerProtocol, format_address
 from twistchat.server.service import ChatServerFactory
 from twistchat.server.siteservice import SiteService
@@ -262,6 +270,8 @@ class ChatWebSocket(WebSocketServerProtocol):
         self._origin = ""
         #: A message is being refused: what is left of it is not kept.
         self._refusing = False
+        #: Pings allowed (each queues a pong), made at the first ping.
+        self._pings: TokenBucket | None = None
 
     def onConnect(self, request: ConnectionRequest) -> str:
         """
@@ -333,6 +343,22 @@ class ChatWebSocket(WebSocketServerProtocol):
         if self.chat is not None:
             self.chat.dataReceived(_PREFIX.pack(len(payload)) + payload)
 
+    def onPing(self, payload: bytes) -> None:
+        # Each ping queues a pong, which a peer that does not read would let
+        # pile up without bound: pings are held to the message rate.
+        if self._refusing or self.chat is None:
+            return
+        services = self.factory.services
+        limits, now = services.limits, services.clock.seconds()
+        if self._pings is None:
+            self._pings = TokenBucket(limits.message_rate, limits.message_burst, now)
+        if self._pings.take(now):
+            super().onPing(payload)
+            return
+        self._refusing = True
+        self.chat.fail(BadMessage(
+            f"WebSocket pings faster than {limits.message_rate:g} per second"))
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         chat, self.chat = self.chat, None
         if chat is not None:
@@ -362,6 +388,8 @@ class ChatSocketFactory(WebSocketServerFactory):
             openHandshakeTimeout=limits.handshake_timeout,
             closeHandshakeTimeout=limits.close_grace,
             autoPingInterval=0,
+            # No status page and no ?redirect= on a request without Upgrade.
+            webStatus=False,
         )
 
 
@@ -417,6 +445,46 @@ class HeadersRequest(server.Request):
         super().process()
 
 
+class CountedChannel(http.HTTPChannel):
+    """
+    An HTTP connection to the web port. Until it becomes a WebSocket (whose
+    chat protocol then counts itself) or closes, it takes one of its
+    address's slots for connections not logged in, as a connection to the
+    chat port does: slow or idle HTTP connections cannot pile up past
+    C{max_preauth_per_address} and C{max_preauth_total}.
+    """
+
+    site: server.Site
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: The address key holding a slot, or None.
+        self._slot: str | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        assert self.transport is not None
+        peer = self.transport.getPeer()
+        host = source(getattr(peer, "host", str(peer)))
+        services: ChatServerFactory = self.site.services  # type: ignore[attr-defined]
+        if services.take_preauth(host) is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        self._slot = host
+
+    def handed_over(self) -> None:
+        """
+        The connection is now a WebSocket's: give back its slot.
+        """
+        host, self._slot = self._slot, None
+        if host is not None:
+            self.site.services.release_preauth(host)  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.handed_over()
+        super().connectionLost(reason)
+
+
 class _SocketResource(WebSocketResource):
     """
     Autobahn's resource, first releasing the TLS transport from twisted.web's
@@ -425,8 +493,17 @@ class _SocketResource(WebSocketResource):
     """
 
     def render(self, request: IRequest) -> Any:
+        upgrade = request.getHeader(b"upgrade") or b""
+        if request.method != b"GET" or upgrade.strip().lower() != b"websocket":
+            # Not a WebSocket handshake: refused here, with the security
+            # headers (Autobahn would answer with its status page, or a
+            # redirect to any URL given in the query).
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"This is the chat's WebSocket: open the page at / instead.\n"
         channel = request.channel  # type: ignore[attr-defined]
         channel.setTimeout(None)
+        channel.handed_over()
         if channel.transport is not None:
             channel.transport.unregisterProducer()
         return super().render(request)
@@ -440,6 +517,8 @@ def site(sockets: ChatSocketFactory, hsts: bool, timeout: float,
     root = PageFiles(folder.path)
     root.putChild(WEBSOCKET_PATH, _SocketResource(sockets))
     web = server.Site(root, timeout=timeout)
+    web.protocol = CountedChannel  # type: ignore[method-assign, assignment]
+    web.services = sockets.services  # type: ignore[attr-defined]
     web.requestFactory = HeadersRequest
     web.hsts = hsts  # type: ignore[attr-defined]
     web.noisy = False
@@ -480,8 +559,9 @@ class WebService(SiteService):
 
 
 __all__ = [
-    "CONTENT_TYPES", "ChatSocketFactory", "ChatWebSocket", "FrameTransport", "HSTS",
-    "HeadersRequest", "PageEncoding", "PageFiles", "SECURITY_HEADERS", "STATIC", "SUBPROTOCOL",
+    "CONTENT_TYPES", "ChatSocketFactory", "ChatWebSocket", "CountedChannel", "FrameTransport",
+    "HSTS", "HeadersRequest", "PageEncoding", "PageFiles", "SECURITY_HEADERS", "STATIC",
+    "SUBPROTOCOL",
     "WEBSOCKET_PATH", "WebService", "certificate_names", "certificate_sha256",
     "channel_binding", "is_ca_issued", "normalise_origin", "origins_for", "site",
 ]
