@@ -17,21 +17,24 @@ already pinned for it (docs/protocol.md, section 12.8)::
 with room and name percent-encoded. A key other than the pinned ones is kept
 as C{changed} until the person accepts it (L{Pins.accept}), or a vouch by a
 pinned key makes it another device; nothing is trusted silently. The file
-is owner-only and rewritten whole (re-read first, so clients sharing a
-profile do not undo each other's pins).
+is owner-only and replaced whole. Clients sharing a profile (two terminals)
+update it one at a time: each change re-reads the file under an exclusive
+lock (L{twistchat.crypto.keyfile.locked}), applies the pin rules to what is
+there now (a pin another client added is kept, and decides: first pin wins)
+and writes; reads pick up another client's pins when the file changed.
 """
 
 from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from twistchat.crypto.identity import PUBLIC_KEY_BYTES
-from twistchat.crypto.keyfile import read_private_file, write_private_file
+from twistchat.crypto.keyfile import locked, read_private_file, write_private_file
 from twistchat.errors import ConfigError
 
 #: The pin file's name, beside known_hosts.
@@ -162,6 +165,21 @@ class Pins:
         self._stamp = None
         self._current()
 
+    def _update(self, change: Callable[[dict[tuple[str, str, str], Pin]], None]) -> None:
+        """
+        Apply C{change} to the pins as they are in the file now, under the
+        lock, and write them if it changed any: what another client of the
+        profile pinned meanwhile is kept.
+
+        @raise ConfigError: the file cannot be locked, read or written.
+        """
+        with locked(self.path):
+            self._stamp = None  # read it again, whatever its stamp says
+            pins = dict(self._current())
+            change(pins)
+            if pins != self._cache:
+                self._save(pins)
+
     def get(self, server: str, room: str, name: str) -> Pin | None:
         """
         The pin for (server, room, name), if any.
@@ -191,14 +209,24 @@ class Pins:
             is pinned for the name.
         @raise ConfigError: the file cannot be read or written.
         """
-        pins = dict(self._current())
-        result = []
-        for name, key in members:
-            voucher = vouchers.get((name, key)) if vouchers else None
-            pins[server, room, name], seen = see(pins.get((server, room, name)), key, voucher)
-            result.append(seen)
-        if pins != self._cache:
-            self._save(pins)
+        result: list[Seen] = []
+
+        def change(pins: dict[tuple[str, str, str], Pin]) -> None:
+            result.clear()
+            for name, key in members:
+                voucher = vouchers.get((name, key)) if vouchers else None
+                pins[server, room, name], seen = see(pins.get((server, room, name)), key,
+                                                     voucher)
+                result.append(seen)
+
+        members = list(members)
+        current = self._current()
+        if all((pin := current.get((server, room, name))) is not None and key in pin.keys
+               for name, key in members):
+            # Every key is pinned already (the common case, once per message):
+            # nothing to write, no lock to take.
+            return [Seen.PINNED] * len(members)
+        self._update(change)
         return result
 
     def accept(self, server: str, room: str, name: str) -> bytes | None:
@@ -209,10 +237,13 @@ class Pins:
         @return: the key now pinned, or None if no change was waiting.
         @raise ConfigError: the file cannot be read or written.
         """
-        pins = dict(self._current())
-        pin = pins.get((server, room, name))
-        if pin is None or pin.changed is None:
-            return None
-        pins[server, room, name] = Pin(pin.changed)
-        self._save(pins)
-        return pin.changed
+        accepted: list[bytes] = []
+
+        def change(pins: dict[tuple[str, str, str], Pin]) -> None:
+            pin = pins.get((server, room, name))
+            if pin is not None and pin.changed is not None:
+                pins[server, room, name] = Pin(pin.changed)
+                accepted.append(pin.changed)
+
+        self._update(change)
+        return accepted[0] if accepted else None

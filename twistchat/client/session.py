@@ -62,6 +62,9 @@ P = ParamSpec("P")
 REMEMBERED = 4096
 #: Seconds a leaving session waits for the server to acknowledge what it sent.
 ACK_WAIT = 5.0
+#: Seconds at most between receiving a message (or an acknowledgement) and
+#: writing the transcript state file (docs/protocol.md, section 12.5).
+SAVE_DELAY = 1.0
 
 
 class SessionState(enum.Enum):
@@ -131,6 +134,7 @@ class ChatSession:
         self._policy = reconnect if connector is not None else None
         self._outbox: deque[str] = deque()
         self._flush_call: Any = None
+        self._save_call: Any = None
         self._who: list[Deferred[list[Member]]] = []
         # The outage under way: why, its attempt number, and the pending
         # wait (WAITING) or login (LOGGING_IN).
@@ -556,11 +560,8 @@ class ChatSession:
         pinned = self._check_key(sender, opened.key)
         if pinned and self._pins is None:
             self._keys.setdefault(sender, opened.key)
-        try:
-            verdict = self.transcript.receive(sender, opened, history)
-        except ConfigError as e:
-            self._tell(self._listener.notice, e.message)
-            return
+        verdict = self.transcript.receive(sender, opened, history)
+        self._save_soon()
         for alarm in verdict.alarms:
             self._tell(self._listener.transcript_alarm, alarm)
         # Shown once per session: the history replayed at a rejoin repeats
@@ -585,6 +586,7 @@ class ChatSession:
     def _event(self, message: wire.Message) -> None:
         if message.type == "ack":
             self.transcript.acked(bytes(message["sid"]), message["n"])
+            self._save_soon()
             if self.state is SessionState.LEAVING and not self._outbox and self.connected:
                 self._close_when_acknowledged()
         elif message.type == "joined":
@@ -629,6 +631,7 @@ class ChatSession:
         except ConfigError as e:
             undelivered = 0
             self._tell(self._listener.notice, e.message)
+        self._save_now()
         if undelivered:
             self._tell(self._listener.message_undelivered, undelivered)
         if self._policy is not None and (error is None or not is_final(Failure(error))):
@@ -642,7 +645,28 @@ class ChatSession:
         if self._flush_call is None:
             self._flush()  # closes once the queued messages are sent
 
+    def _save_soon(self) -> None:
+        """
+        Write the transcript state within L{SAVE_DELAY} seconds, not for each
+        message received (what a crash loses: docs/protocol.md, section 12.5).
+        """
+        if self.transcript.dirty and self._save_call is None:
+            self._save_call = self._clock.callLater(SAVE_DELAY, self._save_now)
+
+    def _save_now(self) -> None:
+        """
+        Write the transcript state if it changed; cancel a pending write.
+        """
+        call, self._save_call = self._save_call, None
+        if call is not None and call.active():
+            call.cancel()
+        try:
+            self.transcript.flush()
+        except ConfigError as e:
+            self._tell(self._listener.notice, e.message)
+
     def _end(self, reason: str | None) -> None:
+        self._save_now()
         if self._outbox:
             self.unsent = len(self._outbox)
             unsent = f"{len(self._outbox)} queued message(s) were not sent"

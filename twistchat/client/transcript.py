@@ -27,6 +27,14 @@ Each sender is tracked per (name, key): one key used under two names is two
 chains. The sender side keeps its next number, the hash of its last message,
 the messages not yet acknowledged (which become lost when a connection ends
 without their C{ack}) and the lost numbers still to declare.
+
+When the file is written: at once (and synced) for each message sent, before
+it leaves the process, so a crash never reuses a number; for what is
+received and for acknowledgements, only when the caller calls L{flush}
+(the session does at most once a second, and when a connection ends):
+docs/protocol.md, section 12.5, says what a crash loses. One file has one
+writer at a time: the server admits one member per name in a room, and a
+profile's file is per (server, room, name).
 """
 
 from __future__ import annotations
@@ -160,6 +168,9 @@ class Transcript:
         self._chains: OrderedDict[tuple[str, bytes], _Chain] = OrderedDict()
         self._hashes: deque[bytes] = deque(maxlen=MAX_HASHES)
         self._known: set[bytes] = set()
+        #: Changed since the state file was last written (the receiver side and
+        #: acknowledgements are written lazily: L{flush}).
+        self.dirty = False
         if path is not None:
             self._load(path)
 
@@ -217,6 +228,7 @@ class Transcript:
 
         @raise ConfigError: it cannot be written.
         """
+        self.dirty = False
         if self.path is None:
             return
         state: dict[str, Any] = {
@@ -242,7 +254,20 @@ class Transcript:
             ],
             "hashes": [h.hex() for h in self._hashes],
         }
-        write_private_file(self.path, json.dumps(state).encode("utf-8"), replace=True)
+        try:
+            write_private_file(self.path, json.dumps(state).encode("utf-8"), replace=True)
+        except ConfigError:
+            self.dirty = True
+            raise
+
+    def flush(self) -> None:
+        """
+        Write the state file if anything changed since it was last written.
+
+        @raise ConfigError: it cannot be written.
+        """
+        if self.dirty:
+            self.save()
 
     # --- the sender side ----------------------------------------------------------------
 
@@ -285,7 +310,7 @@ class Transcript:
             return False
         declared = set(entry[1])
         self.lost = [x for x in self.lost if x not in declared]
-        self.save()
+        self.dirty = True  # written lazily: see L{flush}
         return True
 
     def connection_lost(self) -> int:
@@ -338,7 +363,7 @@ class Transcript:
             self._shown.add(message.hash)
             self._remember(message.hash)
             self.seen = message.hash
-        self.save()
+        self.dirty = True  # written lazily: see L{flush}
         return verdict
 
     def _check(self, sender: str, m: SignedMessage, history: bool) -> Verdict:

@@ -24,7 +24,7 @@ from typing import Any
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
-from twistchat.crypto.keyfile import make_private_dirs
+from twistchat.crypto.keyfile import locked
 from twistchat.errors import ConfigError, FingerprintChanged, TrustError
 
 
@@ -46,6 +46,7 @@ class TrustOnFirstUse:
     Pin each server's certificate fingerprint on first use.
 
     The known-hosts file has one line per server: C{host:port SHA256-fingerprint}.
+    Clients sharing it add their lines one at a time, under its lock.
     """
 
     def __init__(self, path: Path | None = None) -> None:
@@ -86,30 +87,48 @@ class TrustOnFirstUse:
             self.first_use = False
             return
         if known is not None:
-            raise FingerprintChanged(
-                f"the certificate of {self.host} has CHANGED since you last connected.\n"
-                f"  known:   {known}\n"
-                f"  offered: {self.fingerprint}\n"
-                "Someone may be intercepting the connection, or the server's operator "
-                "replaced its certificate. Ask the operator for the new fingerprint; if "
-                f"it matches, delete the line for {self.host} from {self.path} and "
-                "connect again."
-            )
+            raise self._changed(known)
         self.first_use = True
+
+    def _changed(self, known: str) -> FingerprintChanged:
+        return FingerprintChanged(
+            f"the certificate of {self.host} has CHANGED since you last connected.\n"
+            f"  known:   {known}\n"
+            f"  offered: {self.fingerprint}\n"
+            "Someone may be intercepting the connection, or the server's operator "
+            "replaced its certificate. Ask the operator for the new fingerprint; if "
+            f"it matches, delete the line for {self.host} from {self.path} and "
+            "connect again."
+        )
 
     def remember(self) -> None:
         """
         Pin the fingerprint of a first use, once the login has succeeded: a man in
         the middle on the first connection cannot log in, so it is never pinned.
+
+        Another client of the profile may have pinned the host since L{check}:
+        the file is read again under its lock (L{locked}) and the first pin
+        wins.
+
+        @raise FingerprintChanged: another client pinned another fingerprint
+            for the host meanwhile.
+        @raise ConfigError: the file cannot be locked, read or written.
         """
         if not self.first_use:
             return
-        try:
-            make_private_dirs(self.path.parent)
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(f"{self.host} {self.fingerprint}\n")
-        except OSError as e:
-            raise ConfigError(f"cannot write known-hosts file {self.path}: {e}") from None
+        with locked(self.path):
+            known = self._load().get(self.host)
+            if known == self.fingerprint:
+                return
+            if known is not None:
+                raise self._changed(known)
+            try:
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.write(f"{self.host} {self.fingerprint}\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise ConfigError(f"cannot write known-hosts file {self.path}: {e}") from None
 
 
 def tofu_options() -> ssl.CertificateOptions:

@@ -8,19 +8,28 @@ the directories it creates) rather than leaving it to the umask, so a leftover
 file with looser permissions cannot survive a rewrite. L{read_private_file}
 refuses links, non-regular files, files of another user and files that group
 or others may read.
+
+L{locked} serialises the read-modify-write of a file that several processes
+of one profile update (the pinned identities, known_hosts): an exclusive
+C{flock} on a lock file beside it (C{.NAME.lock}, owner-only, kept), since
+the file itself is replaced whole and a lock on it would be on the old copy.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import secrets
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from twistchat.errors import ConfigError
 
-__all__ = ["check_header", "make_private_dirs", "read_private_file", "write_private_file"]
+__all__ = ["check_header", "locked", "make_private_dirs", "read_private_file",
+           "write_private_file"]
 
 
 def make_private_dirs(directory: Path) -> None:
@@ -95,6 +104,35 @@ def write_private_file(path: Path, data: bytes, *, replace: bool = False) -> Non
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """
+    Hold an exclusive lock for updating C{path} while the C{with} block runs:
+    C{fcntl.flock} on C{.NAME.lock} in C{path}'s directory (created owner-only,
+    never through a symbolic link, and left in place). It waits for another
+    process that holds it; a holder keeps it only for a read and a write, and
+    the system releases it when the holder exits.
+
+    @raise ConfigError: the lock file cannot be created or locked.
+    """
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    try:
+        make_private_dirs(path.parent)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                     0o600)
+    except OSError as e:
+        raise ConfigError(f"cannot create lock file {lock}: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            raise ConfigError(f"cannot lock {lock}: {e.strerror}") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _link_new(tmp: Path, path: Path) -> None:
