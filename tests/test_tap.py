@@ -102,6 +102,20 @@ def test_defaults_parsed(tmp_path: Path) -> None:
     assert [v.room for v in options.verifiers] == ["main"]
 
 
+def test_batch_window_default_reaches_the_rooms(tmp_path: Path) -> None:
+    """
+    The rooms hold a busy room's deliveries for 5 ms by default (the window
+    chosen in docs/performance.md, "Adaptive batching"); 0 turns it off.
+    """
+    service = makeService(parse(tmp_path / "a", "--port", "0", "--password", PASSWORD))
+    assert isinstance(service, ChatService)
+    assert service.factory.rooms.batch_window == 0.005
+    service = makeService(parse(tmp_path / "b", "--port", "0", "--password", PASSWORD,
+                                "--batch-window", "0"))
+    assert isinstance(service, ChatService)
+    assert service.factory.rooms.batch_window == 0
+
+
 def test_port_zero(tmp_path: Path) -> None:
     options = parse(tmp_path, "--port", "0", "--password", PASSWORD)
     assert options["port"] == 0
