@@ -119,6 +119,35 @@ def member(workdir: Path, node: Server, name: str, *options: str) -> Client:
     return client
 
 
+def members_on_both_workers(
+        tmp_path: Path, node: Node, clients: list[Client],
+) -> tuple[dict[str, int], dict[str, Client], str, str]:
+    """
+    Log members in on C{node}'s one port until both of its two workers have
+    one (at most 12, added to C{clients}), and have a member of each worker
+    talk to one of the other. Returns each member's worker, the members by
+    name, and a member of worker 1 and one of worker 2.
+    """
+    on: dict[str, int] = {}  # member -> worker
+    by_name: dict[str, Client] = {}
+    for i in range(12):  # bounded: until both workers have a member
+        name = f"m{i}"
+        by_name[name] = member(tmp_path, node, name)
+        clients.append(by_name[name])
+        on[name] = int(node.log.wait_for(
+            rf"\[worker-(\d)#info\] {name} \(127\.0\.0\.1, \d+\) connected").group(1))
+        if len(set(on.values())) == 2:
+            break
+    assert set(on.values()) == {1, 2}, on
+    first = next(n for n, w in on.items() if w == 1)
+    second = next(n for n, w in on.items() if w == 2)
+    by_name[first].say("from worker one")
+    by_name[second].out.wait_for(re.escape(f"[ {first}: ] from worker one"))
+    by_name[second].say("from worker two")
+    by_name[first].out.wait_for(re.escape(f"[ {second}: ] from worker two"))
+    return on, by_name, first, second
+
+
 def stop_all(clients: list[Client], nodes: list[Server]) -> None:
     for client in clients:
         if client.process.poll() is None:
@@ -347,23 +376,7 @@ def test_workers_share_one_port(tmp_path: Path, redis: RedisServer,
     try:
         for number in (1, 2):
             node.log.wait_for(rf"\[worker-{number}#info\] twistchat listening on port {node.port}")
-        on: dict[str, int] = {}  # member -> worker
-        by_name: dict[str, Client] = {}
-        for i in range(12):  # bounded: until both workers have a member
-            name = f"m{i}"
-            by_name[name] = member(tmp_path, node, name)
-            clients.append(by_name[name])
-            on[name] = int(node.log.wait_for(
-                rf"\[worker-(\d)#info\] {name} \(127\.0\.0\.1, \d+\) connected").group(1))
-            if len(set(on.values())) == 2:
-                break
-        assert set(on.values()) == {1, 2}, on
-        first = next(n for n, w in on.items() if w == 1)
-        second = next(n for n, w in on.items() if w == 2)
-        by_name[first].say("from worker one")
-        by_name[second].out.wait_for(re.escape(f"[ {first}: ] from worker one"))
-        by_name[second].say("from worker two")
-        by_name[first].out.wait_for(re.escape(f"[ {second}: ] from worker two"))
+        on, by_name, first, second = members_on_both_workers(tmp_path, node, clients)
 
         pid = int(node.log.wait_for(r"workers: worker 1 started \(pid (\d+)\)").group(1))
         os.kill(pid, signal.SIGKILL)
@@ -772,23 +785,7 @@ def test_one_metrics_endpoint_for_all_workers(tmp_path: Path, redis: RedisServer
         for number in (1, 2):
             node.log.wait_for(rf"\[worker-{number}#info\] twistchat listening on port {node.port}")
         until(lambda: scrape(port, "/healthz") == (200, "ok\n"), "healthy with both workers")
-        on: dict[str, int] = {}  # member -> worker
-        by_name: dict[str, Client] = {}
-        for i in range(12):  # bounded: until both workers have a member
-            name = f"m{i}"
-            by_name[name] = member(tmp_path, node, name)
-            clients.append(by_name[name])
-            on[name] = int(node.log.wait_for(
-                rf"\[worker-(\d)#info\] {name} \(127\.0\.0\.1, \d+\) connected").group(1))
-            if len(set(on.values())) == 2:
-                break
-        assert set(on.values()) == {1, 2}, on
-        first = next(n for n, w in on.items() if w == 1)
-        second = next(n for n, w in on.items() if w == 2)
-        by_name[first].say("from worker one")
-        by_name[second].out.wait_for(re.escape(f"[ {first}: ] from worker one"))
-        by_name[second].say("from worker two")
-        by_name[first].out.wait_for(re.escape(f"[ {second}: ] from worker two"))
+        on, by_name, first, second = members_on_both_workers(tmp_path, node, clients)
         wrong = Client(tmp_path, node.port, "mallory", password="not the room password")
         assert wrong.finish() == 1
         total = len(on)
