@@ -287,6 +287,27 @@ def test_text_message_is_refused(server: WebServer) -> None:
     browser.finish()
 
 
+def test_message_in_endless_fragments_is_refused(server: WebServer) -> None:
+    """
+    Each continuation frame costs the server a list entry (an empty one
+    without ever nearing the frame limit or reaching the chat protocol's
+    timers): a message in more than MAX_FRAGMENTS frames is refused (here 200
+    one-byte frames, far under the 4096-byte limit), and others chat on.
+    """
+    from twistchat.server.web import MAX_FRAGMENTS
+
+    browser = Browser(server, "bob", "--fragments", "200")
+    browser.out.wait_for(f"error bad-message: a WebSocket message in more than {MAX_FRAGMENTS} "
+                         "fragments")
+    browser.out.wait_for("closed")
+    browser.finish()
+    other = Browser(server, "carol")
+    try:
+        other.out.wait_for("logged in")
+    finally:
+        other.finish()
+
+
 def test_slow_websocket_reader_is_dropped(tmp_path: Path) -> None:
     server = WebServer(tmp_path, "--max-send-queue", "65536", "--message-rate", "10000",
                        "--message-burst", "10000")

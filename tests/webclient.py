@@ -99,7 +99,13 @@ class Browser(WebSocketClientProtocol):  # type: ignore[misc]
             self.sendMessage(b'{"type": "who"}', isBinary=False)
         if args.oversize:
             self.sendMessage(b"x" * args.oversize, isBinary=True)
-        if args.text or args.oversize:
+        if args.fragments:
+            # One message in that many one-byte frames, never finished.
+            self.beginMessage(isBinary=True)
+            for _ in range(args.fragments):
+                self.beginMessageFrame(1)
+                self.sendMessageFrameData(b"x")
+        if args.text or args.oversize or args.fragments:
             # From here on, print the frames the server sends.
             self.onMessage = self._print_frame  # type: ignore[method-assign]
             return
@@ -152,6 +158,7 @@ async def main(reactor: Any, argv: list[str]) -> None:
     parser.add_argument("--origin")
     parser.add_argument("--oversize", type=int, default=0)
     parser.add_argument("--text", action="store_true")
+    parser.add_argument("--fragments", type=int, default=0)
     parser.add_argument("--stop-reading", action="store_true")
     args = parser.parse_args(argv)
     args.origin = args.origin or f"https://127.0.0.1:{args.port}"

@@ -80,6 +80,10 @@ from twistchat.server.siteservice import SiteService
 SUBPROTOCOL = f"twistchat.{wire.PROTOCOL_VERSION}"
 #: Where the WebSocket is served.
 WEBSOCKET_PATH = b"ws"
+#: Most WebSocket frames one message may come in. A browser sends a frame as
+#: one WebSocket frame; each fragment costs the server a list entry even when
+#: empty, and empty ones would otherwise never reach the frame limit.
+MAX_FRAGMENTS = 64
 #: The page's files, shipped inside the package.
 STATIC = FilePath(__file__).parent().sibling("web").child("static")
 
@@ -272,6 +276,8 @@ class ChatWebSocket(WebSocketServerProtocol):
         self._refusing = False
         #: Pings allowed (each queues a pong), made at the first ping.
         self._pings: TokenBucket | None = None
+        #: WebSocket frames of the message being received.
+        self._fragments = 0
 
     def onConnect(self, request: ConnectionRequest) -> str:
         """
@@ -313,10 +319,17 @@ class ChatWebSocket(WebSocketServerProtocol):
             self.chat.fail(BadMessage(
                 "a text WebSocket message: send each frame as one binary message"))
             return
+        self._fragments = 0
         super().onMessageBegin(isBinary)
 
     def onMessageFrameBegin(self, length: int) -> None:
         if self._refusing or self.chat is None:
+            return
+        self._fragments += 1
+        if self._fragments > MAX_FRAGMENTS:
+            self._refusing = True
+            self.chat.fail(BadMessage(
+                f"a WebSocket message in more than {MAX_FRAGMENTS} fragments"))
             return
         total = self.message_data_total_length + length
         if total > self.chat.MAX_LENGTH:
@@ -560,8 +573,8 @@ class WebService(SiteService):
 
 __all__ = [
     "CONTENT_TYPES", "ChatSocketFactory", "ChatWebSocket", "CountedChannel", "FrameTransport",
-    "HSTS", "HeadersRequest", "PageEncoding", "PageFiles", "SECURITY_HEADERS", "STATIC",
-    "SUBPROTOCOL",
+    "HSTS", "HeadersRequest", "MAX_FRAGMENTS", "PageEncoding", "PageFiles", "SECURITY_HEADERS",
+    "STATIC", "SUBPROTOCOL",
     "WEBSOCKET_PATH", "WebService", "certificate_names", "certificate_sha256",
     "channel_binding", "is_ca_issued", "normalise_origin", "origins_for", "site",
 ]
