@@ -219,25 +219,30 @@ class Page {
         this.notice(`*   device ${short(key)}${mark}: ${await this.session.verify(name, key)}`);
       }
     }
-    this.compare(`Safety number with ${name}`, number,
-      `Compare these 60 digits with ${name}, in person or on a call: ${name} sees the same ` +
-      'number with your name on their screen (in the terminal: /verify). If they differ, ' +
-      'someone else holds one of the two keys.');
+    this.compare(['Safety number with ', [name]], number, [
+      'Compare these 60 digits with ', [name], ', in person or on a call: ', [name],
+      ' sees the same number with your name on their screen (in the terminal: /verify). ' +
+      'If they differ, someone else holds one of the two keys.']);
   }
 
   safety() {
     const code = this.session.safety();
     this.notice(`* Room safety code: ${code} (the same for everyone with the same room key, members and keys)`);
-    this.compare('Room safety code', code,
+    this.compare(['Room safety code'], code, [
       'Everyone in this room who has the same room key, members and keys sees this same code ' +
       '(in the terminal: /safety). Read it out to the others; if theirs differs, your views of ' +
-      'the room differ.');
+      'the room differ.']);
   }
 
+  /**
+   * Open the "compare this" view. The title and the explanation are parts as
+   * for noticeParts: a string is ours, [text] a peer's, isolated.
+   */
   compare(title, digits, explanation) {
-    $('compare-title').textContent = title;
+    const parts = (list) => list.map((p) => (Array.isArray(p) ? isolated(p[0]) : p));
+    $('compare-title').replaceChildren(...parts(title));
     $('compare-digits').replaceChildren(...groups(digits).map((g) => el('span', g, 'group')));
-    $('compare-text').textContent = explanation;
+    $('compare-text').replaceChildren(...parts(explanation));
     const dialog = $('compare');
     if (!dialog.open) dialog.showModal();
     $('compare-close').focus();
