@@ -557,6 +557,8 @@ class RedisHistory:
         self.hold_limit = hold_limit
         self._serial = 0
         self._locals: dict[Member, _Local] = {}
+        #: The same, by room: a stream entry concerns only its room's members.
+        self._in_room: dict[RedisRoom, dict[Member, _Local]] = {}
         self._streams: dict[str, _Stream] = {}
         # Actions for this node's members, by origin, done when the reader
         # reaches the room's "closed" entry.
@@ -682,7 +684,7 @@ class RedisHistory:
                             "addr": member.addr})
         stream = self._stream(room)
         local = _Local(member, room, origin, value, None, held=[])
-        self._locals[member] = local
+        self._add_local(local)
         if stream.loaded:
             local.since = _id(stream.last)
         else:
@@ -711,14 +713,27 @@ class RedisHistory:
         member = local.member
         if self._locals.get(member) is not local:
             return
-        del self._locals[member]
+        self._drop_local(member)
         local.room.leave(member)
         shut_down = getattr(member, "shut_down", None)
         if shut_down is not None:
             shut_down(wire.encode("error", code=code, text=text))
 
-    def _leave(self, member: Member, frame: bytes) -> None:
+    def _add_local(self, local: _Local) -> None:
+        self._locals[local.member] = local
+        self._in_room.setdefault(local.room, {})[local.member] = local
+
+    def _drop_local(self, member: Member) -> _Local | None:
         local = self._locals.pop(member, None)
+        if local is not None:
+            in_room = self._in_room[local.room]
+            del in_room[member]
+            if not in_room:
+                del self._in_room[local.room]
+        return local
+
+    def _leave(self, member: Member, frame: bytes) -> None:
+        local = self._drop_local(member)
         if local is None:
             return
         if local.timer is not None and local.timer.active():
@@ -749,7 +764,7 @@ class RedisHistory:
         """
         assert isinstance(room, RedisRoom)
         origin = self._origin()
-        members = [m for m, local in self._locals.items() if local.room is room]
+        members = list(self._in_room.get(room, ()))
         self._actions[origin] = (room, action, members)
         d = self.link.call("XADD", stream_key(room.name), "MAXLEN", "~", self.max_entries,
                            "*", "k", "c", "o", origin)
@@ -853,9 +868,7 @@ class RedisHistory:
             else:
                 room.everyone.pop(name.casefold(), None)
         data = wire.prefixed(entry["f"])
-        for local in list(self._locals.values()):
-            if local.room is not room:
-                continue
+        for local in list(self._in_room.get(room, {}).values()):
             if local.origin == origin:
                 if kind == b"m":
                     self._acknowledge(local, at, entry["f"])
