@@ -292,7 +292,7 @@ def ack(sid: str, n: int, seq: int) -> bytes:
     The C{ack} frame (with its length prefix) for message C{n} of sender
     session C{sid} (as the base64 text it came in), at position C{seq}.
     """
-    return wire.prefixed(wire.encode("ack", sid=sid, n=n, seq=seq))
+    return wire.prefixed(wire.ack_of(sid, n, seq))
 
 
 class Rooms:

@@ -388,4 +388,14 @@ def acknowledged(send: Message, seq: int) -> bytes:
     if send.type != "send":
         raise ValueError(f"a {send.type!r} message is not acknowledged")
     raw = send.raw
-    return f'{{"type":"ack","sid":"{raw["sid"]}","n":{raw["n"]:d},"seq":{seq:d}}}'.encode("ascii")
+    return ack_of(raw["sid"], raw["n"], seq)
+
+
+def ack_of(sid: str, n: int, seq: int) -> bytes:
+    """
+    The C{ack} frame for message C{n} of sender session C{sid} (the base64
+    text of a C{send} or C{msg} already validated or encoded by this
+    server) at position C{seq}: the bytes of C{encode("ack", sid=..., n=n,
+    seq=seq)}.
+    """
+    return f'{{"type":"ack","sid":"{sid}","n":{n:d},"seq":{seq:d}}}'.encode("ascii")
