@@ -260,3 +260,17 @@ class Recorder(ChatListener):
 
 
 os.environ.pop("TWISTCHAT_PASSWORD", None)
+
+
+@pytest.fixture
+def members() -> Iterator[list[Any]]:
+    """
+    Client processes a test starts (anything with a C{process}); those still
+    running at its end are killed, and all are waited for.
+    """
+    started: list[Any] = []
+    yield started
+    for client in started:
+        if client.process.poll() is None:
+            client.process.kill()
+        client.process.wait(timeout=30)

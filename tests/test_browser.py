@@ -43,16 +43,6 @@ def server(tmp_path: Path) -> Iterator[WebServer]:
         assert "from the page" not in log and PASSWORD not in log
 
 
-@pytest.fixture
-def members() -> Iterator[list[Client]]:
-    started: list[Client] = []
-    yield started
-    for client in started:
-        if client.process.poll() is None:
-            client.process.kill()
-        client.process.wait(timeout=30)
-
-
 def terminal(server: WebServer, members: list[Client], name: str, *options: str) -> Client:
     client = Client(server.workdir, server.port, name, password=PASSWORD, options=options)
     members.append(client)

@@ -11,10 +11,8 @@ import hashlib
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from twistchat.bench.processes import Lines
 from twistchat.web import export
 
@@ -109,16 +107,6 @@ class StaticServer:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def members() -> Iterator[list[Client]]:
-    started: list[Client] = []
-    yield started
-    for client in started:
-        if client.process.poll() is None:
-            client.process.kill()
-        client.process.wait(timeout=30)
 
 
 def join_from_copy(browser: Chromium, server: str, name: str,
