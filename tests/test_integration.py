@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twistchat import errors
+from twistchat import errors, wire
 from twistchat.client import TrustOnFirstUse, connect
 from twistchat.client.api import ChatMessage
 from twistchat.crypto.verifier import make_verifier
@@ -23,7 +23,7 @@ from twisted.internet import protocol, reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import CertificateOptions
 
-from .conftest import OTHER_PASSWORD, PASSWORD, Recorder
+from .conftest import OTHER_PASSWORD, PASSWORD, Recorder, until
 
 
 def join(server: Any, name: str, known_hosts: Path, password: str = PASSWORD, **kw: Any):
@@ -308,4 +308,33 @@ async def test_tcp_nodelay_on_both_ends(server: Any, known_hosts: Path) -> None:
     [accepted] = server.factory.connections
     assert _nodelay(accepted.transport) != 0
     assert _nodelay(alice._protocol.transport) != 0
+    await alice.leave()
+
+
+
+def _sent_at_once(tls: Any) -> bool:
+    # Twisted's TLS transport gathers one reactor turn's writes and hands them
+    # to TCP on the next turn; flush them now, then look at TCP: nothing may
+    # wait in its buffer, nor may the reactor watch it for writing.
+    tls._aggregator.flush()
+    tcp = tls.transport
+    waiting = tcp._tempDataLen + len(tcp.dataBuffer) - tcp.offset
+    return waiting == 0 and tcp not in reactor.getWriters()
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_leave_at_once_on_both_ends(server: Any, known_hosts: Path) -> None:
+    """
+    A frame written on a connection with nothing queued goes to the socket
+    as soon as TLS hands it to TCP, not on a later turn of the reactor
+    (twistchat.writenow).
+    """
+    alice, _ = await join(server, "alice", known_hosts)
+    [accepted] = server.factory.connections
+    await until(lambda: _sent_at_once(accepted.transport))
+    accepted.sendString(wire.encode("notice", code="history", text="0 earlier messages replayed"))
+    assert _sent_at_once(accepted.transport)
+    await until(lambda: _sent_at_once(alice._protocol.transport))
+    alice._protocol.sendString(wire.encode("who"))
+    assert _sent_at_once(alice._protocol.transport)
     await alice.leave()

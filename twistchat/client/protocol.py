@@ -59,6 +59,7 @@ from twistchat.errors import (
     from_code,
 )
 from twistchat.framing import LinearInt32StringReceiver, no_delay
+from twistchat.writenow import write_at_once
 
 
 class State(enum.Enum):
@@ -180,6 +181,7 @@ class ChatClientProtocol(LinearInt32StringReceiver, TimeoutMixin):
     def connectionMade(self) -> None:
         # Under TLS this runs when TCP is up: the deadline covers TLS and login.
         no_delay(self.transport)
+        write_at_once(self.transport)
         self.setTimeout(self._timeout)
 
     def _input(self, input: str, *args: Any) -> None:

@@ -58,6 +58,7 @@ from twistchat.ratelimit import TokenBucket
 from twistchat.server.lifecycle import FRAMES, TABLE, Input, Stage
 from twistchat.server.limits import Limits, source
 from twistchat.server.room import Member, Room, Rooms, check_name
+from twistchat.writenow import write_at_once
 
 
 class State(enum.Enum):
@@ -304,6 +305,7 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        write_at_once(self.transport)
         limits = self.factory.limits
         self.MAX_LENGTH = limits.max_frame_preauth
         peer = self.transport.getPeer()
