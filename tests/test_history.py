@@ -25,6 +25,7 @@ from twistchat.server.history import (
     SCHEMA_VERSION,
     History,
     HistoryStore,
+    RecentRows,
     Row,
 )
 from twistchat.server.limits import Limits
@@ -560,6 +561,141 @@ async def test_retention_deletes_old_messages(made: Any, room: Room, log_events:
     clock.advance(86400)
     await until(lambda: sum("deleted" in e["log_format"] for e in log_events) == 2)
     assert await setup.store.recent(room.name, 10) == []
+
+
+# --- recent rows in memory ------------------------------------------------------------------
+
+
+def replayed(peer: Peer) -> list[int]:
+    return [n for n, hist in peer.messages() if hist]
+
+
+def join(history: History, room: Room, name: str) -> Peer:
+    peer = Peer(name)
+    room.join(peer)
+    history.joined(room, peer)
+    return peer
+
+
+def test_a_join_after_the_first_is_answered_without_the_store(room: Room) -> None:
+    clock = task.Clock()
+    history, store = memory_history(clock, hold=True, limit=3)
+    alice = Peer("alice")
+    room.join(alice)
+    for n in range(1, 5):
+        send(history, room, alice, n)
+    clock.advance(0)
+    store.answer("append")
+    carol = join(history, room, "carol")
+    store.answer("recent")  # the first join in the room asks the store
+    assert replayed(carol) == [2, 3, 4]
+    dave = join(history, room, "dave")
+    assert not store.pending  # answered from memory, at once
+    assert replayed(dave) == [2, 3, 4]
+    assert dave.got[-1]["text"] == "3 earlier messages replayed"
+    send(history, room, alice, 5)
+    send(history, room, alice, 6)
+    clock.advance(0)
+    erin = join(history, room, "erin")  # 5 and 6 not written yet: live, later
+    assert all(name != "recent" for name, _, _ in store.pending)
+    store.answer("append")
+    assert erin.messages() == [(2, True), (3, True), (4, True), (5, False), (6, False)]
+    frank = join(history, room, "frank")
+    assert replayed(frank) == [4, 5, 6]
+    assert not store.pending
+
+
+@pytest_twisted.ensureDeferred
+async def test_joins_from_memory_get_what_the_store_gives(made: Any, verifier: Any) -> None:
+    """
+    On the real SQLite store: rooms of their own, messages of mixed sizes (some
+    over the byte bound), retention, and writes in flight: a join answered
+    from memory replays exactly what a join asking the store replays.
+    """
+    clock = task.Clock()
+    setup = made(clock, limit=6, max_bytes=6000, keep_days=1)
+    history = setup.history
+    rooms = [Room(verifier), Room(make_verifier(PASSWORD, "other"))]
+    alice = Peer("alice")
+    for r in rooms:
+        r.join(alice)
+    sizes = [48, 2000, 16, 3000, 700, 48, 4000, 20, 1500, 48, 64, 900]
+    for step, size in enumerate(sizes, 1):
+        for r in rooms:
+            send(history, r, alice, step, size=size)
+        if step == 4:
+            clock.advance(2 * 86400)  # the first four get old
+            await history.expire()
+        if step % 3 == 0:
+            await until(lambda: not history._unsubmitted and not history._writing, clock=clock)
+            for r in rooms:
+                first = join(history, r, f"a{step}")  # may ask the store
+                await until(lambda first=first: first.got, clock=clock)
+                history.recent.forget(r.name)
+                asked = join(history, r, f"b{step}")  # asks the store
+                await until(lambda asked=asked: asked.got, clock=clock)
+                remembered = join(history, r, f"c{step}")  # from memory
+                assert r.name in history.recent
+                assert remembered.got == asked.got
+                assert replayed(remembered) == replayed(first)
+    for r in rooms:
+        stored = await setup.store.recent(r.name, 6)
+        assert [row.n for row in stored][-len(replayed(remembered)):] == replayed(remembered)
+
+
+def test_after_a_store_failure_joins_ask_the_store_until_it_is_healthy(room: Room) -> None:
+    clock = task.Clock()
+    history, store = memory_history(clock, hold=True, limit=5)
+    alice = Peer("alice")
+    room.join(alice)
+    send(history, room, alice, 1)
+    clock.advance(0)
+    store.answer("append")
+    join(history, room, "carol")
+    store.answer("recent")
+    assert room.name in history.recent
+    send(history, room, alice, 2)
+    clock.advance(0)
+    store.fail(sqlite3.OperationalError("disk I/O error"), "append")
+    send(history, room, alice, 3)  # relayed at once; its write comes later
+    dave = join(history, room, "dave")
+    assert store.pending[-1][0] == "recent"  # memory no longer knows where 3 falls
+    clock.advance(0)
+    store.answer("recent")
+    store.answer("append")  # 3 stored: healthy, and idle again
+    assert history.failing is None
+    assert replayed(dave) == [1]
+    erin = join(history, room, "erin")
+    store.answer("recent")  # learns the room again from the store
+    assert replayed(erin) == [1, 3]
+    frank = join(history, room, "frank")
+    assert not store.pending
+    assert replayed(frank) == [1, 3]
+
+
+def row(room: str, n: int, size: int, ts: float = 10.0) -> Row:
+    return Row(n, room, "alice", ts, SID, n, bytes(size))
+
+
+def test_recent_rows_bounds() -> None:
+    recent = RecentRows(limit=3, max_bytes=1000, budget=2700)
+    recent.add("a", [row("a", 1, 10)])
+    assert "a" not in recent  # not known until the store answered a join
+    recent.learn("a", [row("a", n, 100) for n in range(1, 6)])
+    assert [r.n for r in recent.rows("a")] == [3, 4, 5]  # the newest 3
+    recent.add("a", [row("a", 6, 950)])
+    assert [r.n for r in recent.rows("a")] == [6]  # 100 + 950 is over 1000 bytes
+    recent.learn("b", [row("b", 1, 800, ts=5.0), row("b", 2, 100, ts=9.0)])
+    recent.learn("c", [row("c", 1, 700)])
+    assert recent.size == 950 + 900 + 700
+    recent.rows("a")  # joined: now the most recently used
+    recent.add("c", [row("c", 2, 250)])  # 2800 bytes: "b", joined longest ago, goes
+    assert "b" not in recent and "a" in recent and "c" in recent
+    assert recent.size == 950 + 950
+    recent.learn("b", [row("b", 1, 100, ts=5.0), row("b", 2, 100, ts=9.0)])
+    recent.expire(before=6.0)
+    assert [r.n for r in recent.rows("b")] == [2]
+    assert recent.size == 950 + 950 + 100
 
 
 # --- failures --------------------------------------------------------------------------------

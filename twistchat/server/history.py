@@ -12,7 +12,10 @@ Two parts:
     sender (C{ack}, with its position in the room's order) (rows are written in batches:
     everything received while the previous write was in flight goes in the next
     transaction). A member who joins is sent the room's last N stored messages
-    before any live one, with none lost or doubled in between.
+    before any live one, with none lost or doubled in between. The newest rows
+of each room a member joined lately are also kept in memory
+(L{RecentRows}), so a join is usually answered without a trip to the
+store's thread.
 
 One order: a room's events (messages, joins, leaves, the room closing) go
 through one queue in the order the server received them. A join, leave or
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +66,9 @@ RETENTION_INTERVAL = 3600.0
 MAX_HISTORY_BYTES = 512 * 1024
 #: Seconds SQLite waits for a lock held by another process.
 BUSY_TIMEOUT = 1.0
+#: Ciphertext bytes of recent rows kept in memory over all rooms, at most
+#: (L{RecentRows}); the rooms joined longest ago are forgotten first.
+RECENT_BUDGET = 16 * 1024 * 1024
 
 # Schema version N is reached by running MIGRATIONS[N - 1]; never edit a
 # released migration, append a new one.
@@ -327,6 +333,106 @@ class _Entry:
             self.action(member)
 
 
+@dataclass(eq=False, slots=True)
+class _Kept:
+    """
+    One room's rows in L{RecentRows}.
+    """
+
+    #: Oldest first.
+    rows: deque[Row] = field(default_factory=deque)
+    #: Their ciphertext bytes.
+    size: int = 0
+
+
+class RecentRows:
+    """
+    The newest stored rows of the rooms members joined lately, as the store
+    would answer a join now.
+
+    A room is known once the store has answered a join in it: that answer
+    holds every row committed before it (the store runs one operation at a
+    time, in order), and every row committed after it is L{add}ed here as its
+    write finishes. A room keeps its newest C{limit} rows whose ciphertexts
+    fit in C{max_bytes} (a join is never sent more); all rooms together keep
+    at most C{budget} ciphertext bytes, forgetting the room joined longest ago
+    first.
+    """
+
+    def __init__(self, limit: int, max_bytes: int, budget: int = RECENT_BUDGET) -> None:
+        self.limit = limit
+        self.max_bytes = max_bytes
+        self.budget = budget
+        self._rooms: OrderedDict[str, _Kept] = OrderedDict()
+        #: Ciphertext bytes kept over all rooms.
+        self.size = 0
+        #: Rows stored before this time are deleted (L{expire}).
+        self.before = float("-inf")
+
+    def __contains__(self, room: str) -> bool:
+        return room in self._rooms
+
+    def rows(self, room: str) -> list[Row]:
+        """
+        The rows of C{room} (a known one), oldest first; it counts as joined
+        now.
+        """
+        self._rooms.move_to_end(room)
+        return list(self._rooms[room].rows)
+
+    def learn(self, room: str, rows: Sequence[Row]) -> None:
+        """
+        The store's answer to a join in C{room}: its newest C{rows}, oldest
+        first.
+        """
+        self.forget(room)
+        self._rooms[room] = _Kept()
+        self.add(room, rows)
+
+    def add(self, room: str, rows: Sequence[Row]) -> None:
+        """
+        Rows just committed to C{room}, oldest first (nothing happens if the
+        room is not known).
+        """
+        kept = self._rooms.get(room)
+        if kept is None:
+            return
+        for row in rows:
+            if row.ts < self.before:
+                # Written while the deletion was asked for: it runs after
+                # the write, and deletes it.
+                continue
+            kept.rows.append(row)
+            kept.size += len(row.ct)
+            self.size += len(row.ct)
+        while kept.rows and (len(kept.rows) > self.limit or kept.size > self.max_bytes):
+            self._drop_oldest(kept)
+        while self.size > self.budget:
+            self.forget(next(iter(self._rooms)))
+
+    def forget(self, room: str) -> None:
+        """
+        Stop keeping C{room}'s rows (the next join in it asks the store).
+        """
+        kept = self._rooms.pop(room, None)
+        if kept is not None:
+            self.size -= kept.size
+
+    def expire(self, before: float) -> None:
+        """
+        Drop the rows stored before C{before}, as the store deletes them.
+        """
+        self.before = max(self.before, before)
+        for kept in self._rooms.values():
+            while kept.rows and kept.rows[0].ts < before:
+                self._drop_oldest(kept)
+
+    def _drop_oldest(self, kept: _Kept) -> None:
+        size = len(kept.rows.popleft().ct)
+        kept.size -= size
+        self.size -= size
+
+
 @dataclass(eq=False)
 class _Joiner:
     """
@@ -382,6 +488,13 @@ class History:
         self._unstored_logged = 0
         self._joiners: dict[Room, dict[Member, _Joiner]] = {}
         self._retention: task.LoopingCall | None = None
+        #: The newest rows of rooms joined lately, answering joins without
+        #: the store's thread.
+        self.recent = RecentRows(limit, max_bytes)
+        # False from a store failure until the store is next idle and
+        # healthy: meanwhile, messages may have been relayed before their
+        # rows were written, and only the store knows where they fall.
+        self._recent_usable = True
 
     # --- life cycle -------------------------------------------------------------
 
@@ -425,6 +538,8 @@ class History:
     def _check_idle(self) -> None:
         if self._writing or self._unsubmitted:
             return
+        if self.failing is None:
+            self._recent_usable = True
         idle, self._idle = self._idle, []
         for d in idle:
             d.callback(None)
@@ -496,9 +611,12 @@ class History:
                        callbackArgs=(batch,), errbackArgs=(batch,))
 
     def _written(self, ids: list[int], batch: list[_Entry]) -> None:
+        recent = self.recent
         for entry, row_id in zip(batch, ids):
             entry.id = row_id
             entry.ready = True
+            if entry.row is not None and entry.row[0] in recent:
+                recent.add(entry.row[0], (Row(row_id, *entry.row),))
         if self.failing is not None:
             self.log.warn(
                 "history: storing again; {count} messages were relayed but not stored",
@@ -506,6 +624,7 @@ class History:
             )
             self.failing = None
             self._unstored_logged = self.unstored
+            self._check_idle()  # the memory of recent rows may be used again
         self._release()
 
     def _write_failed(self, failure: Failure, batch: list[_Entry]) -> None:
@@ -537,6 +656,8 @@ class History:
         """
         Stop holding relays back for the store, and say so once.
         """
+        self._recent_usable = False
+        self.recent = RecentRows(self.limit, self.max_bytes)
         if self.failing is None:
             self.failing = reason
             self.log.error(
@@ -604,6 +725,11 @@ class History:
         """
         if self.limit <= 0:
             return
+        if self._recent_usable and room.name in self.recent:
+            # Every row committed so far is known here; what is not committed
+            # yet is relayed to this member live, after this.
+            self._replay(room, member, self.recent.rows(room.name), ())
+            return
         joiner = _Joiner(member)
         self._joiners.setdefault(room, {})[member] = joiner
         joiner.timer = self.clock.callLater(self.hold_limit, self._history_late, room, joiner)
@@ -624,9 +750,17 @@ class History:
         return joiner.member in room
 
     def _history_ready(self, rows: list[Row], room: Room, joiner: _Joiner) -> None:
-        if not self._take_joiner(room, joiner):
-            return
-        member = joiner.member
+        if self._recent_usable:
+            self.recent.learn(room.name, rows)
+        if self._take_joiner(room, joiner):
+            self._replay(room, joiner.member, rows, joiner.held)
+
+    def _replay(self, room: Room, member: Member, rows: list[Row],
+                held: Sequence[_Entry]) -> None:
+        """
+        Send C{member} the newest of C{rows} (C{room}'s) that fit, then the
+        events C{held} for it that the rows do not hold.
+        """
         frames: list[bytes] = []
         size = 0
         try:
@@ -653,7 +787,7 @@ class History:
             member.deliver(wire.prefixed(notice))
         newest = rows[-1].id if rows else 0
         shown = {row.id for row in rows}
-        for entry in joiner.held:
+        for entry in held:
             # Held messages stored before the query ran are in the history, or
             # older than all of it; the rest are newer or were never stored.
             # Presence is never stored, so it always goes.
@@ -688,6 +822,7 @@ class History:
         Delete messages older than C{keep_days} (run periodically).
         """
         before = self.clock.seconds() - self.keep_days * 86400
+        self.recent.expire(before)
 
         def done(count: int) -> None:
             if count:
