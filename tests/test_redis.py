@@ -158,6 +158,72 @@ def stop_all(clients: list[Client], nodes: list[Server]) -> None:
         assert "Traceback" not in "\n".join(node.log.seen)
 
 
+class Cluster:
+    """
+    The nodes a test starts on one real redis-server, each serving room
+    "main" with L{PASSWORD}, and the members (L{Client}) it logs in on them.
+
+    @ivar nodes: the nodes started, in order.
+    @ivar clients: the members logged in by L{member}, and any other client
+        the test adds to be killed at its end.
+    """
+
+    def __init__(self, workdir: Path, redis: RedisServer, password_file: Path) -> None:
+        self.workdir = workdir
+        self.redis = redis
+        self.password_file = password_file
+        self.nodes: list[Node] = []
+        self.clients: list[Client] = []
+
+    def start(self, name: str, *args: str) -> Node:
+        """
+        Start node C{name} (its data in C{workdir/NAME}) with the room's
+        password file and C{args}; return it once it listens.
+        """
+        node = Node(self.workdir, name, self.redis, "--password-file", str(self.password_file),
+                    *args)
+        self.nodes.append(node)
+        return node
+
+    def member(self, node: Server, name: str) -> Client:
+        """
+        Log C{name} in on C{node}; return it once it may send.
+        """
+        client = member(self.workdir, node, name)
+        self.clients.append(client)
+        return client
+
+    def stop(self) -> None:
+        """
+        Kill the clients still running, stop the nodes, and check that no
+        node logged a traceback.
+        """
+        stop_all(self.clients, self.nodes)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, redis: RedisServer, password_file: Path) -> Iterator[Cluster]:
+    """
+    An empty L{Cluster} on the test's redis-server; all it started is
+    stopped when the test ends.
+    """
+    started = Cluster(tmp_path, redis, password_file)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def two_nodes(cluster: Cluster) -> Cluster:
+    """
+    The L{cluster} with nodes "a" and "b" started (C{two_nodes.nodes}).
+    """
+    cluster.start("a")
+    cluster.start("b")
+    return cluster
+
+
 def messages(lines: list[str]) -> list[str]:
     """
     Every chat line (sender and text) a client printed, in order.
@@ -165,179 +231,134 @@ def messages(lines: list[str]) -> list[str]:
     return [line for line in lines if re.match(r"^\[ [^:]+: \] ", line)]
 
 
-def test_two_nodes_chat_in_one_order(tmp_path: Path, redis: RedisServer,
-                                     password_file: Path) -> None:
+def test_two_nodes_chat_in_one_order(tmp_path: Path, two_nodes: Cluster) -> None:
     """
     alice on node A and bob on node B chat both ways; with both sending at
     once, two listeners (one per node) see every message in the same order.
+    Neither node logs a traceback (checked as L{two_nodes} stops them).
     """
-    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
-    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
-    clients: list[Client] = []
-    try:
-        alice = member(tmp_path, a, "alice")
-        clients.append(alice)
-        bob = member(tmp_path, b, "bob")
-        clients.append(bob)
-        bob.out.wait_for(r"In the room: alice \(127\.0\.0\.1:\d+\)")
-        alice.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) entered the room")
-        # Name uniqueness is room-wide.
-        twin = Client(tmp_path, a.port, "Bob", password=PASSWORD)
-        assert twin.finish() == 1
-        assert "already taken" in "\n".join(twin.err.rest())
+    a, b = two_nodes.nodes
+    alice = two_nodes.member(a, "alice")
+    bob = two_nodes.member(b, "bob")
+    bob.out.wait_for(r"In the room: alice \(127\.0\.0\.1:\d+\)")
+    alice.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) entered the room")
+    # Name uniqueness is room-wide.
+    twin = Client(tmp_path, a.port, "Bob", password=PASSWORD)
+    assert twin.finish() == 1
+    assert "already taken" in "\n".join(twin.err.rest())
 
-        alice.say("hello from node A")
-        bob.out.wait_for(re.escape("[ alice: ] hello from node A"))
-        bob.say("hello from node B")
-        alice.out.wait_for(re.escape("[ bob: ] hello from node B"))
+    alice.say("hello from node A")
+    bob.out.wait_for(re.escape("[ alice: ] hello from node A"))
+    bob.say("hello from node B")
+    alice.out.wait_for(re.escape("[ bob: ] hello from node B"))
 
-        carol = member(tmp_path, a, "carol")
-        clients.append(carol)
-        dave = member(tmp_path, b, "dave")
-        clients.append(dave)
-        carol.out.wait_for(r"\* dave \(127\.0\.0\.1:\d+\) entered the room")
-        count = 15
-        for i in range(count):  # both senders at once, on both nodes
-            alice.say(f"a{i}")
-            bob.say(f"b{i}")
-        for listener in (carol, dave, alice, bob):
-            last_other = f"b{count - 1}" if listener is not bob else f"a{count - 1}"
-            listener.out.wait_for(re.escape(last_other), timeout=30)
-        carol.out.wait_for(re.escape(f"[ alice: ] a{count - 1}"))
-        dave.out.wait_for(re.escape(f"[ alice: ] a{count - 1}"))
-        dave.out.wait_for(re.escape(f"[ bob: ] b{count - 1}"))
-        carol.out.wait_for(re.escape(f"[ bob: ] b{count - 1}"))
-        seen_carol = [line for line in messages(carol.out.seen) if "hello" not in line]
-        seen_dave = [line for line in messages(dave.out.seen) if "hello" not in line]
-        assert len(seen_carol) == 2 * count
-        assert seen_carol == seen_dave
-        # Each member sees the others' messages in that one order too.
-        assert [m for m in messages(alice.out.seen) if "bob" in m and "hello" not in m] == [
-            m for m in seen_carol if "bob" in m]
-        assert bob.finish() == 0
-        alice.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) left the room")
-        dave.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) left the room")
-    finally:
-        stop_all(clients, [a, b])
-    for node in (a, b):
-        assert "Traceback" not in "\n".join(node.log.seen)
+    carol = two_nodes.member(a, "carol")
+    dave = two_nodes.member(b, "dave")
+    carol.out.wait_for(r"\* dave \(127\.0\.0\.1:\d+\) entered the room")
+    count = 15
+    for i in range(count):  # both senders at once, on both nodes
+        alice.say(f"a{i}")
+        bob.say(f"b{i}")
+    for listener in (carol, dave, alice, bob):
+        last_other = f"b{count - 1}" if listener is not bob else f"a{count - 1}"
+        listener.out.wait_for(re.escape(last_other), timeout=30)
+    carol.out.wait_for(re.escape(f"[ alice: ] a{count - 1}"))
+    dave.out.wait_for(re.escape(f"[ alice: ] a{count - 1}"))
+    dave.out.wait_for(re.escape(f"[ bob: ] b{count - 1}"))
+    carol.out.wait_for(re.escape(f"[ bob: ] b{count - 1}"))
+    seen_carol = [line for line in messages(carol.out.seen) if "hello" not in line]
+    seen_dave = [line for line in messages(dave.out.seen) if "hello" not in line]
+    assert len(seen_carol) == 2 * count
+    assert seen_carol == seen_dave
+    # Each member sees the others' messages in that one order too.
+    assert [m for m in messages(alice.out.seen) if "bob" in m and "hello" not in m] == [
+        m for m in seen_carol if "bob" in m]
+    assert bob.finish() == 0
+    alice.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) left the room")
+    dave.out.wait_for(r"\* bob \(127\.0\.0\.1:\d+\) left the room")
 
 
-def test_history_replayed_on_the_other_node(tmp_path: Path, redis: RedisServer,
-                                            password_file: Path) -> None:
-    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
-    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
-    clients: list[Client] = []
-    try:
-        alice = member(tmp_path, a, "alice")
-        clients.append(alice)
-        for i in range(3):
-            alice.say(f"said on A {i}")
-        bob = member(tmp_path, b, "bob")
-        clients.append(bob)
-        bob.out.wait_for("--- live ---")
-        alice.say("live after bob joined")
-        bob.out.wait_for("live after bob joined")
-        assert chat_lines(bob.out.seen, "alice") == [
-            *((f"said on A {i}", True) for i in range(3)), ("live after bob joined", False)]
-    finally:
-        stop_all(clients, [a, b])
+def test_history_replayed_on_the_other_node(two_nodes: Cluster) -> None:
+    a, b = two_nodes.nodes
+    alice = two_nodes.member(a, "alice")
+    for i in range(3):
+        alice.say(f"said on A {i}")
+    bob = two_nodes.member(b, "bob")
+    bob.out.wait_for("--- live ---")
+    alice.say("live after bob joined")
+    bob.out.wait_for("live after bob joined")
+    assert chat_lines(bob.out.seen, "alice") == [
+        *((f"said on A {i}", True) for i in range(3)), ("live after bob joined", False)]
 
 
 def test_room_added_with_passwd_is_served_by_every_node(tmp_path: Path, redis: RedisServer,
-                                                        password_file: Path) -> None:
-    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
-    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
-    clients: list[Client] = []
-    try:
-        (tmp_path / "dev.pw").write_text("dev room password\n")
-        started = time.monotonic()
-        result = subprocess.run(
-            [str(BIN / "twistchat-passwd"), "--redis", redis.url, "--room", "dev",
-             "--password-file", str(tmp_path / "dev.pw")],
-            capture_output=True, text=True, timeout=60, env=env(tmp_path),
-        )
-        assert result.returncode == 0, result.stderr
-        for node in (a, b):
-            node.log.wait_for(r"rooms: room 'dev' added", timeout=5)
-        assert time.monotonic() - started < 15  # 5 s after the (scrypt) verifier is written
-        dev = Client(tmp_path, b.port, "devon", password="dev room password", room="dev")
-        clients.append(dev)
-        dev.out.wait_for("connected — you can start sending messages")
-        assert "dev room password" not in redis.cli("HGETALL", "twistchat:rooms")
-    finally:
-        stop_all(clients, [a, b])
+                                                        two_nodes: Cluster) -> None:
+    a, b = two_nodes.nodes
+    (tmp_path / "dev.pw").write_text("dev room password\n")
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(BIN / "twistchat-passwd"), "--redis", redis.url, "--room", "dev",
+         "--password-file", str(tmp_path / "dev.pw")],
+        capture_output=True, text=True, timeout=60, env=env(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    for node in (a, b):
+        node.log.wait_for(r"rooms: room 'dev' added", timeout=5)
+    assert time.monotonic() - started < 15  # 5 s after the (scrypt) verifier is written
+    dev = Client(tmp_path, b.port, "devon", password="dev room password", room="dev")
+    two_nodes.clients.append(dev)
+    dev.out.wait_for("connected — you can start sending messages")
+    assert "dev room password" not in redis.cli("HGETALL", "twistchat:rooms")
 
 
-def test_failed_logins_count_across_nodes(tmp_path: Path, redis: RedisServer,
-                                          password_file: Path) -> None:
+def test_failed_logins_count_across_nodes(tmp_path: Path, cluster: Cluster) -> None:
     limits = ("--free-failures", "1", "--failure-penalty", "60")
-    a = Node(tmp_path, "a", redis, "--password-file", str(password_file), *limits)
-    b = Node(tmp_path, "b", redis, "--password-file", str(password_file), *limits)
-    try:
-        for node in (a, b):  # one free failure on each node: two in all
-            eve = Client(tmp_path, node.port, "eve", password="not the password")
-            assert eve.finish() == 1
-            assert "wrong password" in "\n".join(eve.err.rest())
-        # Node A saw only one; the second, on B, earned the penalty everywhere.
-        eve = Client(tmp_path, a.port, "eve", password=PASSWORD)
+    a, b = cluster.start("a", *limits), cluster.start("b", *limits)
+    for node in (a, b):  # one free failure on each node: two in all
+        eve = Client(tmp_path, node.port, "eve", password="not the password")
         assert eve.finish() == 1
-        assert "too many failed logins" in "\n".join(eve.err.rest())
-    finally:
-        stop_all([], [a, b])
+        assert "wrong password" in "\n".join(eve.err.rest())
+    # Node A saw only one; the second, on B, earned the penalty everywhere.
+    eve = Client(tmp_path, a.port, "eve", password=PASSWORD)
+    assert eve.finish() == 1
+    assert "too many failed logins" in "\n".join(eve.err.rest())
 
 
-def test_members_of_a_killed_node_leave_within_30_s(tmp_path: Path, redis: RedisServer,
-                                                    password_file: Path) -> None:
-    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
-    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
-    clients: list[Client] = []
-    try:
-        alice = member(tmp_path, a, "alice")
-        clients.append(alice)
-        bob = member(tmp_path, b, "bob")
-        clients.append(bob)
-        bob.out.wait_for(r"In the room: alice")
-        a.kill()
-        bob.out.wait_for(r"\* alice \(127\.0\.0\.1:\d+\) left the room", timeout=30)
-        b.log.wait_for(r"node \w+ is gone; alice left room 'main'")
-        assert "alice" not in redis.cli("HKEYS", "twistchat:room:main:members")
-    finally:
-        stop_all(clients, [a, b])
+def test_members_of_a_killed_node_leave_within_30_s(redis: RedisServer,
+                                                    two_nodes: Cluster) -> None:
+    a, b = two_nodes.nodes
+    two_nodes.member(a, "alice")
+    bob = two_nodes.member(b, "bob")
+    bob.out.wait_for(r"In the room: alice")
+    a.kill()
+    bob.out.wait_for(r"\* alice \(127\.0\.0\.1:\d+\) left the room", timeout=30)
+    b.log.wait_for(r"node \w+ is gone; alice left room 'main'")
+    assert "alice" not in redis.cli("HKEYS", "twistchat:room:main:members")
 
 
-def test_redis_restart_refuses_then_resumes(tmp_path: Path, redis: RedisServer,
-                                            password_file: Path) -> None:
-    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
-    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
-    clients: list[Client] = []
-    try:
-        alice = member(tmp_path, a, "alice")
-        clients.append(alice)
-        bob = member(tmp_path, b, "bob")
-        clients.append(bob)
-        alice.say("before the outage")
-        bob.out.wait_for("before the outage")
-        redis.kill()
-        a.log.wait_for(r"redis: .* unavailable", timeout=15)
-        alice.say("during the outage")
-        alice.out.wait_for(r"cannot store messages right now", timeout=15)
-        redis.process = RedisServer(redis.folder, redis.port).process
-        a.log.wait_for(r"redis: .* reachable again", timeout=30)
-        b.log.wait_for(r"redis: .* reachable again", timeout=30)
-        alice.say("after the outage")
-        bob.out.wait_for("after the outage", timeout=15)
-        assert alice.process.poll() is None and bob.process.poll() is None
-        late = member(tmp_path, b, "late")
-        clients.append(late)
-        late.out.wait_for("--- live ---")
-        assert chat_lines(late.out.seen, "alice") == [
-            ("before the outage", True), ("after the outage", True)]
-        for node in (a, b):
-            log = "\n".join(node.log.seen)
-            assert len(re.findall(r"redis: .* unavailable", log)) == 1
-    finally:
-        stop_all(clients, [a, b])
+def test_redis_restart_refuses_then_resumes(redis: RedisServer, two_nodes: Cluster) -> None:
+    a, b = two_nodes.nodes
+    alice = two_nodes.member(a, "alice")
+    bob = two_nodes.member(b, "bob")
+    alice.say("before the outage")
+    bob.out.wait_for("before the outage")
+    redis.kill()
+    a.log.wait_for(r"redis: .* unavailable", timeout=15)
+    alice.say("during the outage")
+    alice.out.wait_for(r"cannot store messages right now", timeout=15)
+    redis.process = RedisServer(redis.folder, redis.port).process
+    a.log.wait_for(r"redis: .* reachable again", timeout=30)
+    b.log.wait_for(r"redis: .* reachable again", timeout=30)
+    alice.say("after the outage")
+    bob.out.wait_for("after the outage", timeout=15)
+    assert alice.process.poll() is None and bob.process.poll() is None
+    late = two_nodes.member(b, "late")
+    late.out.wait_for("--- live ---")
+    assert chat_lines(late.out.seen, "alice") == [
+        ("before the outage", True), ("after the outage", True)]
+    for node in (a, b):
+        log = "\n".join(node.log.seen)
+        assert len(re.findall(r"redis: .* unavailable", log)) == 1
 
 
 def test_redis_unreachable_at_start_is_one_line(tmp_path: Path, password_file: Path) -> None:
@@ -404,8 +425,7 @@ def test_workers_share_one_port(tmp_path: Path, redis: RedisServer,
     assert len(re.findall(r"\[worker-1#info\] twistchat listening", log)) == 2
 
 
-def test_password_checks_in_progress_count_across_nodes(tmp_path: Path, redis: RedisServer,
-                                                        password_file: Path) -> None:
+def test_password_checks_in_progress_count_across_nodes(cluster: Cluster) -> None:
     """
     With C{--max-guesses-per-address 1}, a check in progress on node A makes
     a share from the same address on node B wait its turn; it is answered
@@ -416,8 +436,7 @@ def test_password_checks_in_progress_count_across_nodes(tmp_path: Path, redis: R
     from twistchat.crypto.spake2plus import G, encode_point
 
     limit = ("--max-guesses-per-address", "1")
-    a = Node(tmp_path, "a", redis, "--password-file", str(password_file), *limit)
-    b = Node(tmp_path, "b", redis, "--password-file", str(password_file), *limit)
+    a, b = cluster.start("a", *limit), cluster.start("b", *limit)
     context = _tls_context()
     share = encode_point(G * 424242)  # a valid point: the server tests the guess
 
@@ -430,22 +449,19 @@ def test_password_checks_in_progress_count_across_nodes(tmp_path: Path, redis: R
         send("share", X=share)
         return tls, receive
 
-    try:
-        on_a, receive_a = guess_until_share(a.port)
-        assert receive_a().type == "verify"  # A's check is in progress: its slot is taken
-        on_b, receive_b = guess_until_share(b.port)
-        b.log.wait_for(r"\(127\.0\.0\.1\) has 1 password checks in progress on all nodes: "
-                       r"1 wait", timeout=10)
-        on_a.close()  # A's check ends: B's share gets the slot
-        assert receive_b().type == "verify"
-        on_b.close()
-    finally:
-        stop_all([], [a, b])
+    on_a, receive_a = guess_until_share(a.port)
+    assert receive_a().type == "verify"  # A's check is in progress: its slot is taken
+    on_b, receive_b = guess_until_share(b.port)
+    b.log.wait_for(r"\(127\.0\.0\.1\) has 1 password checks in progress on all nodes: "
+                   r"1 wait", timeout=10)
+    on_a.close()  # A's check ends: B's share gets the slot
+    assert receive_b().type == "verify"
+    on_b.close()
 
 
 @pytest.mark.parametrize("pause", [2, 6])
-def test_slow_redis_delays_but_loses_nothing(tmp_path: Path, redis: RedisServer,
-                                             password_file: Path, pause: int) -> None:
+def test_slow_redis_delays_but_loses_nothing(redis: RedisServer, two_nodes: Cluster,
+                                             pause: int) -> None:
     """
     Redis paused (C{CLIENT PAUSE}, every command held) for C{pause} seconds,
     shorter and longer than a command's deadline: what alice sends meanwhile
@@ -453,40 +469,31 @@ def test_slow_redis_delays_but_loses_nothing(tmp_path: Path, redis: RedisServer,
     order, and nobody is told a message was not sent when it was; the nodes
     answer their members meanwhile (C{/who}) and log no traceback.
     """
-    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
-    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
-    clients: list[Client] = []
-    try:
-        alice = member(tmp_path, a, "alice")
-        clients.append(alice)
-        bob = member(tmp_path, b, "bob")
-        clients.append(bob)
-        alice.say("before the pause")
-        bob.out.wait_for("before the pause")
-        redis.cli("CLIENT", "PAUSE", str(pause * 1000), "ALL")
-        for i in range(5):
-            alice.say(f"paused {i}")
-        alice.say("/who")  # answered by node A without Redis
-        alice.out.wait_for(r"\* In the room: alice \(you\), bob", timeout=pause / 2)
-        alice.say("after the pause")
-        bob.out.wait_for("after the pause", timeout=pause + 20)
-        expected = ["before the pause", *(f"paused {i}" for i in range(5)), "after the pause"]
-        assert [text for text, _ in chat_lines(bob.out.seen, "alice")] == expected
-        late = member(tmp_path, b, "late")  # the history has each once, in order
-        clients.append(late)
-        late.out.wait_for("--- live ---")
-        assert [text for text, _ in chat_lines(late.out.seen, "alice")] == expected
-        alice.say("/who")  # a fence: alice has printed all that came before its answer
-        alice.out.wait_for(r"\* In the room: alice \(you\), bob \S+, late", timeout=10)
-        assert alice.out.count("cannot store") == 0
-        assert alice.out.count("could not confirm") == 0
-        assert a.process.poll() is None and b.process.poll() is None
-    finally:
-        stop_all(clients, [a, b])
+    a, b = two_nodes.nodes
+    alice = two_nodes.member(a, "alice")
+    bob = two_nodes.member(b, "bob")
+    alice.say("before the pause")
+    bob.out.wait_for("before the pause")
+    redis.cli("CLIENT", "PAUSE", str(pause * 1000), "ALL")
+    for i in range(5):
+        alice.say(f"paused {i}")
+    alice.say("/who")  # answered by node A without Redis
+    alice.out.wait_for(r"\* In the room: alice \(you\), bob", timeout=pause / 2)
+    alice.say("after the pause")
+    bob.out.wait_for("after the pause", timeout=pause + 20)
+    expected = ["before the pause", *(f"paused {i}" for i in range(5)), "after the pause"]
+    assert [text for text, _ in chat_lines(bob.out.seen, "alice")] == expected
+    late = two_nodes.member(b, "late")  # the history has each once, in order
+    late.out.wait_for("--- live ---")
+    assert [text for text, _ in chat_lines(late.out.seen, "alice")] == expected
+    alice.say("/who")  # a fence: alice has printed all that came before its answer
+    alice.out.wait_for(r"\* In the room: alice \(you\), bob \S+, late", timeout=10)
+    assert alice.out.count("cannot store") == 0
+    assert alice.out.count("could not confirm") == 0
+    assert a.process.poll() is None and b.process.poll() is None
 
 
-def test_metrics_and_health_of_a_redis_node(tmp_path: Path, redis: RedisServer,
-                                            password_file: Path) -> None:
+def test_metrics_and_health_of_a_redis_node(redis: RedisServer, cluster: Cluster) -> None:
     """
     With --redis, /healthz answers by a real write to Redis: 200, then 503
     while Redis is down, 200 again once it is back; /metrics has the Redis
@@ -494,31 +501,25 @@ def test_metrics_and_health_of_a_redis_node(tmp_path: Path, redis: RedisServer,
     """
     from .test_metrics import METRICS_AT, samples, scrape
 
-    node = Node(tmp_path, "a", redis, "--password-file", str(password_file),
-                "--metrics", "tcp:0:interface=127.0.0.1")
-    clients: list[Client] = []
-    try:
-        port = int(node.log.wait_for(METRICS_AT).group(1))
-        alice = member(tmp_path, node, "alice")
-        clients.append(alice)
-        assert scrape(port, "/healthz") == (200, "ok\n")
-        values = samples(scrape(port)[1])
-        assert values[("twistchat_redis_unavailable", ())] == 0
-        assert values[("twistchat_redis_command_seconds_count", ())] > 0
-        redis.kill()
-        deadline = time.monotonic() + 30
+    node = cluster.start("a", "--metrics", "tcp:0:interface=127.0.0.1")
+    port = int(node.log.wait_for(METRICS_AT).group(1))
+    cluster.member(node, "alice")
+    assert scrape(port, "/healthz") == (200, "ok\n")
+    values = samples(scrape(port)[1])
+    assert values[("twistchat_redis_unavailable", ())] == 0
+    assert values[("twistchat_redis_command_seconds_count", ())] > 0
+    redis.kill()
+    deadline = time.monotonic() + 30
+    status, reason = scrape(port, "/healthz")
+    while status == 200 and time.monotonic() < deadline:
         status, reason = scrape(port, "/healthz")
-        while status == 200 and time.monotonic() < deadline:
-            status, reason = scrape(port, "/healthz")
-        assert status == 503 and reason.count("\n") == 1, reason
-        assert samples(scrape(port)[1])[("twistchat_redis_unavailable", ())] == 1
-        redis.process = RedisServer(redis.folder, redis.port).process
-        deadline = time.monotonic() + 30
-        while scrape(port, "/healthz")[0] != 200 and time.monotonic() < deadline:
-            node.log.rest(0.5)
-        assert scrape(port, "/healthz") == (200, "ok\n")
-    finally:
-        stop_all(clients, [node])
+    assert status == 503 and reason.count("\n") == 1, reason
+    assert samples(scrape(port)[1])[("twistchat_redis_unavailable", ())] == 1
+    redis.process = RedisServer(redis.folder, redis.port).process
+    deadline = time.monotonic() + 30
+    while scrape(port, "/healthz")[0] != 200 and time.monotonic() < deadline:
+        node.log.rest(0.5)
+    assert scrape(port, "/healthz") == (200, "ok\n")
 
 
 # --- one order per room, checked on every member ----------------------------------
@@ -590,7 +591,7 @@ def check_sequence(reference: list[tuple[str, ...]], name: str, heard: Sequence,
 
 @pytest_twisted.ensureDeferred
 async def test_every_member_on_both_nodes_sees_one_order(
-        tmp_path: Path, redis: RedisServer, password_file: Path) -> None:
+        tmp_path: Path, two_nodes: Cluster) -> None:
     """
     Eight members of the client library over real TLS, split across two
     nodes: four send at once on both nodes while others join and leave. The
@@ -601,8 +602,7 @@ async def test_every_member_on_both_nodes_sees_one_order(
     """
     from twisted.internet import reactor
 
-    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
-    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    a, b = two_nodes.nodes
     port = {"a": a.port, "b": b.port}
     sessions: dict[str, ChatSession] = {}
     heard: dict[str, Sequence] = {}
@@ -679,14 +679,14 @@ async def test_every_member_on_both_nodes_sees_one_order(
         for name, session in sessions.items():
             if name not in left:
                 await session.leave()
-        stop_all([], [a, b])
 
 
 # --- moving from the embedded mode ------------------------------------------------
 
 
 def test_import_embedded_data_dir_then_replay_on_a_node(tmp_path: Path, redis: RedisServer,
-                                                        password_file: Path) -> None:
+                                                        password_file: Path,
+                                                        cluster: Cluster) -> None:
     """
     An embedded server stores history; once it is stopped, C{twistchat-passwd
     --redis URL --import-data-dir DIR} copies its rooms, decoy secret and
@@ -731,21 +731,15 @@ def test_import_embedded_data_dir_then_replay_on_a_node(tmp_path: Path, redis: R
     assert "room 'main' already has 4 entries in Redis" in again.stderr
     assert "nothing was imported" in again.stderr
 
-    node = Node(tmp_path, "a", redis, "--password-file", str(password_file))
-    clients = []
-    try:
-        late = member(tmp_path, node, "late")
-        clients.append(late)
-        late.out.wait_for("--- live ---")
-        assert chat_lines(late.out.seen, "alice") == [(text, True) for text in said]
-        carol = member(tmp_path, node, "carol")
-        clients.append(carol)
-        carol.say("after the move")
-        late.out.wait_for(re.escape("[ carol: ] after the move"))
-        running = migrate()
-        assert running.returncode == 1 and "node(s) are running" in running.stderr
-    finally:
-        stop_all(clients, [node])
+    node = cluster.start("a")
+    late = cluster.member(node, "late")
+    late.out.wait_for("--- live ---")
+    assert chat_lines(late.out.seen, "alice") == [(text, True) for text in said]
+    carol = cluster.member(node, "carol")
+    carol.say("after the move")
+    late.out.wait_for(re.escape("[ carol: ] after the move"))
+    running = migrate()
+    assert running.returncode == 1 and "node(s) are running" in running.stderr
 
 
 def test_import_stream_ids_keep_the_order_and_the_time() -> None:
@@ -1010,7 +1004,7 @@ async def test_two_nodes_announce_a_dead_nodes_leaves_once(
 
 @pytest_twisted.ensureDeferred
 async def test_a_vouch_given_on_one_node_reaches_the_other(
-        tmp_path: Path, redis: RedisServer, password_file: Path) -> None:
+        tmp_path: Path, two_nodes: Cluster) -> None:
     """
     alice logs in on node A from a second device, with a vouch made by her
     first: bob on node B gets the vouch in the C{joined} notice and in the
@@ -1029,8 +1023,7 @@ async def test_a_vouch_given_on_one_node_reaches_the_other(
         def member_joined(self, member: ClientMember) -> None:
             self.joined.append(member)
 
-    a = Node(tmp_path, "a", redis, "--password-file", str(password_file))
-    b = Node(tmp_path, "b", redis, "--password-file", str(password_file))
+    a, b = two_nodes.nodes
     sessions: list[ChatSession] = []
 
     async def login(name: str, node: Node, **options: Any) -> ChatSession:
@@ -1060,4 +1053,3 @@ async def test_a_vouch_given_on_one_node_reaches_the_other(
     finally:
         for session in sessions:
             await session.leave()
-        stop_all([], [a, b])
