@@ -114,6 +114,31 @@ def test_first_screen_says_who_serves_the_code(server: WebServer, tmp_path: Path
         check_clean(browser, server)
 
 
+def test_join_form_waits_for_the_page(server: WebServer, tmp_path: Path) -> None:
+    """
+    Until the page has read its store and wired its form, the form takes no
+    input: Join pressed (or Enter typed) before would send the form as a
+    plain GET, the password in the address, and join nothing. IndexedDB
+    answering 2 s late keeps the page starting long enough to look.
+    """
+    with Chromium(pin_of(server.cert), tmp_path, storage_delay=2) as browser:
+        browser.open(origin(server) + "/")
+        assert "Loading" in browser.text()
+        for label in ("Room", "Name", "Password"):
+            assert not browser.field(label).is_enabled(), label
+        from selenium.webdriver.common.by import By
+
+        join_button = "//button[normalize-space()='Join']"
+        assert not browser.driver.find_element(By.XPATH, join_button).is_enabled()
+        browser.wait_for_text("Not connected")
+        for label in ("Room", "Name", "Password"):
+            assert browser.field(label).is_enabled(), label
+        assert browser.driver.find_element(By.XPATH, join_button).is_enabled()
+        # Ready: the Room field has the focus, as without the delay.
+        assert browser.driver.switch_to.active_element.get_attribute("id") == "room"
+        check_clean(browser, server)
+
+
 def test_browser_and_terminal_chat(server: WebServer, members: list[Client],
                                    tmp_path: Path) -> None:
     alice = terminal(server, members, "alice")
