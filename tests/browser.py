@@ -18,6 +18,12 @@ loopback test server:
     (from the DevTools performance log), so a test can check they all went to
     the test server's origin.
 
+A slow machine is imitated with C{storage_delay}: every IndexedDB answer
+reaches the page that many seconds late, which opens the windows a loaded
+machine opens now and then (a test acting before the page has read its store).
+C{TWISTCHAT_BROWSER_STORAGE_DELAY=SECONDS} applies it to every browser of a
+run, to shake races out of the tests.
+
 Tests drive only what a person can: L{Chromium.type} into a labelled field,
 L{Chromium.press}, L{Chromium.text} of what is rendered. Selenium calls block,
 so these tests run the server as a process (tests/test_e2e.py's L{Server}),
@@ -33,8 +39,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +55,21 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 #: Width and height of the window: a desktop, or a phone held upright.
 DESKTOP = (1280, 900)
 PHONE = (390, 844)
+#: Run before any script of every page when answers from IndexedDB are to be
+#: late: each request's success handler runs C{%(delay)s} seconds after the answer.
+_SLOW_STORAGE = """
+(() => {
+  const late = Object.getOwnPropertyDescriptor(IDBRequest.prototype, 'onsuccess');
+  Object.defineProperty(IDBRequest.prototype, 'onsuccess', {
+    configurable: true,
+    get: late.get,
+    set(handler) {
+      late.set.call(this, handler && ((event) => setTimeout(() => handler.call(this, event),
+        %(delay)s * 1000)));
+    },
+  });
+})();
+"""
 #: Headless Chromium keeps its window at least this wide; a narrower size is
 #: emulated (DevTools' device metrics), as a phone's screen.
 _NARROWEST_WINDOW = 500
@@ -102,10 +123,13 @@ class Chromium:
     certificate whose key has the SPKI hash C{pin}. A C{size} narrower than
     headless Chromium's narrowest window (L{PHONE}) is emulated as a phone's
     screen: that width and height, 3 device pixels per CSS pixel, a mobile
-    viewport.
+    viewport. With C{storage_delay} (seconds; by default
+    C{TWISTCHAT_BROWSER_STORAGE_DELAY}, else none), every IndexedDB answer
+    reaches the pages that late.
     """
 
-    def __init__(self, pin: str, workdir: Path, size: tuple[int, int] = DESKTOP) -> None:
+    def __init__(self, pin: str, workdir: Path, size: tuple[int, int] = DESKTOP,
+                 storage_delay: float | None = None) -> None:
         require_chromium()
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -128,6 +152,11 @@ class Chromium:
         self._log: list[dict[str, Any]] = []
         self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
         self.driver.set_page_load_timeout(30)
+        if storage_delay is None:
+            storage_delay = float(os.environ.get("TWISTCHAT_BROWSER_STORAGE_DELAY", "0"))
+        if storage_delay:
+            self.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {
+                "source": _SLOW_STORAGE % {"delay": storage_delay}})
         if size[0] < _NARROWEST_WINDOW:
             self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
                 "width": size[0], "height": size[1], "deviceScaleFactor": 3, "mobile": True})
@@ -182,33 +211,71 @@ class Chromium:
         element.clear()
         element.send_keys(text)
 
-    def press(self, name: str) -> None:
+    def press(self, name: str, timeout: float = 30) -> None:
         """
-        Click the button whose visible text or accessible label is C{name}.
+        Click the button whose visible text or accessible label is C{name},
+        once there is one a person could click: shown and enabled. A button
+        that an earlier action is about to show (the compare view's Close,
+        a member's Verify) is waited for, up to C{timeout} seconds, rather
+        than clicked while hidden; one the page replaces meanwhile (the
+        members list is rebuilt on every change) is looked up again.
         """
+        from selenium.common.exceptions import (
+            ElementNotInteractableException,
+            StaleElementReferenceException,
+            TimeoutException,
+        )
         from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.wait import WebDriverWait
 
         literal = _xpath_literal(name)
-        found = self.driver.find_elements(
-            By.XPATH, f"//button[normalize-space()={literal} or @aria-label={literal}]")
-        if not found:
-            raise AssertionError(f"no button {name!r} in the page:\n{self.text()}")
-        found[0].click()
+        xpath = f"//button[normalize-space()={literal} or @aria-label={literal}]"
+
+        def clicked(driver: Any) -> bool:
+            for button in driver.find_elements(By.XPATH, xpath):
+                if button.is_displayed() and button.is_enabled():
+                    button.click()
+                    return True
+            return False
+
+        try:
+            WebDriverWait(self.driver, timeout, poll_frequency=0.05, ignored_exceptions=(
+                StaleElementReferenceException, ElementNotInteractableException,
+            )).until(clicked)
+        except TimeoutException:
+            raise AssertionError(
+                f"waited {timeout} s for a button {name!r} to press; the page shows:\n"
+                f"{self.text()}") from None
 
     def wait_for_text(self, wanted: str | Callable[[str], bool], timeout: float = 30) -> str:
         """
         Wait until the rendered text contains C{wanted} (or satisfies it); return
-        the text. Fails with what the page showed instead.
+        the text. Fails with what the page showed instead. A document being
+        replaced meanwhile (a reload, a link followed) is read again once the
+        new one is there.
         """
+        from selenium.common.exceptions import (
+            NoSuchElementException,
+            StaleElementReferenceException,
+            TimeoutException,
+        )
+        from selenium.webdriver.support.wait import WebDriverWait
+
         test = wanted if callable(wanted) else (lambda text: wanted in text)
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.text()
-            if test(text):
-                return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"waited {timeout} s for {wanted!r}; the page shows:\n{text}")
-            time.sleep(0.1)
+        shown = [""]
+
+        def matched(_driver: Any) -> bool:
+            shown[0] = self.text()
+            return test(shown[0])
+
+        try:
+            WebDriverWait(self.driver, timeout, poll_frequency=0.05, ignored_exceptions=(
+                StaleElementReferenceException, NoSuchElementException,
+            )).until(matched)
+        except TimeoutException:
+            raise AssertionError(
+                f"waited {timeout} s for {wanted!r}; the page shows:\n{shown[0]}") from None
+        return shown[0]
 
     def screenshot(self, path: Path) -> None:
         self.driver.save_screenshot(str(path))

@@ -59,6 +59,16 @@ def open_page(browser: Chromium, server: WebServer) -> None:
     browser.wait_for_text("Not connected")
 
 
+def reload_page(browser: Chromium) -> str:
+    """
+    Reload, and wait until the page can take a join (its state line reads
+    "Not connected" once it has read its store and wired its form; the
+    static "Join a room" is there long before).
+    """
+    browser.reload()
+    return browser.wait_for_text("Not connected")
+
+
 def join(browser: Chromium, name: str, password: str = PASSWORD, room: str = "main") -> str:
     browser.type("Room", room)
     browser.type("Name", name)
@@ -101,6 +111,31 @@ def test_first_screen_says_who_serves_the_code(server: WebServer, tmp_path: Path
         browser.driver.find_element(By.LINK_TEXT, "how to check the page").click()
         browser.wait_for_text("Checking the page you run")
         assert "sha256sum" in browser.text()
+        check_clean(browser, server)
+
+
+def test_join_form_waits_for_the_page(server: WebServer, tmp_path: Path) -> None:
+    """
+    Until the page has read its store and wired its form, the form takes no
+    input: Join pressed (or Enter typed) before would send the form as a
+    plain GET, the password in the address, and join nothing. IndexedDB
+    answering 2 s late keeps the page starting long enough to look.
+    """
+    with Chromium(pin_of(server.cert), tmp_path, storage_delay=2) as browser:
+        browser.open(origin(server) + "/")
+        assert "Loading" in browser.text()
+        for label in ("Room", "Name", "Password"):
+            assert not browser.field(label).is_enabled(), label
+        from selenium.webdriver.common.by import By
+
+        join_button = "//button[normalize-space()='Join']"
+        assert not browser.driver.find_element(By.XPATH, join_button).is_enabled()
+        browser.wait_for_text("Not connected")
+        for label in ("Room", "Name", "Password"):
+            assert browser.field(label).is_enabled(), label
+        assert browser.driver.find_element(By.XPATH, join_button).is_enabled()
+        # Ready: the Room field has the focus, as without the delay.
+        assert browser.driver.switch_to.active_element.get_attribute("id") == "room"
         check_clean(browser, server)
 
 
@@ -197,9 +232,8 @@ def test_reload_asks_again_and_shows_history(server: WebServer, members: list[Cl
         alice.out.wait_for(re.escape("[ bob: ] before the reload"))
         alice.say("while bob reloads")
         browser.wait_for_text("while bob reloads")
-        browser.reload()
-        text = browser.wait_for_text("Join a room")
-        assert "Connected" not in text
+        text = reload_page(browser)
+        assert "Join a room" in text and "Connected" not in text
         # Nothing kept without the opt-in: the password is asked again.
         browser.press("Join")
         browser.wait_for_text("Type the room password.")
@@ -219,12 +253,10 @@ def test_kept_keys_log_in_after_a_reload_without_the_password(server: WebServer,
         open_page(browser, server)
         browser.field("Keep my keys on this device (never the password)").click()
         join(browser, "bob")
-        browser.reload()
-        browser.wait_for_text("you may leave the password empty")
+        assert "you may leave the password empty" in reload_page(browser)
         browser.press("Join")
         assert "Connected to room main as bob" in browser.wait_for_text("Connected to room")
-        browser.reload()
-        browser.wait_for_text("you may leave the password empty")
+        assert "you may leave the password empty" in reload_page(browser)
         browser.press("Forget my keys")
         browser.press("Join")
         browser.wait_for_text("Type the room password.")
@@ -245,8 +277,10 @@ def test_key_change_warning_and_same_safety_numbers(server: WebServer, members: 
         text = browser.wait_for_text("Compare this")
         assert " ".join(theirs.split()) in " ".join(text.split())
         browser.press("Close")
+        # The button's verify left its own line: wait for the command's.
         say(browser, "/verify alice")
-        assert f"* Safety number with alice: {theirs}" in browser.wait_for_text("Safety number with alice:")
+        text = browser.wait_for_text(lambda t: t.count("* Safety number with alice:") == 2)
+        assert text.count(f"* Safety number with alice: {theirs}") == 2, text
         browser.press("Close")
         # The room code too.
         alice.say("/safety")
@@ -390,8 +424,7 @@ def test_measure_the_page(server: WebServer, tmp_path: Path) -> None:
             logins.append(time.monotonic() - started)
             browser.press("Leave")
             browser.wait_for_text("Left the room")
-            browser.reload()
-            browser.wait_for_text("Not connected")
+            reload_page(browser)
         browser.driver.set_script_timeout(120)
         got = browser.driver.execute_async_script(MEASURE)
         assert "error" not in got, got
@@ -453,8 +486,7 @@ def test_terminal_vouches_for_the_page(server: WebServer, members: list[Client],
         # A reload: the vouch is still there, and presented again.
         browser.press("Leave")
         browser.wait_for_text("Left the room")
-        browser.reload()
-        browser.wait_for_text("Not connected")
+        reload_page(browser)
         assert browser.field("I have a vouch from my other device").is_selected()
         assert browser.field("Vouch from your other device").get_attribute("value") == vouch
         assert "Connected to room main as alice" in join(browser, "alice")
@@ -512,11 +544,12 @@ def test_page_vouches_for_a_terminal(server: WebServer, members: list[Client],
         text = bob.wait_for_text("written in the terminal")
         assert re.search(r"alice\s*:\s*written in the terminal", text), text
         say(bob, "/verify alice")
-        text = bob.wait_for_text("one per device:")
+        # The heading comes first, then one line per device as each number is made.
+        lines = [rf"device {key_p[:8]}: {DIGITS_60}", rf"device {t_hex[:8]} \(in use\): {DIGITS_60}"]
+        text = bob.wait_for_text(lambda shown: all(re.search(line, shown) for line in lines))
         bob.press("Close")
         assert "* Safety numbers with alice, one per device:" in text
-        assert re.search(rf"device {key_p[:8]}: {DIGITS_60}", text), text
-        in_use = re.search(rf"device {t_hex[:8]} \(in use\): {DIGITS_60}", text).group(1)
+        in_use = re.search(lines[1], text).group(1)
         t.say("/verify bob")
         assert t.out.wait_for(rf"\* Safety number with bob: {DIGITS_60}").group(1) == in_use
         assert CHANGED not in bob.text()

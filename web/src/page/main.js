@@ -676,6 +676,9 @@ async function main() {
   $('compare').addEventListener('close', () => $('message').focus());
   $('rejoin').addEventListener('click', () => location.reload());
   window.addEventListener('pagehide', () => page.save());
+  // The join form comes disabled (index.html) until now: pressed earlier,
+  // Join would send it as a plain GET, the password in the address.
+  $('join-fields').disabled = false;
   page.setState('Not connected', 'ended');
   if (page.local && !$('server').value) $('server').focus();
   else if ($('room').value && $('name').value) $('password').focus();
