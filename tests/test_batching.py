@@ -133,6 +133,33 @@ def test_relay_holds_a_busy_rooms_messages_one_window(verifier: Any) -> None:
     assert len(writes) == 2 and writes[1].count(b'"msg"') == 2
 
 
+def test_a_senders_acks_go_with_the_window_it_is_written_in(verifier: Any) -> None:
+    """
+    A sender is told its message was accepted as the others are sent it: at
+    once in a quiet room, at the end of the window in a busy one, in the same
+    write as what the window holds for it.
+    """
+    chat = MemoryRelay([verifier], batch_window=WINDOW)
+    alice, bob, carol = (chat.login(n, PASSWORD) for n in ("alice", "bob", "carol"))
+    _settle(chat)
+    writes = _count_writes(alice)
+    alice.client.send_text("one")
+    chat.flush()
+    assert len(alice.to_client.of("ack")) == 1  # quiet: at once, with the relay
+    bob.client.send_text("from bob")
+    alice.client.send_text("two")
+    alice.client.send_text("three")
+    chat.flush()
+    assert len(alice.to_client.of("ack")) == 1  # held, as the messages are
+    chat.advance(WINDOW)
+    assert [a["n"] for a in alice.to_client.of("ack")][-2:] == [
+        m["n"] for m in alice.to_server.of("send")][-2:]
+    # bob's message and both acks, in the room's order, as one write.
+    assert len(writes) == 2
+    assert writes[1].count(b'"ack"') == 2 and writes[1].count(b'"msg"') == 1
+    assert _messages(alice) == ["from bob"]
+
+
 def test_history_on_stored_before_relayed_and_room_order(verifier: Any) -> None:
     reactor = MemoryReactorClock()
     store = MemoryStore(hold=True)
@@ -142,8 +169,7 @@ def test_history_on_stored_before_relayed_and_room_order(verifier: Any) -> None:
     chat = MemoryRelay([verifier], history=history, reactor=reactor, batch_window=WINDOW)
     alice = chat.login("alice", PASSWORD)
     store.answer("recent")
-    bob = chat.login("bob", PASSWORD)
-    store.answer("recent")
+    bob = chat.login("bob", PASSWORD)  # its history comes from memory
     _settle(chat)
     alice.client.send_text("one")
     chat.flush()

@@ -58,12 +58,16 @@ class Peer:
         self.acks: list[tuple[int, int]] = []
 
     def deliver(self, data: bytes) -> None:
-        assert int.from_bytes(data[:4], "big") == len(data) - 4
-        message = wire.decode(data[4:], wire.FROM_SERVER)
-        if message.type == "ack":
-            self.acks.append((message["n"], message["seq"]))
-        else:
-            self.got.append(message)
+        # One write may hold several whole frames (a join's history), never part of one.
+        while data:
+            length = int.from_bytes(data[:4], "big")
+            assert 4 + length <= len(data), "a frame cut across writes"
+            message = wire.decode(data[4:4 + length], wire.FROM_SERVER)
+            data = data[4 + length:]
+            if message.type == "ack":
+                self.acks.append((message["n"], message["seq"]))
+            else:
+                self.got.append(message)
 
     def messages(self) -> list[tuple[int, bool]]:
         """

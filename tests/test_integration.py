@@ -18,12 +18,17 @@ from twistchat.client.api import ChatMessage
 from twistchat.crypto.verifier import make_verifier
 from twistchat.server.room import Rooms
 from twistchat.server.service import ChatServerFactory
-from twistchat.server.tls import create_self_signed, load_certificate, server_options
+from twistchat.server.tls import TLSEndpoint, create_self_signed, load_certificate, server_options
 from twisted.internet import protocol, reactor
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.ssl import CertificateOptions
 
-from .conftest import OTHER_PASSWORD, PASSWORD, Recorder, until
+from .conftest import OTHER_PASSWORD, PASSWORD, Recorder, RunningServer, stop_server, until
 
 
 def join(server: Any, name: str, known_hosts: Path, password: str = PASSWORD, **kw: Any):
@@ -239,22 +244,26 @@ async def test_tampered_relay_is_rejected_not_shown(server: Any, known_hosts: Pa
     alice, _ = await join(server, "alice", known_hosts)
     bob, bob_events = await join(server, "bob", known_hosts)
     room = server.rooms.get("main")
-    original = room.broadcast
+    original = room.send_to
     from twistchat import wire
 
-    def evil(frame: bytes, exclude: Any = None) -> None:
-        msg = wire.decode(frame, wire.FROM_SERVER)
+    def evil(recipients: Any, data: bytes, ack: Any = None) -> None:
+        msg = wire.decode(data[4:], wire.FROM_SERVER)
         if msg.type != "msg":
-            return original(frame, exclude)
+            return original(recipients, data, ack)
         fields = dict(msg.fields)
-        original(frame, exclude)  # genuine
-        original(frame, exclude)  # replay
-        original(wire.encode("msg", **{**fields, "from": "carol"}), exclude)  # re-attributed
+
+        def send(frame: bytes, ack: Any = None) -> None:
+            original(recipients, wire.prefixed(frame), ack)
+
+        send(data[4:], ack)  # genuine
+        send(data[4:])  # replay
+        send(wire.encode("msg", **{**fields, "from": "carol"}))  # re-attributed
         ct = bytearray(fields["ct"])
         ct[0] ^= 1
-        original(wire.encode("msg", **{**fields, "ct": bytes(ct), "n": fields["n"] + 1}), exclude)
+        send(wire.encode("msg", **{**fields, "ct": bytes(ct), "n": fields["n"] + 1}))
 
-    room.broadcast = evil  # type: ignore[method-assign]
+    room.send_to = evil  # type: ignore[method-assign]
     alice.send("only once")
     await bob_events.wait_for(is_message("only once"))
     await bob_events.wait_for(lambda e: isinstance(e, tuple) and e[0] == "rejected"
@@ -264,7 +273,7 @@ async def test_tampered_relay_is_rejected_not_shown(server: Any, known_hosts: Pa
     assert "repeats" in rejected[0][2]
     shown = [e for e in bob_events.events if isinstance(e, ChatMessage)]
     assert [m.text for m in shown] == ["only once"]
-    room.broadcast = original  # type: ignore[method-assign]
+    room.send_to = original  # type: ignore[method-assign]
     await alice.leave()
     await bob.leave()
 
@@ -312,14 +321,19 @@ async def test_tcp_nodelay_on_both_ends(server: Any, known_hosts: Path) -> None:
 
 
 
-def _sent_at_once(tls: Any) -> bool:
-    # Twisted's TLS transport gathers one reactor turn's writes and hands them
-    # to TCP on the next turn; flush them now, then look at TCP: nothing may
-    # wait in its buffer, nor may the reactor watch it for writing.
-    tls._aggregator.flush()
+def _in_kernel(tls: Any) -> bool:
+    # Nothing waits in the TCP transport's buffer, nor does the reactor
+    # watch it for writing: what was written is in the kernel already.
     tcp = tls.transport
     waiting = tcp._tempDataLen + len(tcp.dataBuffer) - tcp.offset
     return waiting == 0 and tcp not in reactor.getWriters()
+
+
+def _sent_at_once(tls: Any) -> bool:
+    # Twisted's TLS transport gathers one reactor turn's writes and hands them
+    # to TCP on the next turn; flush them now, then look at TCP.
+    tls._aggregator.flush()
+    return _in_kernel(tls)
 
 
 @pytest_twisted.ensureDeferred
@@ -338,3 +352,25 @@ async def test_writes_leave_at_once_on_both_ends(server: Any, known_hosts: Path)
     alice._protocol.sendString(wire.encode("who"))
     assert _sent_at_once(alice._protocol.transport)
     await alice.leave()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_relays_own_tls_writes_each_frame_at_once(
+        certificate: Any, verifier: Any, known_hosts: Path) -> None:
+    """
+    The TLS the plugin listens with when rooms are batched (TLSEndpoint with
+    whole_writes): a frame is encrypted and in the kernel when its write
+    returns, with no turn of the reactor in between.
+    """
+    factory = ChatServerFactory(Rooms([verifier]), reactor)
+    plain = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port = await TLSEndpoint(server_options(certificate), plain, whole_writes=True).listen(factory)
+    try:
+        alice, _ = await join(RunningServer(factory, port), "alice", known_hosts)
+        [accepted] = factory.connections
+        await until(lambda: _in_kernel(accepted.transport))
+        accepted.sendString(wire.encode("notice", code="history", text="0 earlier messages"))
+        assert _in_kernel(accepted.transport)
+        await alice.leave()
+    finally:
+        await stop_server(factory, port)

@@ -23,12 +23,18 @@ from twistchat.crypto.verifier import make_verifier
 from twistchat.server.history import History
 from twistchat.server.room import Rooms
 from twistchat.server.service import CannotStart, ChatServerFactory, ChatService
-from twistchat.server.tls import CERT_FILE, KEY_FILE, create_self_signed, fingerprint
+from twistchat.server.tls import (
+    CERT_FILE,
+    KEY_FILE,
+    TLSEndpoint,
+    create_self_signed,
+    fingerprint,
+)
 from twistchat.server.verifiers import load_verifier, room_path, save_verifier
 from twistchat.tap import Options, makeService
 from twisted.application.service import IService
 from twisted.internet import defer, reactor, ssl
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import globalLogPublisher
@@ -110,10 +116,13 @@ def test_batch_window_default_reaches_the_rooms(tmp_path: Path) -> None:
     service = makeService(parse(tmp_path / "a", "--port", "0", "--password", PASSWORD))
     assert isinstance(service, ChatService)
     assert service.factory.rooms.batch_window == 0.005
+    # The rooms write each member once per window: TLS need not gather writes.
+    assert service.endpoint.whole_writes
     service = makeService(parse(tmp_path / "b", "--port", "0", "--password", PASSWORD,
                                 "--batch-window", "0"))
     assert isinstance(service, ChatService)
     assert service.factory.rooms.batch_window == 0
+    assert not service.endpoint.whole_writes
 
 
 def test_port_zero(tmp_path: Path) -> None:
@@ -519,17 +528,18 @@ def test_make_service(tmp_path: Path) -> None:
     assert factory.connections == set()
 
     endpoint = service.endpoint
-    assert isinstance(endpoint, SSL4ServerEndpoint)
-    assert endpoint._port == 0
-    assert endpoint._interface == "127.0.0.1"
+    assert isinstance(endpoint, TLSEndpoint)
+    assert isinstance(endpoint.plain, TCP4ServerEndpoint)
+    assert endpoint.plain._port == 0
+    assert endpoint.plain._interface == "127.0.0.1"
     assert fingerprint(options.certificate) in service.description
     assert "lobby, main" in service.description
 
 
 def test_make_service_default_address(tmp_path: Path) -> None:
     service = makeService(parse(tmp_path / "data", "--password", PASSWORD))
-    assert service.endpoint._port == 7777
-    assert service.endpoint._interface == ""
+    assert service.endpoint.plain._port == 7777
+    assert service.endpoint.plain._interface == ""
     assert not service.running
     assert service.port is None
 

@@ -31,7 +31,7 @@ from twisted.internet import ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     AdoptedStreamServerEndpoint,
-    SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
     serverFromString,
     wrapServerTLS,
 )
@@ -53,7 +53,7 @@ from twistchat.server.history import (
 from twistchat.server.limits import Limits
 from twistchat.server.room import Rooms
 from twistchat.server.service import CannotStart, ChatServerFactory, ChatService
-from twistchat.server.tls import fingerprint, load_certificate, server_options
+from twistchat.server.tls import TLSEndpoint, fingerprint, load_certificate, server_options
 
 if TYPE_CHECKING:
     from twistchat.redisurl import RedisURL
@@ -732,15 +732,19 @@ def _chat_service(options: Options, factory: ChatServerFactory,
 
     certificate: ssl.PrivateCertificate = options.certificate
     tls = server_options(certificate)
+    # With rooms batched (embedded mode, a window over 0), the relay writes
+    # each member once per window itself: Twisted's TLS need not gather writes.
+    whole = options.redis is None and options["batch-window"] > 0
     endpoint: IStreamServerEndpoint | list[tuple[str, IStreamServerEndpoint]]
     if options.endpoints:
         endpoint = [
-            (description, wrapServerTLS(tls, plain, reactor))
+            (description, TLSEndpoint(tls, plain, whole))
             for description, plain in options.endpoints
         ]
     else:
-        endpoint = SSL4ServerEndpoint(reactor, options["port"], tls,
-                                      interface=options["interface"])
+        endpoint = TLSEndpoint(
+            tls, TCP4ServerEndpoint(reactor, options["port"], interface=options["interface"]),
+            whole)
     rooms = ", ".join(sorted(v.room for v in options.verifiers))
     return ChatService(
         endpoint,

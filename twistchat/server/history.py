@@ -699,16 +699,17 @@ class History:
                 live = [m for m in live if m not in joiners]
         if entry.data is not None:
             # Through the room, which may batch it (in order) with the next.
-            room.send_to(live, entry.data)
+            # A message is accepted (stored, or the store is failing): its
+            # sender is told as the others are sent it (a sender that has
+            # left ignores it).
+            ack = None
+            if entry.message is not None and entry.sender is not None:
+                ack = (entry.sender, ack_frame(room, entry.message))
+            room.send_to(live, entry.data, ack)
         if entry.action is not None:
             room.flush()  # what the room sent before goes first
             for member in live:
                 entry.action(member)
-        if entry.message is not None and entry.sender is not None:
-            # Accepted (stored, or the store is failing): tell the sender, at
-            # the moment the others are sent it. A sender that has left
-            # ignores it.
-            entry.sender.deliver(ack_frame(room, entry.message))
 
     # --- late joiners -----------------------------------------------------------------
 
@@ -778,13 +779,13 @@ class History:
                 name=member.name, room=room.name, reason=str(e) or type(e).__name__,
             )
             rows, frames = [], []
-        for frame in reversed(frames):
-            member.deliver(frame)
         if frames:
             notice = wire.encode(
                 "notice", code="history", text=f"{len(frames)} earlier messages replayed"
             )
-            member.deliver(wire.prefixed(notice))
+            frames.reverse()
+            frames.append(wire.prefixed(notice))
+            member.deliver(b"".join(frames))  # one write, however many
         newest = rows[-1].id if rows else 0
         shown = {row.id for row in rows}
         for entry in held:

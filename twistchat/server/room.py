@@ -106,10 +106,11 @@ class Batcher:
         self._held: dict[Member, list[bytes]] = {}
         self._timer: IDelayedCall | None = None
 
-    def send(self, recipients: Iterable[Member], data: bytes) -> None:
+    def send(self, recipients: Iterable[Member], data: bytes,
+             ack: tuple[Member, bytes] | None = None) -> None:
         """
-        Deliver C{data} to each of C{recipients}, now or at the end of the
-        current window.
+        Deliver C{data} to each of C{recipients}, and C{ack}'s frame to its
+        member, now or at the end of the current window (both the same).
         """
         if self._timer is None:
             now = self.clock.seconds()
@@ -117,6 +118,8 @@ class Batcher:
                 self._last = now
                 for member in recipients:
                     member.deliver(data)
+                if ack is not None:
+                    ack[0].deliver(ack[1])
                 return
             self._timer = self.clock.callLater(self._last + self.window - now, self.flush)
         held = self._held
@@ -126,6 +129,13 @@ class Batcher:
                 held[member] = [data]
             else:
                 frames.append(data)
+        if ack is not None:
+            member, frame = ack
+            frames = held.get(member)
+            if frames is None:
+                held[member] = [frame]
+            else:
+                frames.append(frame)
 
     def flush(self) -> None:
         """
@@ -251,17 +261,22 @@ class Room:
         """
         self.send_to(self.recipients(exclude), data)
 
-    def send_to(self, recipients: Iterable[Member], data: bytes) -> None:
+    def send_to(self, recipients: Iterable[Member], data: bytes,
+                ack: tuple[Member, bytes] | None = None) -> None:
         """
         Send one already length-prefixed frame to C{recipients} (members of
         this room), in order with the room's other frames: at once, or at the
-        end of the current batch window.
+        end of the current batch window. C{ack}, if given, is a frame for
+        one member (the sender's acknowledgement) that goes with it, so that
+        the sender learns its message was accepted as the others receive it.
         """
         if self._batcher is None:
             for member in recipients:
                 member.deliver(data)
+            if ack is not None:
+                ack[0].deliver(ack[1])
         else:
-            self._batcher.send(recipients, data)
+            self._batcher.send(recipients, data, ack)
 
     def flush(self) -> None:
         """

@@ -301,8 +301,8 @@ class ChatServerFactory(ServerFactory):
         if self.rooms.get(room.name) is not room:
             return
         if self.history is None:
-            room.broadcast(frame, exclude=sender)
-            sender.deliver(ack_frame(room, message))
+            room.send_to(room.recipients(sender), wire.prefixed(frame),
+                         (sender, ack_frame(room, message)))
         else:
             self.history.relay(room, sender, frame, message)
 

@@ -1,6 +1,7 @@
 """
 TLS for the server: the certificate (given, or self-signed and kept in the data
-directory) and the context options (TLS 1.3 only).
+directory), the context options (TLS 1.3 only), and the endpoint that adds
+them to a listening one (L{TLSEndpoint}).
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.internet import ssl
+from twisted.internet import defer, ssl
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from zope.interface import implementer
 
 from twistchat.crypto.keyfile import write_private_file
 from twistchat.errors import ConfigError
@@ -123,3 +127,42 @@ def server_options(cert: ssl.PrivateCertificate) -> ssl.CertificateOptions:
         certificate=cert.original.to_cryptography(),
         raiseMinimumTo=ssl.TLSVersion.TLSv1_3,
     )
+
+
+class _WholeWritesFactory(TLSMemoryBIOFactory):
+    """
+    TLS whose every write is encrypted and handed to TCP at once.
+
+    Twisted's default TLS transport gathers the small writes of one reactor
+    turn and encrypts them together on the next, which costs a delayed call
+    per connection per turn. The relay's writes do not need it when it
+    batches its rooms (L{twistchat.server.room.Batcher}): each member is
+    written once per window already, its acknowledgements with it, and a
+    join's history in one write.
+    """
+
+    protocol = TLSMemoryBIOProtocol
+
+
+@implementer(IStreamServerEndpoint)
+class TLSEndpoint:
+    """
+    C{plain} with the server's TLS (C{options}) added to the connections it
+    accepts.
+
+    @ivar whole_writes: write each frame through TLS at once, without
+        Twisted's gathering of one reactor turn's writes (for a server that
+        batches its rooms' deliveries itself: see L{_WholeWritesFactory}).
+    """
+
+    def __init__(self, options: ssl.CertificateOptions, plain: IStreamServerEndpoint,
+                 whole_writes: bool = False) -> None:
+        self.options = options
+        self.plain = plain
+        self.whole_writes = whole_writes
+
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
+        tls = _WholeWritesFactory if self.whole_writes else TLSMemoryBIOFactory
+        listening: defer.Deferred[IListeningPort] = self.plain.listen(
+            tls(self.options, False, factory))
+        return listening
