@@ -612,11 +612,15 @@ class History:
 
     def _written(self, ids: list[int], batch: list[_Entry]) -> None:
         recent = self.recent
+        known: dict[str, list[Row]] = {}
         for entry, row_id in zip(batch, ids):
             entry.id = row_id
             entry.ready = True
-            if entry.row is not None and entry.row[0] in recent:
-                recent.add(entry.row[0], (Row(row_id, *entry.row),))
+            row = entry.row
+            if row is not None and row[0] in recent:
+                known.setdefault(row[0], []).append(Row(row_id, *row))
+        for room_name, rows in known.items():
+            recent.add(room_name, rows)
         if self.failing is not None:
             self.log.warn(
                 "history: storing again; {count} messages were relayed but not stored",
