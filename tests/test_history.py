@@ -280,15 +280,25 @@ def memory_history(clock: task.Clock, hold: bool = False,
     return history, store
 
 
-def test_late_joiner_gets_history_then_live(room: Room) -> None:
+def stored_by_alice(room: Room, count: int, limit: int) -> tuple[History, MemoryStore,
+                                                                 task.Clock, Peer]:
+    """
+    History on a held store, and alice in C{room} with messages 1 to
+    C{count} sent and stored.
+    """
     clock = task.Clock()
-    history, store = memory_history(clock, hold=True, limit=3)
+    history, store = memory_history(clock, hold=True, limit=limit)
     alice = Peer("alice")
     room.join(alice)
-    for n in range(1, 6):
+    for n in range(1, count + 1):
         send(history, room, alice, n)
     clock.advance(0)
-    store.answer("append")  # 1 to 5 stored
+    store.answer("append")
+    return history, store, clock, alice
+
+
+def test_late_joiner_gets_history_then_live(room: Room) -> None:
+    history, store, clock, alice = stored_by_alice(room, 5, limit=3)
 
     carol = Peer("carol")
     room.join(carol)
@@ -582,14 +592,7 @@ def join(history: History, room: Room, name: str) -> Peer:
 
 
 def test_a_join_after_the_first_is_answered_without_the_store(room: Room) -> None:
-    clock = task.Clock()
-    history, store = memory_history(clock, hold=True, limit=3)
-    alice = Peer("alice")
-    room.join(alice)
-    for n in range(1, 5):
-        send(history, room, alice, n)
-    clock.advance(0)
-    store.answer("append")
+    history, store, clock, alice = stored_by_alice(room, 4, limit=3)
     carol = join(history, room, "carol")
     store.answer("recent")  # the first join in the room asks the store
     assert replayed(carol) == [2, 3, 4]
