@@ -149,3 +149,33 @@ async def test_asking_twice_changes_nothing_more(pair: Pair) -> None:
     assert type(pair.tcp) is cls
     pair.tcp.write(b"once")
     assert read_exactly(pair.peer, 4) == b"once"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_unix_socket_is_left_to_its_own_writes(tmp_path: Any) -> None:
+    """
+    A UNIX connection sends with sendmsg (it may pass file descriptors): it
+    keeps Twisted's own write path.
+    """
+    factory = protocol.ServerFactory.forProtocol(Accepted)
+    factory.accepted = defer.Deferred()
+    path = str(tmp_path / "socket")
+    port = reactor.listenUNIX(path, factory)
+    peer = socket.socket(socket.AF_UNIX)
+    peer.setblocking(False)
+    try:
+        peer.connect(path)
+        server = await factory.accepted
+        cls = type(server.transport)
+        assert not write_at_once(server.transport)
+        assert type(server.transport) is cls
+        server.transport.write(b"still works")
+        await until(lambda: server.transport not in reactor.getWriters())
+        peer.setblocking(True)
+        peer.settimeout(10)
+        assert read_exactly(peer, 11) == b"still works"
+        peer.close()
+        await server.lost
+    finally:
+        peer.close()
+        await port.stopListening()

@@ -68,8 +68,9 @@ def write_at_once(transport: Any) -> bool:
     C{transport} may be the TCP transport itself or any number of wrapping
     protocols with a C{transport} attribute (TLS, PROXY protocol) above it.
 
-    @return: whether a TCP connection was found (an in-memory test transport,
-        a WebSocket or a UNIX socket is left alone).
+    @return: whether it was done: a TCP connection sending with C{send()} was
+        found (an in-memory test transport, a WebSocket or a UNIX socket is
+        left alone).
     """
     raw = transport
     while not isinstance(raw, tcp.Connection):
@@ -77,6 +78,10 @@ def write_at_once(transport: Any) -> bool:
         if raw is None:
             return False
     cls = type(raw)
+    if cls.writeSomeData is not tcp.Connection.writeSomeData:
+        # It sends otherwise than with send() (a UNIX socket passing file
+        # descriptors): leave it to its own writeSomeData.
+        return False
     if not issubclass(cls, _WritesAtOnce):
         at_once = _AT_ONCE.get(cls)
         if at_once is None:
