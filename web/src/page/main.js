@@ -450,7 +450,13 @@ class Page {
 
   // --- joining ---------------------------------------------------------------------------
 
-  async join({ room, name, password, keep, vouchText }) {
+  /**
+   * Join as the form says. `vouchText` is the vouch to present (and keep);
+   * when empty, `forgetVouch` says whether the form had read what this
+   * device keeps for the room and name (so that an empty field is the
+   * person's choice): only then is a kept vouch deleted.
+   */
+  async join({ room, name, password, keep, vouchText, forgetVouch }) {
     const error = $('join-error');
     error.textContent = '';
     if (this.local) {
@@ -503,7 +509,7 @@ class Page {
         return;
       }
       await this.store.put('vouches', keptAt, vouch);
-    } else {
+    } else if (forgetVouch) {
       await this.store.delete('vouches', keptAt);
     }
     const state = await this.store.get('transcripts', keptAt);
@@ -594,19 +600,26 @@ async function main() {
   if (lastRoom) $('room').value = lastRoom;
   if (lastName) $('name').value = lastName;
   let vouchFrom = null;
+  // The form is refreshed from the store when Room, Name (or Server) change:
+  // `refreshing` settles once every refresh asked for has ended, one after
+  // the other; `shownFor` is the place (room and name, as Join takes them)
+  // the last finished refresh read, `askedFor` the last one asked for.
+  let refreshing = Promise.resolve();
+  let askedFor = null;
+  let shownFor = null;
   const keptKey = () => {
     const address = page.local ? serverAddress($('server').value) : page.server;
     if (address) page.server = address;
-    return page.placeKey($('room').value, $('name').value);
+    return page.placeKey($('room').value.trim(), $('name').value.trim());
   };
   const showKept = async () => {
-    const kept = await store.get('kept', keptKey());
+    const at = keptKey();
+    const kept = await store.get('kept', at);
     $('kept-note').hidden = !kept;
     $('forget').hidden = !kept;
     if (kept) $('keep').checked = true;
     // The vouch kept for this room and name fills the field; one typed in
     // stays, unless it was filled in for another room or name.
-    const at = keptKey();
     const vouch = await store.get('vouches', at);
     if (vouch) {
       $('vouch').value = B.toBase64(vouch);
@@ -618,6 +631,23 @@ async function main() {
       $('has-vouch').checked = false;
     }
     $('vouch-row').hidden = !$('has-vouch').checked;
+    shownFor = at;
+  };
+  const refresh = () => {
+    askedFor = keptKey();
+    // A refresh that fails leaves the form as it was (and shownFor unset
+    // for this place, so that Join deletes nothing kept).
+    refreshing = refreshing.then(showKept).catch(() => {});
+    return refreshing;
+  };
+  /** Once the form shows what is kept for the room and name typed in now. */
+  const settled = async () => {
+    if (askedFor !== keptKey()) refresh();
+    let waited;
+    do {
+      waited = refreshing;
+      await waited;
+    } while (waited !== refreshing);
   };
   // A key shown is the key of the name typed when it was shown.
   $('name').addEventListener('input', () => {
@@ -640,23 +670,35 @@ async function main() {
     shown.textContent = `This device's key as ${name}: ${key}. On your other device, in the room, ` +
       `type /vouch ${key} and paste here the vouch it gives.`;
   });
-  $('room').addEventListener('change', showKept);
-  $('name').addEventListener('change', showKept);
-  $('server').addEventListener('change', showKept);
-  await showKept();
+  $('room').addEventListener('change', refresh);
+  $('name').addEventListener('change', refresh);
+  $('server').addEventListener('change', refresh);
+  await refresh();
   $('forget').addEventListener('click', async () => {
     await store.delete('kept', keptKey());
-    await showKept();
+    await refresh();
     $('password').focus();
   });
-  $('join').addEventListener('submit', (event) => {
+  // Join reads the form only once it shows what is kept for the room and
+  // name typed (Enter typed right after a name starts a refresh that Join
+  // must not overtake); a second Join meanwhile is the same one.
+  let joining = false;
+  $('join').addEventListener('submit', async (event) => {
     event.preventDefault();
-    const room = $('room').value.trim();
-    const name = $('name').value.trim();
-    localStorage.setItem('twistchat.room', room);
-    localStorage.setItem('twistchat.name', name);
-    page.join({ room, name, password: $('password').value, keep: $('keep').checked,
-      vouchText: $('has-vouch').checked ? $('vouch').value.trim() : '' });
+    if (joining) return;
+    joining = true;
+    try {
+      await settled();
+      const room = $('room').value.trim();
+      const name = $('name').value.trim();
+      localStorage.setItem('twistchat.room', room);
+      localStorage.setItem('twistchat.name', name);
+      const vouchText = $('has-vouch').checked ? $('vouch').value.trim() : '';
+      await page.join({ room, name, password: $('password').value, keep: $('keep').checked,
+        vouchText, forgetVouch: !vouchText && shownFor === keptKey() });
+    } finally {
+      joining = false;
+    }
   });
   $('compose').addEventListener('submit', (event) => {
     event.preventDefault();
