@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twistchat import errors
@@ -95,6 +96,35 @@ def test_quiet_frames_go_at_once_busy_ones_are_joined() -> None:
     batcher.send(members, b"4")
     assert members[0].writes[-1] == (clock.seconds(), b"4")
     assert not clock.getDelayedCalls()
+
+
+class SlowMember(FakeMember):
+    """
+    A member whose write takes a millisecond of the clock's time, as writes
+    to a thousand members take real time.
+    """
+
+    def deliver(self, data: bytes) -> None:
+        super().deliver(data)
+        self.clock.rightNow += 0.001
+
+
+def test_the_window_runs_from_the_end_of_a_rooms_writes() -> None:
+    """
+    Writing to a large room can take longer than a window: the next frame
+    still waits a window from the end of those writes, instead of finding the
+    room quiet and being written alone to every member.
+    """
+    clock = Clock()
+    members = [SlowMember(name, clock) for name in "abcdefghij"]
+    batcher = Batcher(FakeRoom(members), clock, WINDOW)  # type: ignore[arg-type]
+    batcher.send(members, b"1")  # quiet: at once, 10 ms of writes
+    assert clock.seconds() == pytest.approx(0.010)
+    batcher.send(members, b"2")
+    batcher.send(members, b"3")
+    assert all(len(m.writes) == 1 for m in members)  # held
+    clock.advance(WINDOW)
+    assert all([d for _, d in m.writes] == [b"1", b"23"] for m in members)
 
 
 def test_a_member_gone_meanwhile_gets_nothing() -> None:

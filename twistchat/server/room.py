@@ -115,11 +115,15 @@ class Batcher:
         if self._timer is None:
             now = self.clock.seconds()
             if now - self._last >= self.window:
+                # Set before (a frame a delivery causes waits) and after: in a
+                # large room the writes take longer than a window, and the
+                # window runs from their end.
                 self._last = now
                 for member in recipients:
                     member.deliver(data)
                 if ack is not None:
                     ack[0].deliver(ack[1])
+                self._last = self.clock.seconds()
                 return
             self._timer = self.clock.callLater(self._last + self.window - now, self.flush)
         held = self._held
@@ -154,6 +158,7 @@ class Batcher:
             # A member dropped meanwhile (it left, or was too slow) gets nothing.
             if member in room:
                 member.deliver(frames[0] if len(frames) == 1 else b"".join(frames))
+        self._last = self.clock.seconds()  # the window runs from the writes' end
 
 
 class Room:
