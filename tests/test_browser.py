@@ -441,6 +441,19 @@ def test_measure_the_page(server: WebServer, tmp_path: Path) -> None:
 
 
 VOUCH = r"^([A-Za-z0-9+/]{139}=)$"
+
+
+def vouched_by(alice: Client, browser: Chromium) -> tuple[str, str]:
+    """
+    The page's device key as alice, shown by the page, and the vouch alice's
+    terminal gives it for 7 days.
+    """
+    browser.type("Name", "alice")
+    browser.press("Show this device's key")
+    shown = browser.wait_for_text("This device's key as alice:")
+    key = re.search(r"This device's key as alice: ([0-9a-f]{64})", shown).group(1)
+    alice.say(f"/vouch {key} 7")
+    return key, alice.out.wait_for(VOUCH).group(1)
 CHANGED = "safety number has changed"
 
 
@@ -468,12 +481,7 @@ def test_terminal_vouches_for_the_page(server: WebServer, members: list[Client],
     assert carol.finish() == 0
     with Chromium(pin_of(server.cert), tmp_path) as browser:
         open_page(browser, server)
-        browser.type("Name", "alice")
-        browser.press("Show this device's key")
-        shown = browser.wait_for_text("This device's key as alice:")
-        key_b = re.search(r"This device's key as alice: ([0-9a-f]{64})", shown).group(1)
-        alice.say(f"/vouch {key_b} 7")
-        vouch = alice.out.wait_for(VOUCH).group(1)
+        key_b, vouch = vouched_by(alice, browser)
         mark = len(bob.out.seen)
         alice.say("/quit")
         assert alice.finish() == 0
@@ -582,12 +590,7 @@ def test_enter_in_the_name_field_waits_for_the_kept_vouch(server: WebServer,
     key_a = alice.out.wait_for(r"\* Your identity key: ([0-9a-f]{64})").group(1)
     with Chromium(pin_of(server.cert), tmp_path, storage_delay=0.5) as browser:
         open_page(browser, server)
-        browser.type("Name", "alice")
-        browser.press("Show this device's key")
-        shown = browser.wait_for_text("This device's key as alice:")
-        key_b = re.search(r"This device's key as alice: ([0-9a-f]{64})", shown).group(1)
-        alice.say(f"/vouch {key_b} 7")
-        vouch = alice.out.wait_for(VOUCH).group(1)
+        key_b, vouch = vouched_by(alice, browser)
         alice.say("/quit")
         assert alice.finish() == 0
         browser.field("I have a vouch from my other device").click()
