@@ -134,12 +134,7 @@ class Batcher:
             else:
                 frames.append(data)
         if ack is not None:
-            member, frame = ack
-            frames = held.get(member)
-            if frames is None:
-                held[member] = [frame]
-            else:
-                frames.append(frame)
+            held.setdefault(ack[0], []).append(ack[1])
 
     def flush(self) -> None:
         """
