@@ -418,6 +418,13 @@ class RecentRows:
         if kept is not None:
             self.size -= kept.size
 
+    def forget_all(self) -> None:
+        """
+        Stop keeping any room's rows (what retention deleted stays deleted).
+        """
+        self._rooms.clear()
+        self.size = 0
+
     def expire(self, before: float) -> None:
         """
         Drop the rows stored before C{before}, as the store deletes them.
@@ -661,7 +668,7 @@ class History:
         Stop holding relays back for the store, and say so once.
         """
         self._recent_usable = False
-        self.recent = RecentRows(self.limit, self.max_bytes)
+        self.recent.forget_all()
         if self.failing is None:
             self.failing = reason
             self.log.error(
