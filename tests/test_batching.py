@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from twistchat import errors
 from twistchat.server.history import History
 from twistchat.server.limits import Limits
-from twistchat.server.room import Batcher
+from twistchat.server.room import EARLY_BYTES_PER_MEMBER, Batcher
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
@@ -44,6 +44,9 @@ class FakeRoom:
 
     def __contains__(self, member: object) -> bool:
         return member in self.members
+
+    def __len__(self) -> int:
+        return len(self.members)
 
 
 @given(st.lists(st.integers(min_value=0, max_value=12), min_size=1, max_size=60))
@@ -125,6 +128,47 @@ def test_the_window_runs_from_the_end_of_a_rooms_writes() -> None:
     assert all(len(m.writes) == 1 for m in members)  # held
     clock.advance(WINDOW)
     assert all([d for _, d in m.writes] == [b"1", b"23"] for m in members)
+
+
+def test_a_burst_goes_out_before_the_window_ends() -> None:
+    """
+    Once a window holds EARLY_BYTES_PER_MEMBER bytes per member of the room
+    for each member, it is written without waiting out the window; what
+    comes next is held again, in order.
+    """
+    clock = Clock()
+    members = [FakeMember(name, clock) for name in "abcdefghij"]
+    batcher = Batcher(FakeRoom(members), clock, WINDOW)  # type: ignore[arg-type]
+    frame = b"x" * 100
+    burst = EARLY_BYTES_PER_MEMBER * len(members) // len(frame)  # 160 frames
+    batcher.send(members, b"first")  # quiet: at once
+    clock.advance(0.001)
+    for _ in range(burst - 1):
+        batcher.send(members, frame)
+    assert all(len(m.writes) == 1 for m in members)  # held: one byte short
+    batcher.send(members, frame)
+    batcher.send(members, b"after")
+    assert all(m.writes == [(0, b"first"), (0.001, frame * burst)] for m in members)
+    clock.advance(WINDOW)
+    assert all(m.writes[2:] == [(0.001 + WINDOW, b"after")] for m in members)
+    assert not clock.getDelayedCalls()
+
+
+def test_a_large_room_holds_more_before_writing_early() -> None:
+    """
+    The early write's threshold grows with the room: a burst that fills a
+    room of 2's early write is held for the window in a room of 20.
+    """
+    clock = Clock()
+    for size, early in ((2, True), (20, False)):
+        members = [FakeMember(str(i), clock) for i in range(size)]
+        batcher = Batcher(FakeRoom(members), clock, WINDOW)  # type: ignore[arg-type]
+        batcher.send(members, b"first")
+        batcher.send(members, b"y" * EARLY_BYTES_PER_MEMBER * 2)
+        assert len(members[0].writes) == (2 if early else 1)
+        clock.advance(WINDOW)
+        assert len(members[0].writes) == 2
+        clock.advance(1)
 
 
 def test_a_member_gone_meanwhile_gets_nothing() -> None:
