@@ -161,7 +161,7 @@ _ROWS[Stage.GRANTED, Input.ANSWER] = Row(Stage.CONFIRM, ("answer_share",), check
 _ROWS[Stage.CONFIRM, Input.CONFIRM] = Row(
     Stage.MEMBER,
     ("release_slot", "join_room", "start_membership", "send_welcome", "replay_history",
-     "log_connected"),
+     "release_buffers", "log_connected"),
     check="check_confirm",
 )
 _ROWS[Stage.CONFIRM, Input.WRONG_PASSWORD] = _close(
@@ -221,7 +221,7 @@ for _stage in _MEMBERS:
     _ROWS[_stage, Input.PAUSE] = Row(_PAUSED.get(_stage, _stage))
     _ROWS[_stage, Input.RESUME] = Row(_RESUMED.get(_stage, _stage), ("forget_queue",))
     if _stage in _PINGED:
-        _ROWS[_stage, Input.TIMEOUT] = Row(_PINGED[_stage], ("send_ping",))
+        _ROWS[_stage, Input.TIMEOUT] = Row(_PINGED[_stage], ("release_buffers", "send_ping"))
     else:
         _ROWS[_stage, Input.TIMEOUT] = _close(_stage, "log_no_pong", "tell_ping_timeout")
     if _stage in _PAUSED:

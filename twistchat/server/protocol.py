@@ -58,6 +58,7 @@ from twistchat.ratelimit import TokenBucket
 from twistchat.server.lifecycle import FRAMES, TABLE, Input, Stage
 from twistchat.server.limits import Limits, source
 from twistchat.server.room import Member, Room, Rooms, check_name
+from twistchat.server.tls import release_buffers
 from twistchat.writenow import write_at_once
 
 
@@ -574,6 +575,11 @@ class ChatServerProtocol(LinearInt32StringReceiver, TimeoutMixin):
     def _replay_history(self, message: wire.Message) -> None:
         assert self.room is not None
         self.factory.member_joined(self.room, self)
+
+    def _release_buffers(self, arg: object) -> None:
+        # A member is idle most of its life: its TLS connection need not keep
+        # the capacity of the handshake's and the welcome's flights.
+        release_buffers(self.transport)
 
     def _log_connected(self, message: wire.Message) -> None:
         assert self.room is not None

@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from twisted.internet import defer, ssl
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -127,6 +128,47 @@ def server_options(cert: ssl.PrivateCertificate) -> ssl.CertificateOptions:
         certificate=cert.original.to_cryptography(),
         raiseMinimumTo=ssl.TLSVersion.TLSv1_3,
     )
+
+
+def release_buffers(transport: object) -> bool:
+    """
+    Give back the memory the TLS connection under C{transport} keeps in its
+    two memory BIOs, when both are empty.
+
+    A memory BIO keeps the capacity of the largest flight it ever carried:
+    the handshake's, the C{welcome}'s member list, a history replay (up to
+    about 16 KiB each way). An idle member does not need it, so a member
+    that has joined, or that has been quiet long enough to be pinged, gets
+    two new, empty BIOs (pyOpenSSL's own, made as pyOpenSSL makes them; the
+    old ones are freed by C{SSL_set_bio}). A BIO is empty between Twisted's
+    calls: it drains the send BIO after every write and the receive BIO
+    after every read.
+
+    @return: whether the BIOs were replaced (not for a transport without
+        pyOpenSSL memory BIOs, or with bytes still in one).
+    """
+    handle = getattr(transport, "getHandle", None)
+    connection = handle() if handle is not None else None
+    if not isinstance(connection, SSL.Connection):
+        return False
+    lib, ffi = SSL._lib, SSL._ffi  # type: ignore[attr-defined]
+    into, out = getattr(connection, "_into_ssl", None), getattr(connection, "_from_ssl", None)
+    if into is None or out is None:
+        return False  # a socket connection, or a pyOpenSSL that keeps them elsewhere
+    if lib.BIO_get_mem_data(into, ffi.NULL) or lib.BIO_get_mem_data(out, ffi.NULL):
+        return False
+    new_into = lib.BIO_new(lib.BIO_s_mem())
+    new_out = lib.BIO_new(lib.BIO_s_mem())
+    if new_into == ffi.NULL or new_out == ffi.NULL:
+        for bio in (new_into, new_out):
+            if bio != ffi.NULL:
+                lib.BIO_free(bio)
+        return False
+    # Both differ from the current pair: SSL_set_bio takes one reference of
+    # each new BIO and frees the old ones.
+    lib.SSL_set_bio(connection._ssl, new_into, new_out)
+    connection._into_ssl, connection._from_ssl = new_into, new_out
+    return True
 
 
 class _WholeWritesFactory(TLSMemoryBIOFactory):
