@@ -25,7 +25,8 @@ Hardening scenarios (twistd alone; docs/operations.md, "Measured"):
 
 --targets: the settings of the speed targets in docs/performance.md, twistchat
 and bare only (5 interleaved runs of 3 s; with --smoke, tiny), then one line per
-target: twistchat's figure, bare's, their ratio, the limit, met or missed.
+target: twistchat's figure, bare's, their ratio, the limit, met or missed (by the
+medians), and in how many of the runs it was within the limit.
 
 With --servers redis1, redis2 or redis-workers2 (fanout, latency, handshake),
 the bench starts its own redis-server (appendonly, appendfsync everysec) and
