@@ -183,8 +183,9 @@ def check_targets(results: list[dict[str, Any]], server: str = "twistchat"
 
     @return: per target: its label, the figure, bare's, their ratio, the
         value compared with the limit (the ratio for relative targets),
-        C{met} (None when a figure is missing) and C{margin} (that value
-        divided by the limit).
+        C{met} (None when a figure is missing), C{margin} (that value
+        divided by the limit) and C{each} (that value in each run, or None
+        when the runs were not kept).
     """
     checked = []
     for target in TARGETS:
