@@ -184,8 +184,9 @@ def check_targets(results: list[dict[str, Any]], server: str = "twistchat"
     @return: per target: its label, the figure, bare's, their ratio, the
         value compared with the limit (the ratio for relative targets),
         C{met} (None when a figure is missing), C{margin} (that value
-        divided by the limit) and C{each} (that value in each run, or None
-        when the runs were not kept).
+        divided by the limit), C{each} (that value in each run, or None
+        when the runs were not kept) and C{within} (how many of those runs
+        were within the limit).
     """
     checked = []
     for target in TARGETS:
@@ -195,11 +196,12 @@ def check_targets(results: list[dict[str, Any]], server: str = "twistchat"
         ratio = figure / base if figure is not None and base else None
         value = ratio if target.vs_bare else figure
         met = None if value is None else target.meets(value)
+        each = _each(target, mine, bare)
         checked.append({
             "target": target.label, "server": server, "figure": figure, "bare": base,
             "vs_bare": None if ratio is None else round(ratio, 3), "met": met,
             "margin": None if value is None else round(value / target.limit, 3),
-            "each": _each(target, mine, bare),
+            "each": each, "within": None if each is None else sum(map(target.meets, each)),
         })
     return checked
 
@@ -240,8 +242,7 @@ def targets(results: list[dict[str, Any]]) -> str:
             each = row["each"]
             if each:
                 # How near the limit the median is: the runs one by one.
-                target = next(t for t in TARGETS if t.label == row["target"])
-                numbers += (f"; within the limit in {sum(map(target.meets, each))} of "
-                            f"{len(each)} runs ({min(each):.3g} to {max(each):.3g})")
+                numbers += (f"; within the limit in {row['within']} of {len(each)} runs "
+                            f"({min(each):.3g} to {max(each):.3g})")
             lines.append(f"{server:<10} {verdict:<12} {row['target']}: {numbers}")
     return "\n".join(lines)
