@@ -137,8 +137,16 @@ def test_encode_decode_round_trip() -> None:
 
 
 def test_encode_point_at_infinity_refused() -> None:
-    with pytest.raises(ValueError):
-        s.encode_point(s.G * 0)
+    """
+    encode_point tells the point at infinity by pycryptodome's coordinates for
+    it, (0, 0), not by C{is_point_at_infinity}: each way of reaching it is
+    refused, and pycryptodome agrees that each is that point.
+    """
+    point = s.G * 7
+    for infinity in (s.G * 0, point + (-point), s.M * s.ORDER):
+        assert infinity.is_point_at_infinity()
+        with pytest.raises(ValueError):
+            s.encode_point(infinity)
 
 
 def _find_small_x_point() -> tuple[int, int]:

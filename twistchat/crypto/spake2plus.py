@@ -135,12 +135,30 @@ def encode_point(point: EccPoint) -> bytes:
     """
     The uncompressed SEC1 encoding of a point: 0x04 || X || Y, 65 bytes.
 
+    pycryptodome gives the point at infinity the coordinates (0, 0), which no
+    point of P-256 has (at x = 0 the curve needs y^2 = b, and b is not 0), so
+    they tell it apart with the one conversion the encoding needs. C{is_point_at_infinity} would build a second point to
+    compare with, which costs more than the encoding (a login encodes three).
+
     @raise ValueError: for the point at infinity, which has no such encoding.
     """
-    if point.is_point_at_infinity():
-        raise ValueError("the point at infinity has no uncompressed encoding")
     x, y = point.xy
+    if x == 0 and y == 0:
+        raise ValueError("the point at infinity has no uncompressed encoding")
     return b"\x04" + int(x).to_bytes(_COORD, "big") + int(y).to_bytes(_COORD, "big")
+
+
+def _encode_result(point: EccPoint) -> bytes:
+    """
+    Encode Z or V for the transcript.
+
+    @raise BadPoint: it is the point at infinity (the peer's share was chosen
+        to make it so).
+    """
+    try:
+        return encode_point(point)
+    except ValueError:
+        raise BadPoint("the handshake produced the point at infinity") from None
 
 
 _M_BYTES = encode_point(M)
@@ -171,12 +189,9 @@ def decode_point(data: bytes) -> EccPoint:
     if not _on_curve(x, y):
         raise BadPoint("the point is not on P-256")
     try:
-        point = EccPoint(x, y, _CURVE)
+        return EccPoint(x, y, _CURVE)
     except ValueError:  # pragma: no cover - excluded by the checks above
         raise BadPoint("the point is not on P-256") from None
-    if point.is_point_at_infinity():  # pragma: no cover - excluded above
-        raise BadPoint("the point at infinity is not allowed")
-    return point
 
 
 def _check_scalar(name: str, value: int, *, nonzero: bool = False) -> int:
@@ -378,18 +393,16 @@ class Prover:
         """
         y_point = decode_point(share_v)
         t = y_point + (-(N * self._w0))
-        z = t * self._x
-        v = t * self._w1
-        if z.is_point_at_infinity() or v.is_point_at_infinity():
-            raise BadPoint("the handshake produced the point at infinity")
+        z = _encode_result(t * self._x)
+        v = _encode_result(t * self._w1)
         tt = transcript(
             self._context,
             self._id_prover,
             self._id_verifier,
             self._share,
             bytes(share_v),
-            encode_point(z),
-            encode_point(v),
+            z,
+            v,
             self._w0,
         )
         return derive_keys(tt)
@@ -498,18 +511,16 @@ class VerifierSession:
         share_p = bytes(share_p)
         key = self._key
         share_v = encode_point(G * self._y + key._w0N)
-        z = (x_point + key._neg_w0M) * self._y
-        v = key._L * self._y
-        if z.is_point_at_infinity() or v.is_point_at_infinity():
-            raise BadPoint("the handshake produced the point at infinity")
+        z = _encode_result((x_point + key._neg_w0M) * self._y)
+        v = _encode_result(key._L * self._y)
         tt = transcript(
             self._context,
             self._id_prover,
             self._id_verifier,
             share_p,
             share_v,
-            encode_point(z),
-            encode_point(v),
+            z,
+            v,
             key._w0,
         )
         keys = derive_keys(tt)
