@@ -110,12 +110,12 @@ def test_defaults_parsed(tmp_path: Path) -> None:
 
 def test_batch_window_default_reaches_the_rooms(tmp_path: Path) -> None:
     """
-    The rooms hold a busy room's deliveries for 5 ms by default (the window
+    The rooms hold a busy room's deliveries for 4 ms by default (the window
     chosen in docs/performance.md, "Adaptive batching"); 0 turns it off.
     """
     service = makeService(parse(tmp_path / "a", "--port", "0", "--password", PASSWORD))
     assert isinstance(service, ChatService)
-    assert service.factory.rooms.batch_window == 0.005
+    assert service.factory.rooms.batch_window == 0.004
     # The rooms write each member once per window: TLS need not gather writes.
     assert service.endpoint.whole_writes
     service = makeService(parse(tmp_path / "b", "--port", "0", "--password", PASSWORD,

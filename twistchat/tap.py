@@ -93,7 +93,7 @@ ZERO_ALLOWED = {"free_failures"}
 MAX_HISTORY = 1000
 #: --batch-window: the default and the most allowed, in milliseconds (the
 #: trade-off measured in docs/performance.md, "Adaptive batching").
-DEFAULT_BATCH_WINDOW = 5.0
+DEFAULT_BATCH_WINDOW = 4.0
 MAX_BATCH_WINDOW = 50.0
 #: A member frame limit below this leaves too little room for a message.
 MIN_MAX_FRAME = 1024
