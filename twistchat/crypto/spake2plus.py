@@ -137,8 +137,9 @@ def encode_point(point: EccPoint) -> bytes:
 
     pycryptodome gives the point at infinity the coordinates (0, 0), which no
     point of P-256 has (at x = 0 the curve needs y^2 = b, and b is not 0), so
-    they tell it apart with the one conversion the encoding needs. C{is_point_at_infinity} would build a second point to
-    compare with, which costs more than the encoding (a login encodes three).
+    they tell it apart with the one conversion the encoding needs.
+    C{is_point_at_infinity} would build a second point to compare with, which
+    costs more than the encoding (a login encodes three).
 
     @raise ValueError: for the point at infinity, which has no such encoding.
     """
