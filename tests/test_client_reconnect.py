@@ -596,6 +596,64 @@ async def test_real_reconnect_across_a_relay_restart(
     assert len(known_hosts.read_text().splitlines()) == 1
 
 
+@pytest_twisted.ensureDeferred
+async def test_real_reconnect_continues_the_chain_another_client_carried_on(
+    certificate: Any, verifier: Any, tmp_path: Path
+) -> None:
+    """
+    alice's connection drops; while her session waits to reconnect, another
+    client of the same profile joins as alice, says two things and leaves.
+    Back in the room, the first session numbers on from the other client's
+    messages: carol, there throughout, sees alice's four messages as one
+    chain, with no fork.
+    """
+    relay = Restartable(certificate, verifier)
+    await relay.start()
+    profile = tmp_path / "alice"
+
+    def join(name: str, where: Path, events: Events, **options: Any) -> Any:
+        return connect(reactor, "127.0.0.1", relay.port, name, PASSWORD, listener=events,
+                       trust=TrustOnFirstUse(where / "known_hosts"), profile=where,
+                       timeout=10, **options)
+
+    def said(events: Events, text: str) -> Any:
+        return events.wait_for(lambda e: isinstance(e, ChatMessage) and e.text == text)
+
+    alice_events, other_events, carol_events = Events(), Events(), Events()
+    # Her first attempt comes 4 s after the drop: time for the other client's turn.
+    alice = await join("alice", profile, alice_events,
+                       reconnect=Reconnect(initial_delay=4.0, max_delay=4.0, jitter=lambda: 0.0))
+    carol = await join("carol", tmp_path / "carol", carol_events)
+    try:
+        alice.send("one")
+        await said(carol_events, "one")
+        assert relay.factory is not None
+        room = relay.factory.rooms.get("main")
+        assert room is not None
+        [member] = [m for m in room.members if m.name == "alice"]
+        member.transport.abortConnection()  # as a network that drops her
+        await alice_events.wait_for(lambda e: e[0] == "reconnecting")
+        other = await join("alice", profile, other_events)
+        other.send("two")
+        other.send("three")
+        await said(carol_events, "three")
+        await other.leave()
+        await alice_events.wait_for(lambda e: e == ("reconnected",), timeout=15)
+        alice.send("four")
+        await said(carol_events, "four")
+        assert [e.text for e in carol_events.events if isinstance(e, ChatMessage)] == [
+            "one", "two", "three", "four"]
+        assert carol_events.alarms == []
+        assert alice.transcript.seq == 4
+    except BaseException:
+        print("alice", alice_events.events, "\ncarol", carol_events.events, carol_events.alarms)
+        raise
+    finally:
+        await alice.leave()
+        await carol.leave()
+        await relay.stop()
+
+
 # --- history replayed at a rejoin ---------------------------------------------------
 
 

@@ -419,6 +419,51 @@ def test_state_file_is_owner_only_and_survives_a_restart(tmp_path: Path) -> None
         Transcript(path, "alice", me.public_key)
 
 
+def test_a_new_connection_takes_up_the_chain_another_client_carried_on(
+    tmp_path: Path,
+) -> None:
+    """
+    Two clients of one profile take turns under one name: the one that comes
+    back numbers on from the other's messages, and declares lost what the
+    other left unacknowledged. A file that is not ahead, of another key,
+    damaged or gone changes nothing.
+    """
+    path = Transcript.path_for(tmp_path, "h:1", "main", "alice")
+    me = Identity.from_seed(b"\x01" * 32)
+    first = Transcript(path, "alice", me.public_key)
+    first.sent(first.next_fields("one"), b"s" * 16, 1, b"1" * 32)
+    assert first.acked(b"s" * 16, 1)
+    assert first.connection_lost() == 0
+    first.flush()
+    # Not ahead: the file holds what we wrote.
+    assert not first.catch_up()
+    other = Transcript(path, "alice", me.public_key)
+    other.new_connection()
+    other.sent(other.next_fields("two"), b"t" * 16, 1, b"2" * 32)
+    other.sent(other.next_fields("three"), b"t" * 16, 2, b"3" * 32)
+    assert other.acked(b"t" * 16, 1)  # "three" is never acknowledged
+    assert other.connection_lost() == 1
+    first.new_connection()
+    assert first.next_fields("four") == Fields(4, b"3" * 32, b"3" * 32, "four", (3,))
+    # Ahead of a file that fell behind, of another key, damaged or gone: ours.
+    first.sent(first.next_fields("four"), b"u" * 16, 1, b"4" * 32)
+    first.acked(b"u" * 16, 1)
+    first.connection_lost()
+    for content in (None, "another key", "{not json", "missing"):
+        if content == "another key":
+            another = Transcript(path, "alice", BOB.public_key)
+            another.seq = 99  # far ahead, but not our chain
+            another.save()
+        elif content == "missing":
+            path.unlink()
+        elif content is not None:
+            path.write_text(content)
+        assert not first.catch_up(), content
+        assert first.next_fields("five") == Fields(5, b"4" * 32, b"4" * 32, "five", ()), content
+    # A transcript kept in memory has no file to catch up from.
+    assert not Transcript(None, "alice", me.public_key).catch_up()
+
+
 def test_pins_first_sight_change_accept(tmp_path: Path) -> None:
     pins = Pins(tmp_path / "identities")
     assert pins.see("h:1", "a room", "bob", BOB.public_key) is Seen.NEW

@@ -34,7 +34,10 @@ received and for acknowledgements, only when the caller calls L{flush}
 (the session does at most once a second, and when a connection ends):
 docs/protocol.md, section 12.5, says what a crash loses. One file has one
 writer at a time: the server admits one member per name in a room, and a
-profile's file is per (server, room, name).
+profile's file is per (server, room, name). Two clients of one profile can
+still take turns under one name (one waits to reconnect while the other
+joins), so each new connection first takes up the chain the file carries
+when it is ahead (L{Transcript.catch_up}).
 """
 
 from __future__ import annotations
@@ -128,6 +131,20 @@ def _bounded(numbers: set[int]) -> set[int]:
     return set(sorted(numbers)[-MAX_MISSING:])
 
 
+def _sender_side(out: dict[str, Any]) -> tuple[int, bytes, bytes, list[int]]:
+    """
+    The sender side a state file keeps (its C{out}): the last number used,
+    the hash of the message that carried it, the hash of the last message
+    accepted, and the numbers still to declare lost, with those that were in
+    flight when the file was written (never acknowledged).
+
+    @raise ValueError, KeyError, TypeError: C{out} is damaged.
+    """
+    lost = {int(x) for x in out["lost"]} | {int(seq) for _, _, seq in out["flight"]}
+    return (int(out["seq"]), bytes.fromhex(out["last"]), bytes.fromhex(out["seen"]),
+            sorted(lost)[-MAX_LOST:])
+
+
 #: Sequence numbers above this are written to the state file as decimal
 #: strings: a JSON reader in the page (JavaScript's) rounds larger numbers.
 #: Only a sender that skips ahead can reach them; both readers take either.
@@ -200,14 +217,7 @@ class Transcript:
                 # a key change, not a fork).
                 out = {"seq": 0, "last": NO_HASH.hex(), "seen": out["seen"], "lost": [],
                        "flight": []}
-            self.seq = int(out["seq"])
-            self.last = bytes.fromhex(out["last"])
-            self.seen = bytes.fromhex(out["seen"])
-            self.lost = [int(x) for x in out["lost"]]
-            # Messages in flight when the client stopped were never acknowledged.
-            for _, _, seq in out["flight"]:
-                self.lost.append(int(seq))
-            self.lost = sorted(set(self.lost))[-MAX_LOST:]
+            self.seq, self.last, self.seen, self.lost = _sender_side(out)
             for c in state["chains"]:
                 chain = _Chain(
                     high=int(c["high"]), last=bytes.fromhex(c["last"]),
@@ -276,10 +286,43 @@ class Transcript:
         A new connection to the room: chains continue only through what it
         replays or relays; the first message of a sender that skips numbers
         is a miss while offline.
+
+        Our own chain continues from the state file when another client of
+        the same profile sent under our name while we were away (L{catch_up}).
         """
         self.epoch += 1
         self._offline_reported = False
         self._shown = set()
+        self.catch_up()
+
+    def catch_up(self) -> bool:
+        """
+        Take the sender side from the state file if another client of this
+        profile has carried our chain further since we last wrote it: it
+        could only do so between our connections (the server admits one
+        member per name), and numbering on from our own memory would give
+        its numbers a second message each, a fork to every receiver.
+
+        A file that is missing, unreadable, of another identity key or not
+        ahead of us changes nothing: what we hold is ours and our next write
+        replaces it.
+
+        @return: whether the file was ahead and its sender side was taken.
+        """
+        if self.path is None or self.in_flight:
+            return False
+        try:
+            data = read_private_file(self.path, MAX_STATE_BYTES, "transcript state file")
+            out = json.loads(data.decode("utf-8"))["out"]
+            if bytes.fromhex(out["key"]) != self.my_key:
+                return False
+            seq, last, seen, lost = _sender_side(out)
+        except (OSError, ConfigError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            return False
+        if seq <= self.seq:
+            return False
+        self.seq, self.last, self.seen, self.lost = seq, last, seen, lost
+        return True
 
     def next_fields(self, text: str) -> Fields:
         """
