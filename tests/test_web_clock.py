@@ -350,3 +350,13 @@ def test_pacing_to_the_welcome_rate(javascript: dict[str, Any]) -> None:
 
 def test_leaving_waits_for_acknowledgements(javascript: dict[str, Any]) -> None:
     assert javascript["leave"] == [python_leave(False), python_leave(True)]
+
+
+def test_a_rejoin_takes_up_the_chain_another_tab_kept(javascript: dict[str, Any]) -> None:
+    """
+    As the terminal client's C{Transcript.catch_up}: the page's session reads
+    the kept transcript at a rejoin and numbers on from a state another tab
+    carried further; a message typed during the read waits for it.
+    """
+    assert javascript["catchUp"] == {
+        "before": "1", "sentWhileReading": 0, "after": "8", "reconnected": 1}

@@ -33,6 +33,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twistchat.client.transcript import MAX_HASHES, MAX_MISSING, MAX_SENDERS, RECENT, Transcript
 from twistchat.crypto.identity import Identity
+from twistchat.crypto.keyfile import write_private_file
 from twistchat.crypto.signed import (
     MAX_SEQ,
     NO_HASH,
@@ -120,6 +121,13 @@ class Script:
 
     def drop(self) -> None:
         self.ops.append({"op": "drop"})
+
+    def catch_up(self, state: Any) -> None:
+        """
+        Another client of the profile kept C{state} (Python: in the state
+        file; JavaScript: given to C{catchUp}).
+        """
+        self.ops.append({"op": "catchup", "state": state})
 
     def case(self) -> dict[str, Any]:
         return {"name": self.name, "ops": self.ops}
@@ -267,6 +275,34 @@ def named_cases() -> list[dict[str, Any]]:
     s.state()
     s.msg("alice", "a1", 5)
     s.msg("alice", "a1", 2 * MAX_MISSING - 2)
+    cases.append(s.case())
+
+    def kept(seq: int | str, **out: Any) -> dict[str, Any]:
+        fields = {"key": MY.public_key.hex(), "seq": seq, "last": (b"\x05" * 32).hex(),
+                  "seen": (b"\x06" * 32).hex(), "lost": [3], "flight": [["07" * 16, 1, 4]]}
+        return {"format": "twistchat-transcript", "version": 1, "out": {**fields, **out},
+                "chains": [], "hashes": []}
+
+    s = Script("another client of the profile carried the chain on: caught up or not")
+    s.connect()
+    sid, n = s.send("one")
+    s.ack(sid, n)
+    s.drop()
+    s.connect()
+    s.catch_up(kept(5))
+    sid, n = s.send("after the other client")
+    s.ack(sid, n)
+    s.catch_up(kept(2))
+    s.catch_up(kept(99, key=KEYS["b"].public_key.hex()))
+    s.catch_up(kept("x"))
+    s.catch_up(kept(99, lost="3"))
+    s.catch_up({**kept(99), "version": 2})
+    s.catch_up(["not", "a", "state"])
+    s.catch_up(None)
+    s.state()
+    s.catch_up(kept(str(2**60)))
+    s.send("beyond 2^53")
+    s.state()
     cases.append(s.case())
 
     s = Script("a sender jumps to the largest sequence number")
@@ -418,6 +454,11 @@ def run_python(ops: list[dict[str, Any]], transcript: Transcript, path: Path) ->
             out.append(transcript.acked(bytes.fromhex(op["sid"]), op["n"]))
         elif kind == "drop":
             out.append(transcript.connection_lost())
+        elif kind == "catchup":
+            write_private_file(path, json.dumps(op["state"]).encode(), replace=True)
+            transcript.path = path
+            out.append(transcript.catch_up())
+            transcript.path = None
         else:
             transcript.path = path
             transcript.save()

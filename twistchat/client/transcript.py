@@ -140,6 +140,8 @@ def _sender_side(out: dict[str, Any]) -> tuple[int, bytes, bytes, list[int]]:
 
     @raise ValueError, KeyError, TypeError: C{out} is damaged.
     """
+    if not isinstance(out["lost"], list) or not isinstance(out["flight"], list):
+        raise TypeError("lost and flight are lists")
     lost = {int(x) for x in out["lost"]} | {int(seq) for _, _, seq in out["flight"]}
     return (int(out["seq"]), bytes.fromhex(out["last"]), bytes.fromhex(out["seen"]),
             sorted(lost)[-MAX_LOST:])
@@ -313,7 +315,10 @@ class Transcript:
             return False
         try:
             data = read_private_file(self.path, MAX_STATE_BYTES, "transcript state file")
-            out = json.loads(data.decode("utf-8"))["out"]
+            state = json.loads(data.decode("utf-8"))
+            if state["format"] != _FORMAT or state["version"] != 1:
+                return False
+            out = state["out"]
             if bytes.fromhex(out["key"]) != self.my_key:
                 return False
             seq, last, seen, lost = _sender_side(out)

@@ -475,6 +475,10 @@ export const SESSION_TABLE = TABLE;
  *                           (identity.makeVouch, 104 bytes), presented at every login
  *   pins                    a pin store (pins.js; default: MemoryPins)
  *   transcript              a Transcript (default: a new one, in memory)
+ *   storedTranscript        an async function giving the transcript state kept for this
+ *                           name (what Transcript.state() returned), read again at each
+ *                           new connection: another tab of the profile may have carried
+ *                           the chain on meanwhile (Transcript.catchUp)
  *   reconnect               a Reconnect policy, or null for none (default)
  *   clock, timeout, keepalive, onProgress (scrypt), derive, log
  */
@@ -584,6 +588,8 @@ export class Session {
   #policy;
   #pins;
   #server;
+  #stored;
+  #catchingUp = false;
   #inputs = [];
   #running = false;
   #outbox = [];
@@ -614,6 +620,7 @@ export class Session {
     this.#connector = options.connector;
     this.#policy = options.reconnect ?? null;
     this.#pins = options.pins ?? new MemoryPins();
+    this.#stored = options.storedTranscript ?? null;
     this.#server = options.server ?? '';
     this.#log = options.log ?? console.error;
     this.flapping = 0;
@@ -647,7 +654,29 @@ export class Session {
     this.#members = new Map(welcome.members.filter((m) => m.name !== this.name).map(
       (m) => [m.name, member(m)]));
     this.transcript.newConnection();
+    await this.#catchUp();
     await this.#checkKeys([...this.#members.values()].map((m) => [m.name, m.key, m.vouch]));
+  }
+
+  /**
+   * Before anything is sent on a new connection, take up the chain another
+   * client of the profile carried on under our name meanwhile (its kept
+   * state is ahead of ours); nothing is sent while the store is read (the
+   * rejoin flushes what waits). A store that cannot be read leaves ours.
+   */
+  async #catchUp() {
+    if (!this.#stored) return;
+    this.#catchingUp = true;
+    let state;
+    try {
+      state = await this.#stored();
+    } catch (e) {
+      this.#log(`could not read the kept transcript: ${e?.message ?? e}`);
+      return;
+    } finally {
+      this.#catchingUp = false;
+    }
+    this.transcript.catchUp(state);
   }
 
   // --- to the listener
@@ -982,6 +1011,7 @@ export class Session {
 
   async #flush() {
     this.#flushTimer = null;
+    if (this.#catchingUp) return; // the rejoin flushes once caught up
     if (this.#flushing) {
       this.#flushAgain = true;
       return;

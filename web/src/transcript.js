@@ -64,6 +64,19 @@ function plural(count, one, many) {
   return count === 1 || count === 1n ? one : many;
 }
 
+// The sender side a kept state holds (its `out`): the last number used, the
+// hash of the message that carried it, of the last one accepted, and the
+// numbers still to declare lost, with those in flight when it was kept (never
+// acknowledged). A damaged one throws TypeError, RangeError or SyntaxError.
+function senderSide(out) {
+  const lost = new Set(out.lost.map(BigInt));
+  for (const [, , seq] of out.flight) lost.add(BigInt(seq));
+  return {
+    seq: BigInt(out.seq), last: fromHex(out.last), seen: fromHex(out.seen),
+    lost: sortedBig(lost).slice(-MAX_LOST),
+  };
+}
+
 function chainId(name, key) {
   return `${name}\0${toHex(key)}`;
 }
@@ -98,12 +111,7 @@ export class Transcript {
     if (out.key !== toHex(this.myKey)) {
       out = { seq: 0, last: toHex(NO_HASH), seen: out.seen, lost: [], flight: [] };
     }
-    this.seq = BigInt(out.seq);
-    this.last = fromHex(out.last);
-    this.seen = fromHex(out.seen);
-    const lost = new Set(out.lost.map(BigInt));
-    for (const [, , seq] of out.flight) lost.add(BigInt(seq));
-    this.lost = sortedBig(lost).slice(-MAX_LOST);
+    Object.assign(this, senderSide(out));
     for (const c of state.chains) {
       const chain = new Chain();
       chain.high = BigInt(c.high);
@@ -149,6 +157,31 @@ export class Transcript {
     this.epoch += 1;
     this.offlineReported = false;
     this.shown = new Set();
+  }
+
+  /**
+   * Take the sender side from `state` (what state() returned, kept by another
+   * tab of this browser profile, say) if it carried our chain further than
+   * we did: another client of the profile sent under our name while we were
+   * away, and numbering on from memory would give its numbers a second
+   * message each, a fork to every receiver. A state that is missing,
+   * damaged, of another key or not ahead changes nothing. Whether it was
+   * taken.
+   */
+  catchUp(state) {
+    if (!state || this.inFlight.size) return false;
+    let side;
+    try {
+      if (state.format !== FORMAT || state.version !== 1) return false;
+      if (state.out.key !== toHex(this.myKey)) return false;
+      side = senderSide(state.out);
+    } catch (e) {
+      if (e instanceof TypeError || e instanceof RangeError || e instanceof SyntaxError) return false;
+      throw e;
+    }
+    if (side.seq <= this.seq) return false;
+    Object.assign(this, side);
+    return true;
   }
 
   /** The chain fields of the next message to send (for signed.sealSigned). */

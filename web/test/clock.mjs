@@ -239,12 +239,14 @@ function recorder(clock) {
   };
 }
 
-async function start(clock, server, { listener, reconnect = null, keepalive = null, timeout = 30 } = {}) {
+async function start(clock, server, {
+  listener, reconnect = null, keepalive = null, timeout = 30, storedTranscript,
+} = {}) {
   const login = S.login({
     connect: server.connect, binding: () => BINDING, name: NAME, room: ROOM, password: 'unused',
     derive: async () => ({ w0: W0, w1: W1, contentSecret: new Uint8Array(32).fill(3) }),
     identity: new identity.Identity(new Uint8Array(32).fill(9)), clock, listener, reconnect,
-    keepalive, timeout, log: () => {},
+    keepalive, timeout, storedTranscript, log: () => {},
   });
   await settle();
   return login;
@@ -365,6 +367,43 @@ for (const acks of [false, true]) {
   await settle();
   await clock.advance(10);
   out.leave.push({ events, log: server.log });
+}
+
+// Catching up at a rejoin: while the session was away, another tab of the
+// profile carried its chain on to 7 and kept that. The rejoin reads the kept
+// state before sending; a message typed while the read is under way waits
+// for it, and goes out as number 8.
+{
+  const clock = new FakeClock();
+  const server = new FakeServer(clock);
+  const { events, listener } = recorder(clock);
+  let kept = null;
+  const reads = [];
+  const storedTranscript = () => new Promise((resolve) => reads.push(() => resolve(kept)));
+  const login = start(clock, server, {
+    listener, reconnect: new S.Reconnect({ jitter: () => 0 }), storedTranscript });
+  await until(() => reads.length === 1, 'the first read');
+  reads[0]();
+  const session = await login;
+  await clock.advance(1);
+  session.send('one');
+  await until(() => server.log.filter((e) => e[0] === 'send').length === 1, 'one sent');
+  const before = session.transcript.seq.toString();
+  kept = JSON.parse(JSON.stringify(session.transcript.state()));
+  Object.assign(kept.out, { seq: 7, last: '07'.repeat(32), seen: '07'.repeat(32), lost: [], flight: [] });
+  server.drop();
+  await settle();
+  await clock.advance(1);
+  await until(() => reads.length === 2, 'the read at the rejoin');
+  session.send('two'); // while the kept state is being read
+  await settle();
+  const sentWhileReading = server.log.filter((e) => e[0] === 'send').length - 1;
+  reads[1]();
+  await until(() => server.log.filter((e) => e[0] === 'send').length === 2, 'two sent');
+  out.catchUp = {
+    before, sentWhileReading, after: session.transcript.seq.toString(),
+    reconnected: events.filter((e) => e[0] === 'reconnected').length,
+  };
 }
 
 console.log(JSON.stringify(out));

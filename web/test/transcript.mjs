@@ -79,6 +79,9 @@ async function run(ops, t) {
       case 'drop':
         out.push(t.connectionLost());
         break;
+      case 'catchup':
+        out.push(t.catchUp(op.state));
+        break;
       case 'state':
         // As it would be kept: through JSON.
         out.push(JSON.parse(JSON.stringify(t.state())));

@@ -527,6 +527,8 @@ class Page {
         connect: web.connect, binding: web.binding, name, room,
         password: password || '', server: `https://${this.server}`, listener: this.listener(),
         pins: new StoredPins(this.store), identity, vouch, transcript,
+        // Another tab of this profile may have spoken under the name meanwhile.
+        storedTranscript: () => this.store.get('transcripts', keptAt),
         reconnect: new S.Reconnect(), derive,
         onProgress: (f) => {
           progress.value = f;
