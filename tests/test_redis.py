@@ -793,6 +793,7 @@ def test_one_metrics_endpoint_for_all_workers(tmp_path: Path, redis: RedisServer
         got = samples(text)
         assert got[member_state] == total
         assert got["twistchat_workers_listening", ()] == 2
+        assert got["twistchat_worker_restarts_total", ()] == 0
         assert got["twistchat_members", ()] == total  # room-wide: the largest, not a sum
         assert got["twistchat_rooms", ()] == 1
         assert got["twistchat_logins_total", (("result", "ok"),)] == total
@@ -822,6 +823,7 @@ def test_one_metrics_endpoint_for_all_workers(tmp_path: Path, redis: RedisServer
               f"only worker 2's {left} member connections")
         got = samples(scrape(port)[1])
         assert got["twistchat_workers_listening", ()] == 2
+        assert got["twistchat_worker_restarts_total", ()] == 1
         # The killed worker's counts stay.
         assert got["twistchat_logins_total", (("result", "ok"),)] == total
         assert got["twistchat_messages_accepted_total", ()] == 2

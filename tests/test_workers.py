@@ -80,6 +80,7 @@ def test_a_dying_worker_is_restarted_with_backoff(tmp_path: Path) -> None:
             reactor.advance(delay)
             assert len(reactor.spawned) == before + 1
         assert delays == [1, 2, 4, 8, 16, 30, 30]
+        assert pool.restarts == 7
         # A worker that ran for a while starts again after the first delay.
         reactor.advance(workers.STABLE)
         reactor.spawned[-1].processEnded(Failure(error.ProcessTerminated(exitCode=1)))
@@ -118,6 +119,7 @@ def test_shared_metrics_dir_keeps_counters_and_drops_a_dead_workers_gauges() -> 
     stopped = pool.stopService()
     reactor.spawned[-1].processEnded(Failure(error.ProcessTerminated(exitCode=0)))
     assert stopped.called
+    assert pool.restarts == 1  # a worker stopped with the pool is not restarted
     assert not folder.exists() and pool.metrics_dir is None
     for call in reactor.getDelayedCalls():
         call.cancel()

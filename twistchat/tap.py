@@ -845,7 +845,7 @@ def _workers(options: Options) -> service.IService:
     top = service.MultiService()
     endpoint = WorkersMetricsService(
         options.metrics_endpoint, options["metrics"], reactor, options["workers"],
-        lambda: pool.metrics_dir, RedisLink(url, reactor),
+        lambda: pool.metrics_dir, RedisLink(url, reactor), lambda: pool.restarts,
     )
     endpoint.err = options.err
     endpoint.setServiceParent(top)

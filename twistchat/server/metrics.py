@@ -47,7 +47,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from twisted.application import service
@@ -557,11 +557,14 @@ class WorkersCollector(Collector):
     """
     In the parent of C{--workers}: every worker's metrics, read from the
     files of prometheus_client's multiprocess mode at scrape time (the
-    directory is the pool's, None until it starts).
+    directory is the pool's, None until it starts), and the pool's own count
+    of worker restarts (C{restarts}).
     """
 
-    def __init__(self, folder: Callable[[], str | None]) -> None:
+    def __init__(self, folder: Callable[[], str | None],
+                 restarts: Callable[[], int] = lambda: 0) -> None:
         self.folder = folder
+        self.restarts = restarts
 
     def _merged(self, pattern: str) -> Iterable[Metric]:
         folder = self.folder()
@@ -573,7 +576,11 @@ class WorkersCollector(Collector):
         return merge(files, accumulate=True)
 
     def collect(self) -> Iterable[Metric]:
-        return self._merged("*.db")
+        yield from self._merged("*.db")
+        yield CounterMetricFamily(
+            "twistchat_worker_restarts",
+            "Workers that ended while the server ran and were started again.",
+            value=self.restarts())
 
     def listening(self) -> int:
         """
@@ -596,13 +603,14 @@ class WorkersMetricsService(MetricsEndpoint):
     @param folder: the pool's directory of metric files, or None.
     @param link: the parent's L{twistchat.server.redisnode.RedisLink}, opened
         while this runs.
+    @param restarts: the pool's count of worker restarts.
     """
 
     def __init__(self, endpoint: IStreamServerEndpoint, description: str,
                  clock: IReactorTime, count: int, folder: Callable[[], str | None],
-                 link: Any) -> None:
+                 link: Any, restarts: Callable[[], int] = lambda: 0) -> None:
         registry = CollectorRegistry()
-        self.collector = WorkersCollector(folder)
+        self.collector = WorkersCollector(folder, restarts)
         registry.register(self.collector)
         PlatformCollector(registry=registry)
         self.count = count

@@ -151,6 +151,8 @@ class WorkerPool(service.Service):
     @param shared_metrics: give the workers a directory for their metrics
         (prometheus_client's multiprocess mode; see the module docstring).
     @ivar metrics_dir: that directory while the pool runs, else None.
+    @ivar restarts: workers that ended while the pool ran and were (or are
+        about to be) started again, since the pool was made.
     """
 
     log = Logger()
@@ -174,6 +176,7 @@ class WorkerPool(service.Service):
         self.workers: dict[int, _Worker] = {}
         self._delays: dict[int, float] = {}
         self._restarts: dict[int, IDelayedCall] = {}
+        self.restarts = 0
 
     def startService(self) -> None:
         """
@@ -243,6 +246,7 @@ class WorkerPool(service.Service):
         ran = self.clock.seconds() - worker.started
         delay = FIRST_DELAY if ran >= STABLE else self._delays.get(worker.number, FIRST_DELAY)
         self._delays[worker.number] = min(delay * 2, MAX_DELAY)
+        self.restarts += 1
         self.log.error("workers: worker {number} ended ({how}) after {ran:.0f} s; "
                        "starting it again in {delay:.0f} s",
                        number=worker.number, how=how, ran=ran, delay=delay)
