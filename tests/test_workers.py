@@ -5,8 +5,11 @@ L{task.Clock}); tests/test_redis.py runs real workers.
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +117,7 @@ def test_shared_metrics_dir_keeps_counters_and_drops_a_dead_workers_gauges() -> 
         (folder / name).write_bytes(b"")
     reactor.spawned[-1].processEnded(Failure(error.ProcessTerminated(signal=9)))
     assert sorted(p.name for p in folder.iterdir()) == [
-        f"counter_{pid}.db", "gauge_livesum_99.db", f"histogram_{pid}.db"]
+        workers.METRICS_LOCK, f"counter_{pid}.db", "gauge_livesum_99.db", f"histogram_{pid}.db"]
     reactor.advance(workers.FIRST_DELAY)
     stopped = pool.stopService()
     reactor.spawned[-1].processEnded(Failure(error.ProcessTerminated(exitCode=0)))
@@ -123,6 +126,57 @@ def test_shared_metrics_dir_keeps_counters_and_drops_a_dead_workers_gauges() -> 
     assert not folder.exists() and pool.metrics_dir is None
     for call in reactor.getDelayedCalls():
         call.cancel()
+
+
+def test_metrics_dirs_of_parents_that_are_gone_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A parent killed with SIGKILL leaves its metrics directory with its lock
+    let go: the next pool to start removes it. A directory whose lock is
+    held (a pool that runs, here or in another PID namespace), one without
+    the lock file, a link and a file are left alone; the new pool holds the
+    lock of its own, so a third pool leaves that one too.
+    """
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    prefix = workers.METRICS_PREFIX
+
+    def made(name: str, lock: bool = True) -> Path:
+        folder = tmp_path / f"{prefix}{name}"
+        folder.mkdir()
+        (folder / "counter_1.db").write_bytes(b"x")
+        if lock:
+            (folder / workers.METRICS_LOCK).write_bytes(b"")
+        return folder
+
+    gone, running, old = made("gone"), made("running"), made("old", lock=False)
+    held = os.open(running / workers.METRICS_LOCK, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    link = tmp_path / f"{prefix}link"
+    link.symlink_to(gone)
+    afile = tmp_path / f"{prefix}file"
+    afile.write_text("")
+    pools = []
+    try:
+        for _ in range(2):
+            reactor = _Reactor()
+            pool = WorkerPool(reactor, 1, "127.0.0.1", 0, [], {}, err=io.StringIO(),
+                              shared_metrics=True)
+            pool.startService()
+            pools.append((pool, reactor))
+            assert not gone.exists()
+            assert running.is_dir() and old.is_dir() and afile.is_file() and link.is_symlink()
+        assert all(Path(p.metrics_dir or "").is_dir() for p, _ in pools)
+    finally:
+        os.close(held)
+        for pool, reactor in pools:
+            stopped = pool.stopService()
+            reactor.spawned[-1].processEnded(Failure(error.ProcessTerminated(exitCode=0)))
+            assert stopped.called and pool.metrics_dir is None
+            for call in reactor.getDelayedCalls():
+                call.cancel()
+    # Once its pool let go of it, a directory is the next pool's to remove.
+    assert workers.remove_abandoned(str(tmp_path)) == [str(running)]
 
 
 def test_a_worker_counts_metrics_only_for_its_parent(tmp_path: Path) -> None:

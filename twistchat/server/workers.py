@@ -31,7 +31,12 @@ directory for the metric files and gives it to every worker (the
 C{PROMETHEUS_MULTIPROC_DIR} environment variable); when a worker ends, its
 live gauges are dropped from that directory (C{mark_process_dead}) while its
 counters stay in the sums; the directory is removed when the pool stops. The
-parent serves them (L{twistchat.server.metrics.WorkersMetricsService}).
+parent serves them (L{twistchat.server.metrics.WorkersMetricsService}). A
+parent killed with SIGKILL cannot remove its directory, so it holds a lock
+in it (C{flock}, which the system lets go of when the process ends, however
+it ends) and a pool that starts removes the directories whose lock it can
+take (L{remove_abandoned}). A process id would not do: a C{$TMPDIR} shared
+by containers holds directories of parents that another PID namespace runs.
 
 Each line a worker logs is logged again by the
 parent under the worker's number (C{[worker-2#info] ...}), so one log reads
@@ -41,6 +46,7 @@ stops too.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -67,6 +73,10 @@ STABLE = 60.0
 STOP_TIMEOUT = 30.0
 #: The file descriptor a worker finds the listening socket on.
 WORKER_FD = 3
+#: The start of the name of a pool's metrics directory.
+METRICS_PREFIX = "twistchat-metrics-"
+#: The file in it that its pool holds locked while it runs.
+METRICS_LOCK = ".pool.lock"
 
 # A twistd log line: time, [namespace#level], text.
 _LINE = re.compile(r"^\S+ \[([^\]#]*)#?(\w*)\] (.*)$")
@@ -172,6 +182,7 @@ class WorkerPool(service.Service):
         self.check = check
         self.shared_metrics = shared_metrics
         self.metrics_dir: str | None = None
+        self._metrics_lock: int | None = None
         self.socket: socket.socket | None = None
         self.workers: dict[int, _Worker] = {}
         self._delays: dict[int, float] = {}
@@ -207,7 +218,11 @@ class WorkerPool(service.Service):
         if self.shared_metrics:
             from twistchat.server.metrics import MULTIPROC_ENV
 
-            self.metrics_dir = tempfile.mkdtemp(prefix="twistchat-metrics-")
+            for gone in remove_abandoned(tempfile.gettempdir()):
+                self.log.info("workers: removed {folder}, left by a parent that is gone",
+                              folder=gone)
+            self.metrics_dir = tempfile.mkdtemp(prefix=METRICS_PREFIX)
+            self._metrics_lock = _hold_lock(self.metrics_dir)
             self.env[MULTIPROC_ENV] = self.metrics_dir
         super().startService()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.log.info("workers: port {port} shared by {count} worker processes",
@@ -274,6 +289,9 @@ class WorkerPool(service.Service):
                 self.socket.close()
                 self.socket = None
             folder, self.metrics_dir = self.metrics_dir, None
+            if self._metrics_lock is not None:
+                os.close(self._metrics_lock)
+                self._metrics_lock = None
             if folder is not None:
                 try:
                     shutil.rmtree(folder)
@@ -291,6 +309,69 @@ class WorkerPool(service.Service):
                 transport.signalProcess(name)
             except OSError:
                 pass  # it ended meanwhile
+
+
+def _hold_lock(folder: str) -> int | None:
+    """
+    Lock L{METRICS_LOCK} in C{folder} for as long as this process runs (or
+    until the descriptor returned is closed). None if it cannot be: the
+    directory then only lacks the mark that lets a later pool clean it up.
+    """
+    lock = os.path.join(folder, METRICS_LOCK)
+    try:
+        fd = os.open(lock + ".new",
+                     os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Locked before it has its name: no other pool can find it unlocked.
+        os.rename(lock + ".new", lock)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def remove_abandoned(folder: str) -> list[str]:
+    """
+    Remove the metrics directories in C{folder} that pools made and left
+    behind (their parent was killed before it could remove them): those
+    whose L{METRICS_LOCK} nobody holds.
+
+    Only directories (not links) named L{METRICS_PREFIX}..., owned by this
+    user and holding the lock file, are looked at; one whose lock is held (a
+    running pool, in this PID namespace or another) is left alone.
+
+    @return: the directories removed.
+    """
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(METRICS_PREFIX):
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            fd = os.open(os.path.join(entry.path, METRICS_LOCK),
+                         os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone meanwhile, or no lock file: not known to be abandoned
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held: its pool runs
+        else:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _cancel(_: None, call: IDelayedCall) -> None:
