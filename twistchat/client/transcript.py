@@ -131,6 +131,25 @@ def _bounded(numbers: set[int]) -> set[int]:
     return set(sorted(numbers)[-MAX_MISSING:])
 
 
+def _read_state(path: Path) -> dict[str, Any] | None:
+    """
+    The state file at C{path}, parsed: None when there is none.
+
+    @raise ConfigError: it cannot be read (see L{read_private_file}).
+    @raise ValueError, UnicodeDecodeError: it is not a state file of this
+        format and version.
+    """
+    try:
+        data = read_private_file(path, MAX_STATE_BYTES, "transcript state file")
+    except FileNotFoundError:
+        return None
+    state = json.loads(data.decode("utf-8"))
+    if not isinstance(state, dict) or state.get("format") != _FORMAT \
+            or state.get("version") != 1:
+        raise ValueError("unknown format")
+    return state
+
+
 def _sender_side(out: dict[str, Any]) -> tuple[int, bytes, bytes, list[int]]:
     """
     The sender side a state file keeps (its C{out}): the last number used,
@@ -206,13 +225,9 @@ class Transcript:
 
     def _load(self, path: Path) -> None:
         try:
-            data = read_private_file(path, MAX_STATE_BYTES, "transcript state file")
-        except FileNotFoundError:
-            return
-        try:
-            state = json.loads(data.decode("utf-8"))
-            if state.get("format") != _FORMAT or state.get("version") != 1:
-                raise ValueError("unknown format")
+            state = _read_state(path)
+            if state is None:
+                return
             out = state["out"]
             if bytes.fromhex(out["key"]) != self.my_key:
                 # Another identity key: its chain starts afresh (receivers see
@@ -314,14 +329,10 @@ class Transcript:
         if self.path is None or self.in_flight:
             return False
         try:
-            data = read_private_file(self.path, MAX_STATE_BYTES, "transcript state file")
-            state = json.loads(data.decode("utf-8"))
-            if state["format"] != _FORMAT or state["version"] != 1:
+            state = _read_state(self.path)
+            if state is None or bytes.fromhex(state["out"]["key"]) != self.my_key:
                 return False
-            out = state["out"]
-            if bytes.fromhex(out["key"]) != self.my_key:
-                return False
-            seq, last, seen, lost = _sender_side(out)
+            seq, last, seen, lost = _sender_side(state["out"])
         except (OSError, ConfigError, UnicodeDecodeError, ValueError, KeyError, TypeError):
             return False
         if seq <= self.seq:

@@ -186,7 +186,8 @@ class WorkerPool(service.Service):
         self.socket: socket.socket | None = None
         self.workers: dict[int, _Worker] = {}
         self._delays: dict[int, float] = {}
-        self._restarts: dict[int, IDelayedCall] = {}
+        # The delayed calls that will start an ended worker again, by number.
+        self._starting: dict[int, IDelayedCall] = {}
         self.restarts = 0
 
     def startService(self) -> None:
@@ -231,7 +232,7 @@ class WorkerPool(service.Service):
             self._spawn(number)
 
     def _spawn(self, number: int) -> None:
-        self._restarts.pop(number, None)
+        self._starting.pop(number, None)
         if not self.running or self.socket is None:
             return
         worker = _Worker(self, number)
@@ -265,7 +266,7 @@ class WorkerPool(service.Service):
         self.log.error("workers: worker {number} ended ({how}) after {ran:.0f} s; "
                        "starting it again in {delay:.0f} s",
                        number=worker.number, how=how, ran=ran, delay=delay)
-        self._restarts[worker.number] = self.clock.callLater(delay, self._spawn, worker.number)
+        self._starting[worker.number] = self.clock.callLater(delay, self._spawn, worker.number)
 
     def stopService(self) -> defer.Deferred[None]:
         """
@@ -273,10 +274,10 @@ class WorkerPool(service.Service):
         L{STOP_TIMEOUT} seconds); then close the socket.
         """
         super().stopService()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
-        for call in self._restarts.values():
+        for call in self._starting.values():
             if call.active():
                 call.cancel()
-        self._restarts = {}
+        self._starting = {}
         waits = []
         for worker in list(self.workers.values()):
             self._signal(worker, "TERM")
