@@ -269,7 +269,7 @@ def test_health_of_workers_says_how_many_listen() -> None:
 
     listening = [1]
     service = WorkersMetricsService(
-        None, "tcp:0", task.Clock(), 2, lambda: None, Link())  # type: ignore[arg-type]
+        None, "tcp:0", task.Clock(), 2, lambda: None, Link(), lambda: 0)  # type: ignore[arg-type]
     service.collector.listening = lambda: listening[0]  # type: ignore[method-assign]
     page = service.site.resource.children[b"healthz"]
     request = DummyRequest([b""])

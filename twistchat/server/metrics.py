@@ -561,8 +561,7 @@ class WorkersCollector(Collector):
     of worker restarts (C{restarts}).
     """
 
-    def __init__(self, folder: Callable[[], str | None],
-                 restarts: Callable[[], int] = lambda: 0) -> None:
+    def __init__(self, folder: Callable[[], str | None], restarts: Callable[[], int]) -> None:
         self.folder = folder
         self.restarts = restarts
 
@@ -608,7 +607,7 @@ class WorkersMetricsService(MetricsEndpoint):
 
     def __init__(self, endpoint: IStreamServerEndpoint, description: str,
                  clock: IReactorTime, count: int, folder: Callable[[], str | None],
-                 link: Any, restarts: Callable[[], int] = lambda: 0) -> None:
+                 link: Any, restarts: Callable[[], int]) -> None:
         registry = CollectorRegistry()
         self.collector = WorkersCollector(folder, restarts)
         registry.register(self.collector)
